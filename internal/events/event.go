@@ -1,0 +1,147 @@
+package events
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Publication is one event to publish on one channel.
+type Publication struct {
+	Channel string          `json:"channel"`
+	Event   string          `json:"event"`
+	Data    json.RawMessage `json:"data"`
+}
+
+// FieldError says which field of a request is wrong and why. Its message is
+// safe to show to clients.
+type FieldError struct {
+	Field  string
+	Reason string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+// Validate checks a publication against PROTOCOL §2 and returns a
+// *FieldError naming the first bad field. Data may be empty (it is sent as
+// null) but must otherwise be valid JSON.
+func (p Publication) Validate() error {
+	if _, _, err := ParseChannel(p.Channel); err != nil {
+		return &FieldError{Field: "channel", Reason: err.Error()}
+	}
+	if !ValidName(p.Event) {
+		return &FieldError{Field: "event", Reason: "must match [A-Za-z0-9:_.-]{1,128}"}
+	}
+	if len(p.Data) > 0 && !json.Valid(p.Data) {
+		return &FieldError{Field: "data", Reason: "not valid JSON"}
+	}
+	return nil
+}
+
+// data returns the publication's data as it goes on the wire.
+func (p Publication) data() []byte {
+	if len(p.Data) == 0 {
+		return []byte("null")
+	}
+	return p.Data
+}
+
+// Event frame layout, shared by the publish script (which fills in the id
+// and ts Redis assigns) and AppendFrame. Channel and event names are
+// validated, so they need no escaping.
+func frameHead(channel string) string { return `{"type":"event","channel":"` + channel + `","id":"` }
+
+func frameMid(event string, data []byte) string {
+	return `","event":"` + event + `","data":` + string(data) + `,"ts":`
+}
+
+const frameTail = "}"
+
+// AppendFrame appends the JSON event frame of PROTOCOL §4 to dst:
+// {"type":"event","channel":…,"id":…,"event":…,"data":…,"ts":…}.
+func AppendFrame(dst []byte, id string, p Publication) []byte {
+	ts, _, _ := ParseID(id)
+	dst = append(dst, frameHead(p.Channel)...)
+	dst = append(dst, id...)
+	dst = append(dst, frameMid(p.Event, p.data())...)
+	dst = strconv.AppendUint(dst, ts, 10)
+	return append(dst, frameTail...)
+}
+
+// ParseID splits an event id "{ms}-{seq}" (a Redis stream id) into its parts.
+// ms is the publish time in milliseconds since the epoch.
+func ParseID(id string) (ms, seq uint64, err error) {
+	a, b, ok := strings.Cut(id, "-")
+	if !ok {
+		return 0, 0, fmt.Errorf("event id %q: missing '-'", id)
+	}
+	if ms, err = strconv.ParseUint(a, 10, 64); err != nil {
+		return 0, 0, fmt.Errorf("event id %q: %w", id, err)
+	}
+	if seq, err = strconv.ParseUint(b, 10, 64); err != nil {
+		return 0, 0, fmt.Errorf("event id %q: %w", id, err)
+	}
+	return ms, seq, nil
+}
+
+// FormatID is the inverse of ParseID.
+func FormatID(ms, seq uint64) string {
+	return strconv.FormatUint(ms, 10) + "-" + strconv.FormatUint(seq, 10)
+}
+
+// CompareIDs orders two valid event ids like strings.Compare.
+func CompareIDs(a, b string) int {
+	am, as, _ := ParseID(a)
+	bm, bs, _ := ParseID(b)
+	switch {
+	case am < bm, am == bm && as < bs:
+		return -1
+	case am == bm && as == bs:
+		return 0
+	}
+	return 1
+}
+
+// Frame is the part of an event frame a replica needs to route it.
+type Frame struct {
+	Type    string          `json:"type"`
+	Channel string          `json:"channel"`
+	ID      string          `json:"id"`
+	Event   string          `json:"event"`
+	Data    json.RawMessage `json:"data"`
+	TS      int64           `json:"ts"`
+}
+
+// Classic is the effect-complete payload existing apps publish on
+// effect:complete (PROTOCOL §1). Unknown fields are ignored.
+type Classic struct {
+	UserEffectID string `json:"userEffectId"`
+	ResultURL    string `json:"resultUrl"`
+	Timestamp    int64  `json:"timestamp"`
+	UserID       string `json:"userId,omitempty"`
+}
+
+// ParseClassic turns a classic effect:complete payload into the publications
+// it stands for: one on effect:{userEffectId}, and one on user:{userId} when
+// the payload names a user. The classic JSON is the data of both, unchanged.
+func ParseClassic(payload []byte) ([]Publication, error) {
+	var c Classic
+	if err := json.Unmarshal(payload, &c); err != nil {
+		return nil, fmt.Errorf("classic payload: %w", err)
+	}
+	if c.UserEffectID == "" {
+		return nil, &FieldError{Field: "userEffectId", Reason: "missing"}
+	}
+	data := json.RawMessage(payload)
+	pubs := []Publication{{Channel: EffectChannel(c.UserEffectID), Event: EffectComplete, Data: data}}
+	if c.UserID != "" {
+		pubs = append(pubs, Publication{Channel: UserChannel(c.UserID), Event: EffectComplete, Data: data})
+	}
+	for _, p := range pubs {
+		if err := p.Validate(); err != nil {
+			return nil, fmt.Errorf("classic payload: %w", err)
+		}
+	}
+	return pubs, nil
+}

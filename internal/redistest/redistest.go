@@ -1,0 +1,130 @@
+// Package redistest starts private redis-server processes on free loopback
+// ports for tests. It never touches a Redis it did not start.
+package redistest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Server is a redis-server process owned by one test (or test package).
+type Server struct {
+	tb   testing.TB
+	Addr string // host:port on loopback
+	dir  string
+	args []string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Start starts a redis-server on a free loopback port with persistence off
+// and stops it when the test ends. Extra args are passed to redis-server
+// (for example "--appendonly", "yes"). It fails the test when redis-server
+// is not installed: `make test` installs it.
+func Start(tb testing.TB, args ...string) *Server {
+	tb.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		tb.Fatalf("redis-server not found (run `make test`, which installs it): %v", err)
+	}
+	s := &Server{tb: tb, dir: tb.TempDir(), args: append([]string{bin}, args...)}
+	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(tb)))
+	s.start()
+	tb.Cleanup(s.Kill)
+	return s
+}
+
+// URL returns the redis:// URL of the server.
+func (s *Server) URL() string { return "redis://" + s.Addr }
+
+// Client returns a go-redis client for the server, closed when the test ends.
+func (s *Server) Client() *redis.Client {
+	c := redis.NewClient(&redis.Options{Addr: s.Addr})
+	s.tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+func (s *Server) start() {
+	s.tb.Helper()
+	_, port, _ := net.SplitHostPort(s.Addr)
+	args := append([]string{}, s.args[1:]...)
+	args = append(args,
+		"--port", port, "--bind", "127.0.0.1", "--dir", s.dir,
+		"--save", "", "--daemonize", "no", "--protected-mode", "yes",
+		"--logfile", filepath.Join(s.dir, "redis.log"))
+	cmd := exec.Command(s.args[0], args...)
+	if err := cmd.Start(); err != nil {
+		s.tb.Fatalf("start redis-server: %v", err)
+	}
+	s.cmd = cmd
+	s.done = make(chan struct{})
+	go func() { cmd.Wait(); close(s.done) }()
+	s.waitReady()
+}
+
+func (s *Server) waitReady() {
+	s.tb.Helper()
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
+	defer c.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		err := c.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			return
+		}
+		select {
+		case <-s.done:
+			log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+			s.tb.Fatalf("redis-server exited: %s", log)
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.tb.Fatalf("redis-server on %s not ready: %v", s.Addr, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Kill stops the server at once (SIGKILL), as a crash would. It is safe to
+// call more than once.
+func (s *Server) Kill() {
+	if s.cmd == nil {
+		return
+	}
+	s.cmd.Process.Kill()
+	<-s.done
+	s.cmd = nil
+}
+
+// Restart kills the server and starts it again on the same port and data
+// directory (so an AOF, when enabled, is replayed).
+func (s *Server) Restart() {
+	s.tb.Helper()
+	s.Kill()
+	s.start()
+}
+
+// freePort asks the kernel for a free loopback TCP port.
+func freePort(tb testing.TB) int {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// String describes the server for test logs.
+func (s *Server) String() string { return fmt.Sprintf("redis-server %s", s.Addr) }

@@ -1,0 +1,83 @@
+// Package session reads the sessions apps keep in Redis (session:{id} JSON,
+// PROTOCOL §1), creates and revokes them, and issues one-time connect
+// tickets. Redis is the shared implementation; Memory is the single-node
+// twin. Both pass one conformance suite (package sessiontest).
+package session
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"time"
+)
+
+// Errors of session lookups. Both mean 401 to a connecting client.
+var (
+	ErrNotFound = errors.New("session not found")
+	ErrExpired  = errors.New("session expired")
+)
+
+// Session is the classic session JSON. ExpiresAt is in milliseconds since
+// the epoch. ID is the secret session id: never log it.
+type Session struct {
+	ID        string `json:"-"`
+	UserID    string `json:"userId"`
+	Email     string `json:"email"`
+	Plan      string `json:"plan"`
+	ExpiresAt int64  `json:"expiresAt"`
+}
+
+// Expired reports whether the session is past its expiresAt at now.
+func (s Session) Expired(now time.Time) bool { return s.ExpiresAt <= now.UnixMilli() }
+
+// Revocation announces that a session was revoked. It carries the user and
+// a hash of the session id (see Hash), never the id itself.
+type Revocation struct {
+	UserID      string `json:"user"`
+	SessionHash string `json:"sid"`
+}
+
+// Store is the contract of the session backends.
+type Store interface {
+	// Get returns the session with id. It returns ErrNotFound when there is
+	// none (or its JSON is unusable: the error wraps the cause) and
+	// ErrExpired when its expiresAt has passed, even if the key still exists.
+	Get(ctx context.Context, id string) (Session, error)
+
+	// Create stores a new session with a random unguessable id for ttl
+	// (SETEX session:{id}, expiresAt = now+ttl in ms) and returns it.
+	Create(ctx context.Context, userID, email, plan string, ttl time.Duration) (Session, error)
+
+	// Revoke deletes the session and announces a Revocation to every
+	// Watch, on every replica. Revoking an unknown id returns ErrNotFound.
+	Revoke(ctx context.Context, id string) error
+
+	// Alive reports, for each id, whether its session still exists and has
+	// not expired, in one round trip. Used by the periodic check.
+	Alive(ctx context.Context, ids []string) ([]bool, error)
+
+	// IssueTicket returns a random single-use ticket for the session,
+	// valid for TicketTTL.
+	IssueTicket(ctx context.Context, s Session) (string, error)
+
+	// RedeemTicket consumes a ticket (atomically: GETDEL) and returns its
+	// session, which must still be valid. A used, unknown or stale ticket
+	// gives ErrNotFound.
+	RedeemTicket(ctx context.Context, ticket string) (Session, error)
+
+	// Watch calls fn for every revocation announced after it started, until
+	// ctx is done; it re-establishes its subscription after Redis
+	// reconnects. fn must not block.
+	Watch(ctx context.Context, fn func(Revocation)) error
+}
+
+// TicketTTL is the life of a connect ticket (PROTOCOL §7).
+const TicketTTL = 30 * time.Second
+
+// Hash returns a short one-way digest of a session id, safe to keep in
+// memory indexes, pub/sub messages and logs where the id itself must not go.
+func Hash(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return hex.EncodeToString(sum[:12])
+}
