@@ -1,0 +1,181 @@
+package hub
+
+import (
+	"context"
+	"slices"
+	"sync"
+)
+
+// Conn is one client connection in the hub. Frames sent to it go through a
+// bounded queue to a writer goroutine that runs only while there is work.
+type Conn struct {
+	ID   string // connection id (uuid), safe to log
+	User string // authenticated user id
+	Tag  string // opaque label set by the owner (a session hash)
+
+	t   Transport
+	hub *Hub
+
+	mu        sync.Mutex
+	queue     [][]byte // frames waiting for the writer; guarded by mu
+	pending   int      // bytes in queue; guarded by mu
+	writing   bool     // a writer goroutine runs; guarded by mu
+	closeCode int      // non-zero once a close was requested; guarded by mu
+	reason    string   // close reason; guarded by mu
+	closed    bool     // no more frames are accepted; guarded by mu
+	removed   bool     // Remove ran; guarded by mu
+	channels  []string // subscribed channels; guarded by mu
+}
+
+func (c *Conn) has(channel string) bool  { return c.index(channel) >= 0 }
+func (c *Conn) index(channel string) int { return slices.Index(c.channels, channel) }
+
+// Channels returns a copy of the channels c is subscribed to.
+func (c *Conn) Channels() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.channels)
+}
+
+// Send queues frame for c and reports whether it was taken. It never blocks.
+// A frame that would overflow the queue is refused and c is closed with
+// CloseSlowConsumer; frames queued before it are dropped.
+func (c *Conn) Send(frame []byte) bool {
+	cfg := &c.hub.cfg
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || c.closeCode != 0 {
+		return false
+	}
+	if c.pending+len(frame) > cfg.QueueBytes || len(c.queue) >= cfg.QueueLen {
+		c.overflowLocked()
+		return false
+	}
+	c.queue = append(c.queue, frame)
+	c.pending += len(frame)
+	c.startWriterLocked()
+	return true
+}
+
+// Close asks for c to be closed with code after the frames already queued
+// are written. It returns at once; the closing handshake runs on c's writer
+// goroutine. Only the first close request counts.
+func (c *Conn) Close(code int, reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	c.requestCloseLocked(code, reason)
+}
+
+// Closing reports whether a close of c was requested or has happened.
+func (c *Conn) Closing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed || c.closeCode != 0
+}
+
+// overflowLocked drops c's queue and closes it with CloseSlowConsumer on a
+// goroutine of its own: the writer may be stuck on the very socket that
+// cannot keep up, and closing the transport is what unblocks it.
+func (c *Conn) overflowLocked() {
+	c.queue, c.pending = nil, 0
+	c.closeCode, c.reason = CloseSlowConsumer, "slow consumer"
+	c.closed = true
+	h := c.hub
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		h.cfg.OnClose(CloseSlowConsumer)
+		c.t.Close(CloseSlowConsumer, "slow consumer")
+	}()
+}
+
+func (c *Conn) requestCloseLocked(code int, reason string) {
+	if c.closeCode != 0 {
+		return
+	}
+	c.closeCode, c.reason = code, reason
+	c.startWriterLocked()
+}
+
+func (c *Conn) startWriterLocked() {
+	if c.writing {
+		return
+	}
+	c.writing = true
+	c.hub.wg.Add(1)
+	go c.writeLoop()
+}
+
+// writeLoop writes queued frames until the queue is empty, then performs a
+// requested close, then exits. Any write error drops the socket: the owner's
+// read loop then fails and calls Remove.
+func (c *Conn) writeLoop() {
+	h := c.hub
+	defer h.wg.Done()
+	var batch [][]byte
+	for {
+		c.mu.Lock()
+		batch, c.queue = c.queue, batch[:0]
+		c.pending = 0
+		if len(batch) == 0 {
+			code, reason := c.closeCode, c.reason
+			if code == 0 || c.closed {
+				c.writing = false
+				c.mu.Unlock()
+				return
+			}
+			c.closed = true
+			c.mu.Unlock()
+			h.cfg.OnClose(code)
+			c.t.Close(code, reason)
+			c.mu.Lock()
+			c.writing = false
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+		for i, f := range batch {
+			ctx, cancel := context.WithTimeout(h.ctx, h.cfg.WriteTimeout)
+			err := c.t.Write(ctx, f)
+			cancel()
+			batch[i] = nil
+			if err != nil {
+				c.fail()
+				return
+			}
+		}
+	}
+}
+
+// fail drops the socket after a failed write or ping.
+func (c *Conn) fail() {
+	c.mu.Lock()
+	c.closed = true
+	c.queue, c.pending = nil, 0
+	c.writing = false
+	c.mu.Unlock()
+	c.t.CloseNow()
+}
+
+// ping sends a WebSocket ping and drops c when no pong comes in time.
+func (c *Conn) ping() {
+	if c.Closing() {
+		return
+	}
+	h := c.hub
+	ctx, cancel := context.WithTimeout(h.ctx, h.cfg.PingTimeout)
+	defer cancel()
+	if err := c.t.Ping(ctx); err != nil && h.ctx.Err() == nil {
+		if !c.Closing() {
+			h.log.Debug("reaping unresponsive connection", "conn", c.ID, "err", err)
+		}
+		c.mu.Lock()
+		c.closed = true
+		c.queue, c.pending = nil, 0
+		c.mu.Unlock()
+		c.t.CloseNow()
+	}
+}
