@@ -25,6 +25,23 @@ type Conn struct {
 	closed    bool     // no more frames are accepted; guarded by mu
 	removed   bool     // Remove ran; guarded by mu
 	channels  []string // subscribed channels; guarded by mu
+	done      chan struct{} // closed once the transport is closed
+	doneOnce  sync.Once
+}
+
+// Done is closed once c's socket has been closed, by a finished closing
+// handshake or by dropping it.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// shut closes the transport (with a handshake when graceful) and marks c
+// done. It blocks while the handshake runs.
+func (c *Conn) shut(graceful bool, code int, reason string) {
+	if graceful {
+		c.t.Close(code, reason)
+	} else {
+		c.t.CloseNow()
+	}
+	c.doneOnce.Do(func() { close(c.done) })
 }
 
 func (c *Conn) has(channel string) bool  { return c.index(channel) >= 0 }
@@ -88,7 +105,7 @@ func (c *Conn) overflowLocked() {
 	go func() {
 		defer h.wg.Done()
 		h.cfg.OnClose(CloseSlowConsumer)
-		c.t.Close(CloseSlowConsumer, "slow consumer")
+		c.shut(true, CloseSlowConsumer, "slow consumer")
 	}()
 }
 
@@ -130,7 +147,7 @@ func (c *Conn) writeLoop() {
 			c.closed = true
 			c.mu.Unlock()
 			h.cfg.OnClose(code)
-			c.t.Close(code, reason)
+			c.shut(true, code, reason)
 			c.mu.Lock()
 			c.writing = false
 			c.mu.Unlock()
@@ -157,7 +174,7 @@ func (c *Conn) fail() {
 	c.queue, c.pending = nil, 0
 	c.writing = false
 	c.mu.Unlock()
-	c.t.CloseNow()
+	c.shut(false, 0, "")
 }
 
 // ping sends a WebSocket ping and drops c when no pong comes in time.
@@ -176,6 +193,6 @@ func (c *Conn) ping() {
 		c.closed = true
 		c.queue, c.pending = nil, 0
 		c.mu.Unlock()
-		c.t.CloseNow()
+		c.shut(false, 0, "")
 	}
 }

@@ -144,7 +144,7 @@ func (h *Hub) Add(id, user, tag string, t Transport) (*Conn, error) {
 	if h.draining.Load() {
 		return nil, ErrDraining
 	}
-	c := &Conn{ID: id, User: user, Tag: tag, t: t, hub: h}
+	c := &Conn{ID: id, User: user, Tag: tag, t: t, hub: h, done: make(chan struct{})}
 	s := &h.users[h.shard(user)]
 	s.mu.Lock()
 	m := s.conns[user]
@@ -284,6 +284,21 @@ func (h *Hub) CloseUser(user string, match func(*Conn) bool, code int, reason st
 	return len(victims)
 }
 
+// CloseWhere closes, with code, every connection for which match returns
+// true and returns how many. It visits every connection: prefer CloseUser.
+func (h *Hub) CloseWhere(match func(*Conn) bool, code int, reason string) int {
+	var victims []*Conn
+	h.Each(func(c *Conn) {
+		if match(c) {
+			victims = append(victims, c)
+		}
+	})
+	for _, c := range victims {
+		c.Close(code, reason)
+	}
+	return len(victims)
+}
+
 // Each calls fn for every connection; fn must not call back into the hub.
 func (h *Hub) Each(fn func(*Conn)) {
 	for i := range h.users {
@@ -388,10 +403,13 @@ func (h *Hub) Drain(ctx context.Context, code int, reason string, spread time.Du
 	}
 	if h.Conns() > 0 {
 		for _, c := range h.snapshot() {
-			c.t.CloseNow()
+			c.shut(false, 0, "")
 		}
 	}
 }
+
+// PingInterval returns the heartbeat period.
+func (h *Hub) PingInterval() time.Duration { return h.cfg.PingInterval }
 
 // Draining reports whether Drain or Close began.
 func (h *Hub) Draining() bool { return h.draining.Load() }
@@ -402,7 +420,7 @@ func (h *Hub) Close() {
 	h.draining.Store(true)
 	h.cancel()
 	for _, c := range h.snapshot() {
-		c.t.CloseNow()
+		c.shut(false, 0, "")
 	}
 	h.wg.Wait()
 }

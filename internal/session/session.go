@@ -38,38 +38,57 @@ type Revocation struct {
 	SessionHash string `json:"sid"`
 }
 
-// Store is the contract of the session backends.
+// Store is the contract of the session backends. Its methods are safe for
+// concurrent use. Errors other than ErrNotFound, ErrExpired and Create's
+// *events.FieldError mean the backend failed (503 to a connecting client).
+// No error text contains a session id or a ticket.
 type Store interface {
-	// Get returns the session with id. It returns ErrNotFound when there is
-	// none (or its JSON is unusable: the error wraps the cause) and
-	// ErrExpired when its expiresAt has passed, even if the key still exists.
+	// Get returns the session with id, its ID set. It returns ErrNotFound
+	// when there is none (or its JSON is unusable: the error then wraps
+	// ErrNotFound and says why) and ErrExpired when its expiresAt is at or
+	// before the store's clock, even if the key still exists.
 	Get(ctx context.Context, id string) (Session, error)
 
 	// Create stores a new session with a random unguessable id for ttl
-	// (SETEX session:{id}, expiresAt = now+ttl in ms) and returns it.
+	// (SETEX session:{id}, expiresAt = now+ttl in ms) and returns it. An
+	// empty or channel-unsafe userID (user:{userId} must be a valid channel
+	// name) or a ttl under 1ms gives an *events.FieldError.
 	Create(ctx context.Context, userID, email, plan string, ttl time.Duration) (Session, error)
 
 	// Revoke deletes the session and announces a Revocation to every
-	// Watch, on every replica. Revoking an unknown id returns ErrNotFound.
+	// Watch, on every replica: the delete and the announcement happen
+	// together or not at all. Revoking an unknown id returns ErrNotFound; a
+	// session whose JSON is unusable is still deleted and announced, with
+	// an empty UserID.
 	Revoke(ctx context.Context, id string) error
 
-	// Alive reports, for each id, whether its session still exists and has
-	// not expired, in one round trip. Used by the periodic check.
+	// Alive reports, for each id, whether its session still exists, is
+	// usable and has not expired, in one round trip. Used by the periodic
+	// check. It fails as a whole (and reports nothing) only when the
+	// backend fails.
 	Alive(ctx context.Context, ids []string) ([]bool, error)
 
-	// IssueTicket returns a random single-use ticket for the session,
-	// valid for TicketTTL.
+	// IssueTicket returns a random single-use ticket for the session (s.ID
+	// must be set), valid for TicketTTL.
 	IssueTicket(ctx context.Context, s Session) (string, error)
 
 	// RedeemTicket consumes a ticket (atomically: GETDEL) and returns its
-	// session, which must still be valid. A used, unknown or stale ticket
-	// gives ErrNotFound.
+	// session, which must still be valid: a ticket of a revoked or expired
+	// session is consumed and gives the session's ErrNotFound or
+	// ErrExpired. A used, unknown or stale ticket gives ErrNotFound. Of
+	// concurrent redeems of one ticket at most one succeeds.
 	RedeemTicket(ctx context.Context, ticket string) (Session, error)
 
-	// Watch calls fn for every revocation announced after it started, until
-	// ctx is done; it re-establishes its subscription after Redis
-	// reconnects. fn must not block.
-	Watch(ctx context.Context, fn func(Revocation)) error
+	// Watch calls fn for every revocation announced, on any replica, after
+	// its subscription is in place (which happens shortly after Watch is
+	// called; revocations before that are not delivered), until ctx is
+	// done; then it returns nil. It returns an error only when it cannot
+	// go on (its Redis client was closed). It re-establishes its
+	// subscription after Redis reconnects; revocations announced while
+	// disconnected are lost, so the periodic Alive check is the backstop.
+	// fn is called from one goroutine at a time, in announcement order; it
+	// must not block.
+	Watch(ctx context.Context, ready func(), fn func(Revocation)) error
 }
 
 // TicketTTL is the life of a connect ticket (PROTOCOL §7).

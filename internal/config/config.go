@@ -1,0 +1,279 @@
+// Package config reads Herald's configuration from the environment and
+// command-line flags (PROTOCOL §9) into one validated Config.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"net/url"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Config is the gateway's whole configuration. The variable that sets each
+// field, its unit and its default are in the field's comment.
+type Config struct {
+	RedisURL        string         // REDIS_URL; unset: single-node, in memory
+	Addr            string         // HERALD_ADDR; ":8080"
+	APIKeys         []string       // HERALD_API_KEYS, comma-separated; none: APIs refuse everything
+	AllowedOrigins  []string       // HERALD_ALLOWED_ORIGINS, host patterns (path.Match); none: own host only
+	TrustedProxies  []netip.Prefix // HERALD_TRUSTED_PROXIES, CIDRs; none
+	SessionCookie   string         // HERALD_SESSION_COOKIE; "sid"
+	ConnectLimit    int            // HERALD_CONNECT_LIMIT, connects per client IP per window; 30
+	ConnectWindow   time.Duration  // HERALD_CONNECT_WINDOW; 10s
+	MaxConns        int            // HERALD_MAX_CONNS, sockets on this replica; from the open-file limit
+	MaxConnsPerUser int            // HERALD_MAX_CONNS_PER_USER, across replicas; 20
+	ClientMsgRate   float64        // HERALD_CLIENT_MSG_RATE, messages per second per socket; 10
+	ClientMsgBurst  int            // HERALD_CLIENT_MSG_BURST; 20
+	HistorySize     int            // HERALD_HISTORY_SIZE, events kept per channel; 100
+	HistoryTTL      time.Duration  // HERALD_HISTORY_TTL; 10m
+	DrainTimeout    time.Duration  // HERALD_DRAIN_TIMEOUT, spread of the 1012 closes on SIGTERM; 10s
+	Dev             bool           // HERALD_DEV, demo endpoints; on without REDIS_URL, else off
+
+	// Beyond PROTOCOL §9 (documented in docs/PROTOCOL.md):
+	Node         string        // HERALD_NODE, replica name in welcome frames; the host name
+	SessionCheck time.Duration // HERALD_SESSION_CHECK, how often live sockets' sessions are re-checked; 30s
+	LogLevel     slog.Level    // HERALD_LOG_LEVEL: debug, info, warn, error; info
+	KeyPrefix    string        // HERALD_KEY_PREFIX, prefix of Herald's own Redis keys; empty
+}
+
+// setting is one configuration variable: its environment name, its default
+// as text and how to store a value.
+type setting struct {
+	env   string
+	def   string
+	usage string
+	set   func(c *Config, v string) error
+}
+
+func settings() []setting {
+	return []setting{
+		{"REDIS_URL", "", "Redis URL (redis:// or rediss://); unset: single-node in memory", func(c *Config, v string) error {
+			if v == "" {
+				return nil
+			}
+			u, err := url.Parse(v)
+			if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
+				return errors.New("want redis://host:port or rediss://host:port")
+			}
+			c.RedisURL = v
+			return nil
+		}},
+		{"HERALD_ADDR", ":8080", "listen address", func(c *Config, v string) error {
+			if _, _, err := splitHostPort(v); err != nil {
+				return err
+			}
+			c.Addr = v
+			return nil
+		}},
+		{"HERALD_API_KEYS", "", "comma-separated API keys for the publish and session APIs", func(c *Config, v string) error {
+			c.APIKeys = list(v)
+			for _, k := range c.APIKeys {
+				if len(k) < 16 {
+					return errors.New("every key must be at least 16 characters")
+				}
+			}
+			return nil
+		}},
+		{"HERALD_ALLOWED_ORIGINS", "", "comma-separated allowed Origin host patterns; empty: own host only", func(c *Config, v string) error {
+			c.AllowedOrigins = list(v)
+			for _, p := range c.AllowedOrigins {
+				if _, err := path.Match(p, ""); err != nil {
+					return fmt.Errorf("pattern %q: %w", p, err)
+				}
+			}
+			return nil
+		}},
+		{"HERALD_TRUSTED_PROXIES", "", "comma-separated CIDRs whose X-Forwarded-For is believed", func(c *Config, v string) error {
+			c.TrustedProxies = nil
+			for _, s := range list(v) {
+				p, err := netip.ParsePrefix(s)
+				if err != nil {
+					a, aerr := netip.ParseAddr(s)
+					if aerr != nil {
+						return fmt.Errorf("%q is not a CIDR", s)
+					}
+					p = netip.PrefixFrom(a, a.BitLen())
+				}
+				c.TrustedProxies = append(c.TrustedProxies, p.Masked())
+			}
+			return nil
+		}},
+		{"HERALD_SESSION_COOKIE", "sid", "session cookie name", func(c *Config, v string) error {
+			if v == "" || strings.ContainsAny(v, " ;,=\t\"") {
+				return errors.New("not a cookie name")
+			}
+			c.SessionCookie = v
+			return nil
+		}},
+		{"HERALD_CONNECT_LIMIT", "30", "WebSocket connects per client IP per window", intSetting(func(c *Config) *int { return &c.ConnectLimit }, 1)},
+		{"HERALD_CONNECT_WINDOW", "10s", "sliding window of the connect limit", durSetting(func(c *Config) *time.Duration { return &c.ConnectWindow })},
+		{"HERALD_MAX_CONNS", "", "sockets this replica accepts before 503; default from the open-file limit", func(c *Config, v string) error {
+			if v == "" {
+				c.MaxConns = defaultMaxConns()
+				return nil
+			}
+			return intSetting(func(c *Config) *int { return &c.MaxConns }, 1)(c, v)
+		}},
+		{"HERALD_MAX_CONNS_PER_USER", "20", "concurrent sockets per user across replicas", intSetting(func(c *Config) *int { return &c.MaxConnsPerUser }, 1)},
+		{"HERALD_CLIENT_MSG_RATE", "10", "messages a client may send per second", func(c *Config, v string) error {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil || f <= 0 {
+				return errors.New("want a positive number")
+			}
+			c.ClientMsgRate = f
+			return nil
+		}},
+		{"HERALD_CLIENT_MSG_BURST", "20", "burst of client messages", intSetting(func(c *Config) *int { return &c.ClientMsgBurst }, 1)},
+		{"HERALD_HISTORY_SIZE", "100", "events kept per channel for resume", intSetting(func(c *Config) *int { return &c.HistorySize }, 1)},
+		{"HERALD_HISTORY_TTL", "10m", "how long events are kept for resume", durSetting(func(c *Config) *time.Duration { return &c.HistoryTTL })},
+		{"HERALD_DRAIN_TIMEOUT", "10s", "how long a SIGTERM drain spreads its 1012 closes", durSetting(func(c *Config) *time.Duration { return &c.DrainTimeout })},
+		{"HERALD_DEV", "", "demo/dev endpoints; default on without REDIS_URL", func(c *Config, v string) error {
+			if v == "" {
+				c.Dev = c.RedisURL == ""
+				return nil
+			}
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return errors.New("want true or false")
+			}
+			c.Dev = b
+			return nil
+		}},
+		{"HERALD_NODE", "", "replica name shown in welcome frames; default the host name", func(c *Config, v string) error {
+			if v == "" {
+				v, _ = os.Hostname()
+			}
+			c.Node = v
+			return nil
+		}},
+		{"HERALD_SESSION_CHECK", "30s", "how often open sockets' sessions are re-checked", durSetting(func(c *Config) *time.Duration { return &c.SessionCheck })},
+		{"HERALD_LOG_LEVEL", "info", "debug, info, warn or error", func(c *Config, v string) error {
+			return c.LogLevel.UnmarshalText([]byte(v))
+		}},
+		{"HERALD_KEY_PREFIX", "", "prefix of Herald's own Redis keys", func(c *Config, v string) error {
+			c.KeyPrefix = v
+			return nil
+		}},
+	}
+}
+
+// Load reads the configuration from args (flags named like the variables in
+// lower-case kebab form, e.g. -herald-addr, -redis-url) and getenv. A flag
+// wins over its variable. A bad value is an error naming the variable.
+func Load(args []string, getenv func(string) string, stderr io.Writer) (Config, error) {
+	ss := settings()
+	fs := flag.NewFlagSet("herald", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	flags := make(map[string]*string, len(ss))
+	for _, s := range ss {
+		flags[s.env] = fs.String(FlagName(s.env), "", s.usage+" (env "+s.env+")")
+	}
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+
+	var c Config
+	for _, s := range ss {
+		v := getenv(s.env)
+		if set[FlagName(s.env)] {
+			v = *flags[s.env]
+		}
+		v = strings.TrimSpace(v)
+		if v == "" {
+			v = s.def
+		}
+		if err := s.set(&c, v); err != nil {
+			return Config{}, fmt.Errorf("%s: bad value %q: %w", s.env, redact(s.env, v), err)
+		}
+	}
+	return c, nil
+}
+
+// Variables returns the names of every configuration variable.
+func Variables() []string {
+	var names []string
+	for _, s := range settings() {
+		names = append(names, s.env)
+	}
+	return names
+}
+
+// FlagName is the flag of an environment variable: HERALD_MAX_CONNS →
+// herald-max-conns.
+func FlagName(env string) string { return strings.ReplaceAll(strings.ToLower(env), "_", "-") }
+
+func redact(env, v string) string {
+	if env == "HERALD_API_KEYS" || env == "REDIS_URL" {
+		return "(redacted)"
+	}
+	return v
+}
+
+func list(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func intSetting(field func(*Config) *int, minimum int) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < minimum {
+			return fmt.Errorf("want a whole number ≥ %d", minimum)
+		}
+		*field(c) = n
+		return nil
+	}
+}
+
+func durSetting(field func(*Config) *time.Duration) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return errors.New("want a positive duration such as 10s")
+		}
+		*field(c) = d
+		return nil
+	}
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	i := strings.LastIndexByte(addr, ':')
+	if i < 0 {
+		return "", 0, errors.New("want host:port or :port")
+	}
+	port, err := strconv.Atoi(addr[i+1:])
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, errors.New("bad port")
+	}
+	return addr[:i], port, nil
+}
+
+// defaultMaxConns leaves headroom below the process's open-file limit for
+// Redis connections, listeners and files: 90 % of the limit, less 64.
+func defaultMaxConns() int {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur == 0 {
+		return 1000
+	}
+	n := int(float64(lim.Cur)*0.9) - 64
+	return max(n, 16)
+}

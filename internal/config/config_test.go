@@ -1,0 +1,83 @@
+package config
+
+import (
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestDefaults(t *testing.T) {
+	c, err := Load(nil, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Addr != ":8080" || c.SessionCookie != "sid" || c.ConnectLimit != 30 || c.ConnectWindow != 10*time.Second ||
+		c.MaxConnsPerUser != 20 || c.ClientMsgRate != 10 || c.ClientMsgBurst != 20 || c.HistorySize != 100 ||
+		c.HistoryTTL != 10*time.Minute || c.DrainTimeout != 10*time.Second || !c.Dev || c.MaxConns <= 0 {
+		t.Errorf("defaults: %+v", c)
+	}
+	c, err = Load(nil, env(map[string]string{"REDIS_URL": "redis://127.0.0.1:1"}), io.Discard)
+	if err != nil || c.Dev {
+		t.Errorf("with REDIS_URL: dev %v, err %v; want dev off", c.Dev, err)
+	}
+}
+
+func TestFlagBeatsEnv(t *testing.T) {
+	c, err := Load([]string{"-herald-addr", "127.0.0.1:9", "-herald-dev=false"},
+		env(map[string]string{"HERALD_ADDR": ":1"}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Addr != "127.0.0.1:9" || c.Dev {
+		t.Errorf("got addr %q dev %v", c.Addr, c.Dev)
+	}
+}
+
+func TestBadValuesNameTheVariable(t *testing.T) {
+	tests := []struct{ env, value string }{
+		{"REDIS_URL", "http://x"},
+		{"HERALD_ADDR", "nowhere"},
+		{"HERALD_API_KEYS", "short"},
+		{"HERALD_ALLOWED_ORIGINS", "[bad"},
+		{"HERALD_TRUSTED_PROXIES", "10.0.0.0/99"},
+		{"HERALD_SESSION_COOKIE", "a b"},
+		{"HERALD_CONNECT_LIMIT", "0"},
+		{"HERALD_CONNECT_WINDOW", "soon"},
+		{"HERALD_MAX_CONNS", "-1"},
+		{"HERALD_MAX_CONNS_PER_USER", "x"},
+		{"HERALD_CLIENT_MSG_RATE", "-2"},
+		{"HERALD_CLIENT_MSG_BURST", "1.5"},
+		{"HERALD_HISTORY_SIZE", "0"},
+		{"HERALD_HISTORY_TTL", "0s"},
+		{"HERALD_DRAIN_TIMEOUT", "forever"},
+		{"HERALD_DEV", "maybe"},
+		{"HERALD_SESSION_CHECK", "-1s"},
+		{"HERALD_LOG_LEVEL", "loud"},
+	}
+	for _, tt := range tests {
+		_, err := Load(nil, env(map[string]string{tt.env: tt.value}), io.Discard)
+		if err == nil || !strings.HasPrefix(err.Error(), tt.env+":") {
+			t.Errorf("%s=%q: err %v, want one naming %s", tt.env, tt.value, err, tt.env)
+		}
+	}
+}
+
+func TestSecretsNotEchoed(t *testing.T) {
+	_, err := Load(nil, env(map[string]string{"HERALD_API_KEYS": "tiny-secret"}), io.Discard)
+	if err == nil || strings.Contains(err.Error(), "tiny-secret") {
+		t.Errorf("error %v echoes the key", err)
+	}
+}
+
+func TestTrustedProxies(t *testing.T) {
+	c, err := Load(nil, env(map[string]string{"HERALD_TRUSTED_PROXIES": "10.1.2.3/8, 127.0.0.1"}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.TrustedProxies) != 2 || c.TrustedProxies[0].String() != "10.0.0.0/8" || c.TrustedProxies[1].String() != "127.0.0.1/32" {
+		t.Errorf("got %v", c.TrustedProxies)
+	}
+}
