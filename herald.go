@@ -103,12 +103,13 @@ func ApplyPublishOptions(opts ...PublishOption) PublishOptions {
 // minutes), a repeat publishes nothing and returns the first call's ids.
 // That makes a retry after a timeout or a crash safe, as long as the key
 // names the thing being published and not the attempt: a job id, a request
-// id. Keys are shared by every publisher of one Herald (Redis or HTTP), so
-// namespace them ("job:{id}"). A repeat with a different number of messages
-// fails.
+// id. Keys live in the Redis the gateways share, one space for all
+// publishers, so namespace them ("job:{id}"). A repeat is not compared with the first
+// call: with other content it also returns the first ids (with a different
+// number of messages it fails).
 //
 // A key is 1 to 200 characters of printable ASCII without spaces; other
-// keys fail the call before anything is sent.
+// keys fail the call before anything is sent. An empty key means none.
 //
 // The key is an option of the call, not of the context: a context passes
 // through many calls, and a key that silently applied to all of them would
@@ -129,8 +130,8 @@ var ErrNoMessages = errors.New("herald: no messages to publish")
 type FieldError struct {
 	// Field names the bad field as the HTTP API would: "channel", "event",
 	// "data" for Publish; "items[2].channel" for the third message of a
-	// batch; "idempotencyKey" for a bad key; "userEffectId" for an
-	// [EffectComplete] without one.
+	// batch; "idempotencyKey" for a bad key; "userEffectId" or "userId"
+	// for an [EffectComplete] whose ids cannot name a channel.
 	Field string
 	// Reason says what is wrong with it.
 	Reason string
@@ -174,7 +175,7 @@ func encode(msgs []Message, single bool, o PublishOptions) ([]events.Publication
 			if errors.As(err, &fe) {
 				return nil, &FieldError{Field: field(fe.Field), Reason: fe.Reason}
 			}
-			return nil, fmt.Errorf("herald: %s: %w", field("channel"), err)
+			return nil, fmt.Errorf("herald: invalid message: %w", err)
 		}
 		pubs[i] = p
 	}

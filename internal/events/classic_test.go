@@ -1,0 +1,51 @@
+package events
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestParseClassic(t *testing.T) {
+	payload := `{"userEffectId":"3f2c","resultUrl":"https://x/y.png","timestamp":1732600000000,"userId":"42","extra":true}`
+	pubs, err := ParseClassic([]byte(payload))
+	if err != nil {
+		t.Fatalf("ParseClassic: %v", err)
+	}
+	if len(pubs) != 2 || pubs[0].Channel != "effect:3f2c" || pubs[1].Channel != "user:42" {
+		t.Fatalf("got %+v, want effect:3f2c then user:42", pubs)
+	}
+	for _, p := range pubs {
+		if p.Event != EffectComplete || string(p.Data) != payload {
+			t.Errorf("%s: event %q data %s, want %q and the payload unchanged", p.Channel, p.Event, p.Data, EffectComplete)
+		}
+	}
+
+	for _, bad := range []string{``, `null`, `[]`, `"x"`, `{}`, `{"userEffectId":""}`, `{"userEffectId":"a b"}`, `{"userEffectId":"x:owner"}`, `{"userEffectId":"x","userId":"a\"b"}`} {
+		if pubs, err := ParseClassic([]byte(bad)); err == nil {
+			t.Errorf("ParseClassic(%s) = %+v, want an error", bad, pubs)
+		}
+	}
+	var fe *FieldError
+	if _, err := ParseClassic([]byte(`{"resultUrl":"u"}`)); !errors.As(err, &fe) || fe.Field != "userEffectId" {
+		t.Errorf("missing userEffectId: got %v, want a *FieldError on userEffectId", err)
+	}
+}
+
+// FuzzParseClassic checks that no payload panics and that whatever is
+// accepted is publishable as is.
+func FuzzParseClassic(f *testing.F) {
+	f.Add([]byte(`{"userEffectId":"3f2c","resultUrl":"https://x/y.png","timestamp":1,"userId":"42"}`))
+	f.Add([]byte(`{"userEffectId":"a","userId":""}`))
+	f.Add([]byte(`not json`))
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		pubs, err := ParseClassic(payload)
+		if err != nil {
+			return
+		}
+		for _, p := range pubs {
+			if err := p.Validate(); err != nil {
+				t.Fatalf("accepted %q but %s is invalid: %v", payload, p.Channel, err)
+			}
+		}
+	})
+}
