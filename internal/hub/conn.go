@@ -17,14 +17,14 @@ type Conn struct {
 	hub *Hub
 
 	mu        sync.Mutex
-	queue     [][]byte // frames waiting for the writer; guarded by mu
-	pending   int      // bytes in queue; guarded by mu
-	writing   bool     // a writer goroutine runs; guarded by mu
-	closeCode int      // non-zero once a close was requested; guarded by mu
-	reason    string   // close reason; guarded by mu
-	closed    bool     // no more frames are accepted; guarded by mu
-	removed   bool     // Remove ran; guarded by mu
-	channels  []string // subscribed channels; guarded by mu
+	queue     [][]byte      // frames waiting for the writer; guarded by mu
+	pending   int           // bytes in queue; guarded by mu
+	writing   bool          // a writer goroutine runs; guarded by mu
+	closeCode int           // non-zero once a close was requested; guarded by mu
+	reason    string        // close reason; guarded by mu
+	closed    bool          // no more frames are accepted; guarded by mu
+	removed   bool          // Remove ran; guarded by mu
+	channels  []string      // subscribed channels; guarded by mu
 	done      chan struct{} // closed once the transport is closed
 	doneOnce  sync.Once
 }

@@ -103,7 +103,7 @@ type Hub struct {
 
 	ctx    context.Context // cancelled by Close: aborts writes and pings
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // writers, closers, pings
+	wg     sync.WaitGroup // writers and closers
 
 	draining atomic.Bool
 	conns    atomic.Int64
@@ -346,10 +346,13 @@ func (h *Hub) Channels() int {
 }
 
 // Run pings every connection each PingInterval and reaps the ones that do
-// not answer within PingTimeout, until ctx is done.
+// not answer within PingTimeout, until ctx is done or the hub is closed. It
+// waits for its pings before it returns.
 func (h *Hub) Run(ctx context.Context) {
 	t := time.NewTicker(h.cfg.PingInterval)
 	defer t.Stop()
+	var pings sync.WaitGroup
+	defer pings.Wait()
 	sem := make(chan struct{}, maxParallelPings)
 	for {
 		select {
@@ -365,11 +368,10 @@ func (h *Hub) Run(ctx context.Context) {
 			case <-ctx.Done():
 				return
 			}
-			h.wg.Add(1)
-			go func() {
-				defer func() { <-sem; h.wg.Done() }()
+			pings.Go(func() {
+				defer func() { <-sem }()
 				c.ping()
-			}()
+			})
 		}
 	}
 }
@@ -381,20 +383,21 @@ func (h *Hub) Run(ctx context.Context) {
 func (h *Hub) Drain(ctx context.Context, code int, reason string, spread time.Duration) {
 	h.draining.Store(true)
 	all := h.snapshot()
-	const step = 10 * time.Millisecond
-	steps := max(int(spread/step), 1)
-	per := (len(all) + steps - 1) / steps
-	tick := time.NewTicker(step)
-	defer tick.Stop()
-	for i := 0; i < len(all); i += per {
-		for _, c := range all[i:min(i+per, len(all))] {
-			c.Close(code, reason)
+	start := time.Now()
+	for i, c := range all {
+		at := start.Add(spread * time.Duration(i) / time.Duration(len(all)))
+		if d := time.Until(at); d > time.Millisecond && ctx.Err() == nil {
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+			}
 		}
-		select {
-		case <-tick.C:
-		case <-ctx.Done():
-		}
+		c.Close(code, reason)
 	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
 	for h.Conns() > 0 && ctx.Err() == nil {
 		select {
 		case <-tick.C:
