@@ -7,14 +7,19 @@ package broker
 
 import (
 	"context"
+	"errors"
 
 	"github.com/heraldgw/herald/internal/events"
 )
 
-// Handler receives each event frame of a subscribed channel, in publish
-// order per channel. It is called from the broker's single delivery loop and
-// must neither block nor call back into the broker; frame must not be
-// modified and may be retained.
+// ErrClosed is returned by Publish, Subscribe and Ping once Close was called.
+var ErrClosed = errors.New("broker: closed")
+
+// Handler receives each event frame of a subscribed channel, in event id
+// order per channel. Calls never overlap: Redis calls it from its single
+// delivery loop, Memory from Publish while holding its lock. So it must
+// neither block nor call back into the broker. frame must not be modified
+// and may be retained.
 type Handler func(channel string, frame []byte)
 
 // Broker is the contract between a replica and the shared event bus.
@@ -25,19 +30,25 @@ type Broker interface {
 	// nothing. A *events.FieldError reports invalid input.
 	Publish(ctx context.Context, idemKey string, pubs ...events.Publication) ([]string, error)
 
-	// Subscribe adds one local reference to each channel; the broker
-	// receives a channel while it has at least one reference. It returns once
-	// frames published afterwards will be delivered to the Handler, or with
-	// an error, in which case it added no reference.
+	// Subscribe adds one local reference to each channel (a channel named
+	// twice gets two); the broker receives a channel while it has at least
+	// one reference. It returns once frames published afterwards will be
+	// delivered to the Handler, or with an error, in which case it added no
+	// reference. Invalid channel names are a *events.FieldError.
 	Subscribe(ctx context.Context, channels ...string) error
 
 	// Unsubscribe drops one reference to each channel; after the last one
-	// the broker stops receiving the channel. It never blocks on the network.
+	// the broker stops receiving the channel and delivers none of its frames
+	// published after Unsubscribe returned. Dropping a reference that was
+	// never added is ignored. It never blocks on the network.
 	Unsubscribe(channels ...string)
 
 	// Ping reports whether the shared backend is reachable.
 	Ping(ctx context.Context) error
 
-	// Close stops delivery and waits for the broker's goroutines.
+	// Close stops delivery, makes blocked and later calls fail with
+	// ErrClosed and waits for the broker's goroutines. It leaves the
+	// dependencies it was given (such as a Redis client) open. Calling it
+	// again does nothing and returns nil.
 	Close() error
 }

@@ -25,6 +25,16 @@ func TestParseClassic(t *testing.T) {
 			t.Errorf("ParseClassic(%s) = %+v, want an error", bad, pubs)
 		}
 	}
+	// Node apps often write a numeric userId or a string timestamp.
+	pubs, err = ParseClassic([]byte(`{"userEffectId":"e1","userId":42,"timestamp":"soon"}`))
+	if err != nil || len(pubs) != 2 || pubs[1].Channel != "user:42" {
+		t.Errorf("numeric userId: got %+v, %v; want user:42", pubs, err)
+	}
+	for _, bad := range []string{`{"userEffectId":"e1","userId":[42]}`, `{"userEffectId":"e1","userId":4.2}`} {
+		if pubs, err := ParseClassic([]byte(bad)); err == nil {
+			t.Errorf("ParseClassic(%s) = %+v, want an error", bad, pubs)
+		}
+	}
 	var fe *FieldError
 	if _, err := ParseClassic([]byte(`{"resultUrl":"u"}`)); !errors.As(err, &fe) || fe.Field != "userEffectId" {
 		t.Errorf("missing userEffectId: got %v, want a *FieldError on userEffectId", err)

@@ -125,18 +125,28 @@ type Classic struct {
 // ParseClassic turns a classic effect:complete payload into the publications
 // it stands for: one on effect:{userEffectId}, and one on user:{userId} when
 // the payload names a user. The classic JSON is the data of both, unchanged.
+// Only the two ids are read, so apps that write a numeric userId or a
+// timestamp of another type are still understood.
 func ParseClassic(payload []byte) ([]Publication, error) {
-	var c Classic
+	var c struct {
+		UserEffectID json.RawMessage `json:"userEffectId"`
+		UserID       json.RawMessage `json:"userId"`
+	}
 	if err := json.Unmarshal(payload, &c); err != nil {
 		return nil, fmt.Errorf("classic payload: %w", err)
 	}
-	if c.UserEffectID == "" {
-		return nil, &FieldError{Field: "userEffectId", Reason: "missing"}
+	effect, ok := idText(c.UserEffectID)
+	if !ok || effect == "" {
+		return nil, &FieldError{Field: "userEffectId", Reason: "missing or not a string"}
 	}
 	data := json.RawMessage(payload)
-	pubs := []Publication{{Channel: EffectChannel(c.UserEffectID), Event: EffectComplete, Data: data}}
-	if c.UserID != "" {
-		pubs = append(pubs, Publication{Channel: UserChannel(c.UserID), Event: EffectComplete, Data: data})
+	pubs := []Publication{{Channel: EffectChannel(effect), Event: EffectComplete, Data: data}}
+	user, ok := idText(c.UserID)
+	if !ok {
+		return nil, &FieldError{Field: "userId", Reason: "not a string or number"}
+	}
+	if user != "" {
+		pubs = append(pubs, Publication{Channel: UserChannel(user), Event: EffectComplete, Data: data})
 	}
 	for _, p := range pubs {
 		if err := p.Validate(); err != nil {
@@ -144,4 +154,23 @@ func ParseClassic(payload []byte) ([]Publication, error) {
 		}
 	}
 	return pubs, nil
+}
+
+// idText reads an id written as a JSON string or integer; absent or null
+// gives "". ok is false for any other JSON value.
+func idText(raw json.RawMessage) (string, bool) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return "", true
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err == nil {
+		return s, true
+	}
+	var n json.Number
+	if err := json.Unmarshal(raw, &n); err == nil {
+		if _, err := n.Int64(); err == nil {
+			return n.String(), true
+		}
+	}
+	return "", false
 }

@@ -111,7 +111,8 @@ func (l *RedisLog) Append(ctx context.Context, idemKey string, pubs ...Publicati
 	}
 	res, err := publishScript.Run(ctx, l.rdb, keys, args...).StringSlice()
 	if err != nil {
-		return nil, fmt.Errorf("publish %d event(s) to %s: %w", len(pubs), pubs[0].Channel, err)
+		// No channel name here: effect ids are capabilities, kept out of logs.
+		return nil, fmt.Errorf("publish %d event(s): %w", len(pubs), err)
 	}
 	if len(res) != len(pubs) {
 		return nil, fmt.Errorf("publish: idempotency key reused for %d event(s), got %d ids", len(pubs), len(res))

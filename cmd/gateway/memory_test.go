@@ -1,0 +1,69 @@
+package main
+
+import (
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/coder/websocket"
+)
+
+// TestMemoryModeEndToEnd runs the single-node default: no REDIS_URL, dev on,
+// demo page served, a dev login and a fake job completing live.
+func TestMemoryModeEndToEnd(t *testing.T) {
+	r := startReplica(t, "solo", nil)
+
+	resp, err := http.Get(r.url("/"))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("demo page: %v %v", resp.Status, err)
+	}
+	resp.Body.Close()
+	if st, _ := r.api(t, "GET", "/readyz", "", nil); st != http.StatusOK {
+		t.Errorf("readyz %d, want 200", st)
+	}
+
+	// Log in as a person would: the cookie jar keeps the session cookie.
+	jar, _ := cookiejar.New(nil)
+	hc := &http.Client{Jar: jar}
+	resp, err = hc.Post(r.url("/dev/login"), "application/json", strings.NewReader(`{"userId":"alice"}`))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("dev login: %v %v", resp.Status, err)
+	}
+	resp.Body.Close()
+	u, _ := url.Parse(r.url("/"))
+	hdr := http.Header{}
+	for _, ck := range jar.Cookies(u) {
+		hdr.Add("Cookie", ck.String())
+	}
+	hdr.Set("Origin", "http://"+r.addr)
+	cl := dial(t, r.wsURL(""), hdr)
+	w := cl.nextOf("welcome")
+	if w.str("user") != "alice" || w.str("node") != "solo" || w.str("conn") == "" {
+		t.Errorf("welcome %v", w)
+	}
+
+	resp, err = hc.Post(r.url("/dev/jobs"), "application/json", strings.NewReader(`{"kind":"sepia"}`))
+	if err != nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("dev job: %v %v", resp.Status, err)
+	}
+	resp.Body.Close()
+	ev := cl.nextOf("event")
+	data, _ := ev["data"].(map[string]any)
+	if ev.str("channel") != "user:alice" || ev.str("event") != "effect.complete" || data["kind"] != "sepia" {
+		t.Errorf("completion %v", ev)
+	}
+
+	// The publish API works in memory too.
+	id := r.publish(t, "user:alice", "note", map[string]any{"n": 1})
+	if got := cl.nextOf("event"); got.str("id") != id {
+		t.Errorf("event id %q, want %q", got.str("id"), id)
+	}
+
+	cl.c.Close(websocket.StatusNormalClosure, "")
+	eventually(t, "connections back to zero", func() bool { return r.metric(t, "herald_connections") == 0 })
+	if err := r.stop(); err != nil {
+		t.Errorf("run returned %v, want nil", err)
+	}
+}

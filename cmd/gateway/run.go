@@ -1,0 +1,134 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/heraldgw/herald/internal/broker"
+	"github.com/heraldgw/herald/internal/config"
+	"github.com/heraldgw/herald/internal/events"
+	"github.com/heraldgw/herald/internal/gateway"
+	"github.com/heraldgw/herald/internal/hub"
+	"github.com/heraldgw/herald/internal/metrics"
+	"github.com/heraldgw/herald/internal/session"
+	"github.com/heraldgw/herald/web"
+)
+
+// run builds the whole gateway from its configuration, serves until ctx is
+// done, then drains: it stops accepting, closes sockets with 1012 spread
+// over the drain window, and closes Redis last. It prints "listening on
+// ADDR" to stdout once it accepts connections.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := config.Load(args, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("node", cfg.Node)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var h *hub.Hub
+	m := metrics.New(reg,
+		func() float64 { return float64(h.Conns()) },
+		func() float64 { return float64(h.Channels()) })
+	h = hub.New(hub.Config{OnClose: m.Closed}, log)
+	deliver := func(channel string, frame []byte) {
+		m.EventsDelivered.Add(float64(h.Broadcast(channel, frame)))
+	}
+
+	var (
+		b        broker.Broker
+		sessions session.Store
+		owners   gateway.Owners
+		rdb      *redis.Client
+	)
+	if cfg.RedisURL == "" {
+		log.Info("herald starting single-node, in memory: no REDIS_URL, so nothing is shared with other replicas",
+			"addr", cfg.Addr, "dev", cfg.Dev)
+		b = broker.NewMemory(deliver, cfg.HistorySize, cfg.HistoryTTL)
+		sessions = session.NewMemory(nil)
+		owners = gateway.NewMemoryOwners()
+	} else {
+		opt, err := redis.ParseURL(cfg.RedisURL)
+		if err != nil {
+			return fmt.Errorf("REDIS_URL: %w", err)
+		}
+		rdb = redis.NewClient(opt)
+		log.Info("herald starting with Redis", "redis", opt.Addr, "addr", cfg.Addr, "dev", cfg.Dev)
+		names := events.Names{Prefix: cfg.KeyPrefix}
+		rlog := events.NewRedisLog(rdb, names, int64(cfg.HistorySize), cfg.HistoryTTL)
+		b = broker.NewRedis(rdb, rlog, names, deliver, log, broker.RedisOptions{Classic: true})
+		sessions = session.NewRedis(rdb, names, log, nil)
+		owners = gateway.NewRedisOwners(rdb)
+	}
+
+	srv := gateway.New(gateway.Deps{
+		Config: cfg, Hub: h, Broker: b, Sessions: sessions, Owners: owners,
+		Metrics: m, Gatherer: reg, Log: log, Web: web.FS(),
+	})
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		b.Close()
+		closeRedis(rdb)
+		return fmt.Errorf("HERALD_ADDR: listen: %w", err)
+	}
+	hs := &http.Server{
+		Handler:           srv.Handler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+
+	bg, stopBg := context.WithCancel(context.Background())
+	g, gctx := errgroup.WithContext(bg)
+	g.Go(func() error { return srv.Run(gctx) })
+	g.Go(func() error {
+		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve: %w", err)
+		}
+		return nil
+	})
+	log.Info("listening", "addr", ln.Addr().String())
+	fmt.Fprintf(stdout, "listening on %s\n", ln.Addr())
+
+	select {
+	case <-ctx.Done():
+	case <-gctx.Done(): // a loop failed: shut down the same way
+	}
+
+	// Shutdown: stop accepting, drain sockets, stop loops, close Redis last.
+	log.Info("draining", "window", cfg.DrainTimeout.String(), "sockets", h.Conns())
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if err := hs.Shutdown(sctx); err != nil {
+		log.Warn("http shutdown", "err", err)
+	}
+	cancel()
+	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout+5*time.Second)
+	srv.Drain(dctx)
+	cancel()
+	stopBg()
+	err = g.Wait()
+	h.Close()
+	b.Close()
+	closeRedis(rdb)
+	log.Info("stopped")
+	return err
+}
+
+func closeRedis(rdb *redis.Client) {
+	if rdb != nil {
+		rdb.Close()
+	}
+}

@@ -1,0 +1,113 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/heraldgw/herald/internal/events"
+)
+
+// fakeClock is a settable clock; tests are single-goroutine.
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time { return c.t }
+
+func publishN(t *testing.T, m *Memory, ch string, n int) []string {
+	t.Helper()
+	var ids []string
+	for i := range n {
+		got, err := m.Publish(context.Background(), "", events.Publication{Channel: ch, Event: "e", Data: json.RawMessage(fmt.Sprint(i))})
+		if err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+		ids = append(ids, got[0])
+	}
+	return ids
+}
+
+func TestMemoryIDsSurviveClockStallAndJumpBack(t *testing.T) {
+	clock := &fakeClock{t: time.UnixMilli(1_732_600_000_000)}
+	m := newMemory(nil, 10, time.Minute, clock.now)
+	ch := "user:42"
+	ids := publishN(t, m, ch, 2) // stalled clock
+	clock.t = clock.t.Add(-5 * time.Second)
+	ids = append(ids, publishN(t, m, ch, 1)...) // clock went back
+	clock.t = clock.t.Add(time.Minute)
+	ids = append(ids, publishN(t, m, ch, 1)...)
+	want := []string{"1732600000000-0", "1732600000000-1", "1732600000000-2", "1732600055000-0"}
+	if !slices.Equal(ids, want) {
+		t.Errorf("ids %v, want %v", ids, want)
+	}
+}
+
+func TestMemoryHistoryWindow(t *testing.T) {
+	clock := &fakeClock{t: time.UnixMilli(1_000_000)}
+	m := newMemory(nil, 3, time.Minute, clock.now)
+	ch := "public:news"
+	ids := publishN(t, m, ch, 5)
+
+	evs, complete := m.History(ch, ids[1])
+	if got := eventIDs(evs); !slices.Equal(got, ids[2:]) || !complete {
+		t.Errorf("History after %s = %v, %v; want %v, true", ids[1], got, complete, ids[2:])
+	}
+	if _, complete := m.History(ch, ids[0]); complete {
+		t.Errorf("History after %s: complete, want a gap (event %s was trimmed)", ids[0], ids[1])
+	}
+	evs, _ = m.History(ch, "")
+	if want := events.AppendFrame(nil, ids[4], events.Publication{Channel: ch, Event: "e", Data: json.RawMessage("4")}); string(evs[2].Frame) != string(want) {
+		t.Errorf("stored frame %s, want %s", evs[2].Frame, want)
+	}
+
+	clock.t = clock.t.Add(time.Minute + time.Millisecond)
+	if evs, complete := m.History(ch, ids[4]); len(evs) != 0 || !complete {
+		t.Errorf("History after the newest id once expired = %d events, %v; want 0, true", len(evs), complete)
+	}
+	if evs, complete := m.History(ch, ids[3]); len(evs) != 0 || complete {
+		t.Errorf("History after %s once expired = %d events, %v; want 0, false", ids[3], len(evs), complete)
+	}
+}
+
+func TestMemoryIdempotencyExpires(t *testing.T) {
+	clock := &fakeClock{t: time.UnixMilli(1_000_000)}
+	m := newMemory(nil, 3, time.Minute, clock.now)
+	p := events.Publication{Channel: "user:1", Event: "e"}
+	first, _ := m.Publish(context.Background(), "k", p)
+	again, _ := m.Publish(context.Background(), "k", p)
+	if first[0] != again[0] {
+		t.Fatalf("repeat id %s, want %s", again[0], first[0])
+	}
+	if _, err := m.Publish(context.Background(), "k", p, p); err == nil {
+		t.Error("reusing a key for another number of events: got nil error")
+	}
+	clock.t = clock.t.Add(time.Minute)
+	later, _ := m.Publish(context.Background(), "k", p)
+	if later[0] == first[0] {
+		t.Errorf("key still honoured after the TTL")
+	}
+}
+
+func TestMemorySweepForgetsIdleChannels(t *testing.T) {
+	clock := &fakeClock{t: time.UnixMilli(1_000_000)}
+	m := newMemory(nil, 3, time.Minute, clock.now)
+	publishN(t, m, "public:a", 1)
+	m.Publish(context.Background(), "key", events.Publication{Channel: "public:b", Event: "e"})
+	clock.t = clock.t.Add(2 * time.Minute)
+	publishN(t, m, "public:c", 1)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.chans) != 1 || len(m.idem) != 0 {
+		t.Errorf("after the TTL: %d channels and %d idempotency keys kept, want 1 and 0", len(m.chans), len(m.idem))
+	}
+}
+
+func eventIDs(evs []Event) []string {
+	var ids []string
+	for _, e := range evs {
+		ids = append(ids, e.ID)
+	}
+	return ids
+}

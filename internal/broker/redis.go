@@ -1,0 +1,234 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/heraldgw/herald/internal/events"
+)
+
+var _ Broker = (*Redis)(nil)
+
+// RedisOptions tunes a Redis broker. The zero value is ready to use.
+type RedisOptions struct {
+	// Classic also subscribes, for the broker's whole life, to the classic
+	// events.ClassicChannel and turns each message there into events
+	// (PROTOCOL §1–2). Every replica may do so: the conversion uses an
+	// idempotency key derived from the payload, so one event per channel is
+	// created however many replicas hear the message. Classic messages
+	// published before this subscription is confirmed are missed; it is
+	// confirmed by the time any Subscribe call returns.
+	Classic bool
+
+	// ClassicQueue is how many classic messages may wait for conversion;
+	// beyond that they are dropped and counted (other replicas convert them
+	// too). Default 1024.
+	ClassicQueue int
+
+	// OnResubscribe, when set, is called after go-redis reconnected and
+	// resubscribed, with the subscribed Herald channels, before any frame
+	// received on the new connection is delivered. Frames published while
+	// disconnected are lost to pub/sub: this is where to refill them from
+	// history. It may be called more than once per reconnect, each time
+	// with some of the channels. It is called from the delivery loop, so,
+	// like the Handler, it must neither block nor call back into the broker.
+	OnResubscribe func(channels []string)
+
+	// ReceiveBuffer is the size of the go-redis message channel between its
+	// socket reader and the delivery loop. Default 1024.
+	ReceiveBuffer int
+
+	// ResyncInterval is how long the broker waits for Redis to confirm a
+	// subscription before it asks again; a confirmation is lost when the
+	// connection drops. Default 1s.
+	ResyncInterval time.Duration
+}
+
+// RedisStats are the broker's counters since it started.
+type RedisStats struct {
+	Channels         int    // Herald channels with at least one local reference
+	Received         uint64 // pub/sub messages read, classic ones included
+	Delivered        uint64 // frames handed to the Handler
+	Ignored          uint64 // messages of channels without local references
+	Resubscribes     uint64 // resubscriptions seen after pub/sub reconnects
+	ClassicConverted uint64 // classic messages published as events (or found already published)
+	ClassicDropped   uint64 // classic messages dropped because the queue was full
+	ClassicInvalid   uint64 // classic messages that were not valid effect:complete JSON
+	ClassicFailed    uint64 // classic messages whose publish failed
+}
+
+// Redis is the shared Broker. Publish runs events.RedisLog's atomic script;
+// delivery uses one go-redis PubSub (one connection) for all channels,
+// subscribed while they have local references.
+//
+// Subscriptions are reconciled in rounds by one goroutine, which sends each
+// round's changes as one SUBSCRIBE and one UNSUBSCRIBE. The UNSUBSCRIBE
+// ends with a barrier, a never-subscribed channel whose name carries the
+// round number. Redis answers the commands of a connection in order, so
+// the barrier's confirmation proves every channel of that round and the
+// earlier ones is subscribed; Subscribe waits for it. go-redis resubscribes
+// its channels before anything else on a new connection, so the proof
+// holds across reconnects too; a barrier lost with its connection is sent
+// again after ResyncInterval.
+//
+// It uses unsharded SUBSCRIBE, which a Redis Cluster broadcasts to every
+// node, so its one PubSub may sit on any node.
+type Redis struct {
+	rdb        redis.UniversalClient
+	log        *events.RedisLog
+	names      events.Names
+	h          Handler
+	logger     *slog.Logger
+	opts       RedisOptions
+	ps         *redis.PubSub
+	msgs       <-chan any
+	syncPrefix string // barrier channel names: syncPrefix + round
+
+	ctx     context.Context // cancelled by Close; stops the goroutines
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup // the reconciler, the delivery loop, the classic worker
+	kick    chan struct{}  // capacity 1: wakes the reconciler
+	classic chan []byte    // nil unless opts.Classic
+	done    chan struct{}  // closed by Close: wakes waiting Subscribe calls
+
+	// mu guards the fields below. It is never held across network I/O or
+	// Handler calls.
+	mu        sync.Mutex
+	closed    bool
+	subs      map[string]*redisSub     // by pub/sub channel name
+	dirty     map[string]struct{}      // subs whose refs crossed zero or need resending
+	live      int                      // Herald channels with refs > 0
+	nextRound uint64                   // number the reconciler's next round gets
+	doneRound uint64                   // highest round whose barrier Redis confirmed
+	waits     map[uint64]chan struct{} // closed once doneRound >= key
+
+	stats redisCounters
+}
+
+// redisSub is the state of one pub/sub channel.
+type redisSub struct {
+	channel string // Herald channel; "" for the classic ingress
+	refs    int
+	round   uint64 // round whose SUBSCRIBE carried it; 0 while not sent
+}
+
+type redisCounters struct {
+	received, delivered, ignored, resubscribes atomic.Uint64
+	converted, dropped, invalid, publishFailed atomic.Uint64
+}
+
+// NewRedis returns a running Redis broker. rdb carries pub/sub and Ping;
+// log is the publish path (also for classic ingress); names maps Herald
+// channels to pub/sub channels; h receives the frames. A nil logger
+// discards. Close stops it; rdb stays open, it belongs to the caller.
+func NewRedis(rdb redis.UniversalClient, log *events.RedisLog, names events.Names, h Handler, logger *slog.Logger, opts RedisOptions) *Redis {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.ClassicQueue <= 0 {
+		opts.ClassicQueue = 1024
+	}
+	if opts.ReceiveBuffer <= 0 {
+		opts.ReceiveBuffer = 1024
+	}
+	if opts.ResyncInterval <= 0 {
+		opts.ResyncInterval = time.Second
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &Redis{
+		rdb: rdb, log: log, names: names, h: h, logger: logger, opts: opts,
+		syncPrefix: names.Prefix + "herald:sync:",
+		ctx:        ctx, cancel: cancel,
+		kick:      make(chan struct{}, 1),
+		done:      make(chan struct{}),
+		subs:      make(map[string]*redisSub),
+		dirty:     make(map[string]struct{}),
+		nextRound: 1,
+		waits:     make(map[uint64]chan struct{}),
+	}
+	b.ps = rdb.Subscribe(ctx)
+	b.msgs = b.ps.ChannelWithSubscriptions(redis.WithChannelSize(opts.ReceiveBuffer))
+	if opts.Classic {
+		b.classic = make(chan []byte, opts.ClassicQueue)
+		b.subs[events.ClassicChannel] = &redisSub{refs: 1}
+		b.dirty[events.ClassicChannel] = struct{}{}
+		b.wg.Go(b.convertClassic)
+	}
+	b.wg.Go(b.reconcile)
+	b.wg.Go(b.receive)
+	b.wake()
+	return b
+}
+
+// Publish appends pubs to their channels' histories and publishes them in
+// one atomic script run (events.RedisLog.Append), returning their ids.
+func (b *Redis) Publish(ctx context.Context, idemKey string, pubs ...events.Publication) ([]string, error) {
+	if b.isClosed() {
+		return nil, ErrClosed
+	}
+	return b.log.Append(ctx, idemKey, pubs...)
+}
+
+// Ping sends PING to Redis.
+func (b *Redis) Ping(ctx context.Context) error {
+	if b.isClosed() {
+		return ErrClosed
+	}
+	if err := b.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis ping: %w", err)
+	}
+	return nil
+}
+
+// Close stops delivery, fails waiting Subscribe calls with ErrClosed, closes
+// the pub/sub connection and waits for the broker's goroutines. Calling it
+// again returns nil.
+func (b *Redis) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	close(b.done)
+	b.mu.Unlock()
+
+	b.cancel()
+	err := b.ps.Close() // ends the delivery loop, which drains go-redis's channel until then
+	b.wg.Wait()
+	if err != nil {
+		return fmt.Errorf("close redis pub/sub: %w", err)
+	}
+	return nil
+}
+
+// Stats returns the broker's counters.
+func (b *Redis) Stats() RedisStats {
+	b.mu.Lock()
+	live := b.live
+	b.mu.Unlock()
+	c := &b.stats
+	return RedisStats{
+		Channels:         live,
+		Received:         c.received.Load(),
+		Delivered:        c.delivered.Load(),
+		Ignored:          c.ignored.Load(),
+		Resubscribes:     c.resubscribes.Load(),
+		ClassicConverted: c.converted.Load(),
+		ClassicDropped:   c.dropped.Load(),
+		ClassicInvalid:   c.invalid.Load(),
+		ClassicFailed:    c.publishFailed.Load(),
+	}
+}
+
+func (b *Redis) isClosed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closed
+}

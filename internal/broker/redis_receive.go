@@ -1,0 +1,159 @@
+package broker
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/heraldgw/herald/internal/events"
+)
+
+// classicTimeout bounds one classic conversion's publish.
+const classicTimeout = 5 * time.Second
+
+// receive is the delivery loop: it drains go-redis's channel until Close
+// closes the PubSub. It never blocks: it calls the Handler (non-blocking by
+// contract), queues classic messages without waiting and takes b.mu only
+// briefly. Resubscriptions after a reconnect are gathered while they keep
+// arriving and reported before the next frame is delivered.
+func (b *Redis) receive() {
+	var resubscribed bool // gathering a resubscription burst
+	var channels []string // Herald channels in the burst
+	flush := func() {
+		if resubscribed {
+			b.resubscribed(channels)
+		}
+		resubscribed, channels = false, nil
+	}
+	for {
+		var msg any
+		var ok bool
+		if resubscribed {
+			select {
+			case msg, ok = <-b.msgs:
+			default:
+				flush() // the burst is over, at least for now
+				continue
+			}
+		} else {
+			msg, ok = <-b.msgs
+		}
+		if !ok {
+			return
+		}
+		switch m := msg.(type) {
+		case *redis.Message:
+			flush()
+			b.deliver(m)
+		case *redis.Subscription:
+			ch, resub := b.onSubscription(m)
+			if resub {
+				resubscribed = true
+				if ch != "" {
+					channels = append(channels, ch)
+				}
+			}
+		}
+	}
+}
+
+// deliver hands a message to the Handler if its channel has local
+// references, or queues it for conversion if it is a classic one.
+func (b *Redis) deliver(m *redis.Message) {
+	b.stats.received.Add(1)
+	if m.Channel == events.ClassicChannel && b.classic != nil {
+		select {
+		case b.classic <- []byte(m.Payload):
+		default:
+			// Logged at the 1st, 2nd, 4th, 8th… drop, so a flood cannot flood the log.
+			if n := b.stats.dropped.Add(1); n&(n-1) == 0 {
+				b.logger.Warn("classic effect:complete messages dropped: conversion queue full", "dropped", n, "queue", cap(b.classic))
+			}
+		}
+		return
+	}
+	b.mu.Lock()
+	s := b.subs[m.Channel]
+	live := s != nil && s.refs > 0 && s.channel != "" && !b.closed
+	b.mu.Unlock()
+	if !live {
+		b.stats.ignored.Add(1)
+		return
+	}
+	b.h(s.channel, []byte(m.Payload))
+	b.stats.delivered.Add(1)
+}
+
+// onSubscription handles a SUBSCRIBE or UNSUBSCRIBE confirmation. A barrier
+// confirms its round. A "subscribe" for a channel whose subscription was
+// already confirmed was not asked for by this broker: go-redis reconnected
+// and resubscribed it. Then resub is true and ch is the Herald channel, ""
+// for the classic ingress.
+func (b *Redis) onSubscription(m *redis.Subscription) (ch string, resub bool) {
+	if r, ok := b.barrierRound(m.Channel); ok {
+		b.confirmRound(r)
+		return "", false
+	}
+	if m.Kind != "subscribe" {
+		return "", false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.subs[m.Channel]
+	if s == nil || s.refs == 0 || s.round == 0 || s.round > b.doneRound {
+		// Ours, late, or for a channel nobody waits on any more.
+		return "", false
+	}
+	return s.channel, true
+}
+
+// resubscribed reports a resubscription burst.
+func (b *Redis) resubscribed(channels []string) {
+	b.stats.resubscribes.Add(1)
+	b.logger.Info("redis pub/sub reconnected and resubscribed", "channels", len(channels))
+	if b.opts.OnResubscribe != nil && len(channels) > 0 {
+		b.opts.OnResubscribe(channels)
+	}
+}
+
+// convertClassic is the classic worker: it turns queued classic payloads
+// into events, one at a time, off the delivery loop because each needs a
+// Redis round trip.
+func (b *Redis) convertClassic() {
+	for {
+		select {
+		case <-b.ctx.Done():
+			return
+		case payload := <-b.classic:
+			b.convert(payload)
+		}
+	}
+}
+
+// convert publishes the events a classic payload stands for. The
+// idempotency key is the payload's hash, so that of all the replicas
+// hearing the same message exactly one creates the events (the publish
+// script checks and sets the key atomically); the others get the same ids.
+func (b *Redis) convert(payload []byte) {
+	pubs, err := events.ParseClassic(payload)
+	if err != nil {
+		b.stats.invalid.Add(1)
+		// The payload is not logged: it is an app's data.
+		b.logger.Warn("classic effect:complete message ignored", "err", err, "bytes", len(payload))
+		return
+	}
+	sum := sha256.Sum256(payload)
+	ctx, cancel := context.WithTimeout(b.ctx, classicTimeout)
+	defer cancel()
+	if _, err := b.log.Append(ctx, "classic:"+hex.EncodeToString(sum[:]), pubs...); err != nil {
+		b.stats.publishFailed.Add(1)
+		if b.ctx.Err() == nil {
+			b.logger.Warn("classic effect:complete message not published", "err", err)
+		}
+		return
+	}
+	b.stats.converted.Add(1)
+}

@@ -1,0 +1,204 @@
+package gateway
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/heraldgw/herald/internal/events"
+	"github.com/heraldgw/herald/internal/session"
+)
+
+// Body limits of the HTTP APIs.
+const (
+	maxPublishBody = 64 << 10
+	maxBatchBody   = 1 << 20
+	maxBatchItems  = 100
+	maxSmallBody   = 4 << 10
+	maxSessionTTL  = 30 * 24 * time.Hour
+	ownerTTL       = 24 * time.Hour
+)
+
+// requireAPIKey admits requests bearing one of the configured API keys,
+// compared in constant time. With no keys configured it refuses everything.
+func (s *Server) requireAPIKey(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		key, ok := bearer(c.Request())
+		if !ok || !s.validKey(key) {
+			return writeError(c, errUnauthorized)
+		}
+		return next(c)
+	}
+}
+
+func (s *Server) validKey(key string) bool {
+	found := 0
+	for _, k := range s.cfg.APIKeys {
+		found |= subtle.ConstantTimeCompare([]byte(k), []byte(key))
+	}
+	return found == 1
+}
+
+// decodeBody reads a JSON body of at most limit bytes into v. Unknown
+// fields are refused so that typos surface.
+func decodeBody(c echo.Context, limit int64, v any) error {
+	r := http.MaxBytesReader(c.Response(), c.Request().Body, limit)
+	dec := json.NewDecoder(r)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return bodyError(err)
+	}
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return bodyError(err)
+	}
+	if dec.More() {
+		return errBadRequest("body", "trailing data after the JSON object")
+	}
+	return nil
+}
+
+// bodyError names the field a JSON decoding error is about, when it can.
+func bodyError(err error) error {
+	var mbe *http.MaxBytesError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &mbe):
+		return errTooLarge
+	case errors.As(err, &te):
+		return errBadRequest(te.Field, fmt.Sprintf("%s must be %s", te.Field, te.Type))
+	case errors.Is(err, io.EOF):
+		return errBadRequest("body", "empty body")
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+		return errBadRequest(f, "unknown field "+f)
+	}
+	return errBadRequest("body", "invalid JSON")
+}
+
+// handlePublish is POST /api/publish (PROTOCOL §6).
+func (s *Server) handlePublish(c echo.Context) error {
+	var p events.Publication
+	if err := decodeBody(c, maxPublishBody, &p); err != nil {
+		return err
+	}
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	ids, err := s.publish(c, "http", p)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusAccepted, map[string]string{"id": ids[0]})
+}
+
+// handlePublishBatch is POST /api/publish/batch: all items or none.
+func (s *Server) handlePublishBatch(c echo.Context) error {
+	var body struct {
+		Items []events.Publication `json:"items"`
+	}
+	if err := decodeBody(c, maxBatchBody, &body); err != nil {
+		return err
+	}
+	if len(body.Items) == 0 || len(body.Items) > maxBatchItems {
+		return errBadRequest("items", fmt.Sprintf("items must hold 1 to %d publications", maxBatchItems))
+	}
+	for i, p := range body.Items {
+		var fe *events.FieldError
+		if err := p.Validate(); errors.As(err, &fe) {
+			return errBadRequest(fmt.Sprintf("items[%d].%s", i, fe.Field), fe.Error())
+		}
+	}
+	ids, err := s.publish(c, "http", body.Items...)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusAccepted, map[string][]string{"ids": ids})
+}
+
+// publish sends validated publications through the broker, honouring an
+// Idempotency-Key header.
+func (s *Server) publish(c echo.Context, source string, pubs ...events.Publication) ([]string, error) {
+	if !s.Ready() {
+		return nil, errUnavailable(errors.New("not ready"))
+	}
+	key := c.Request().Header.Get("Idempotency-Key")
+	if len(key) > 200 {
+		return nil, errBadRequest("Idempotency-Key", "at most 200 characters")
+	}
+	ids, err := s.broker.Publish(c.Request().Context(), key, pubs...)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics.EventsIn.WithLabelValues(source).Add(float64(len(pubs)))
+	return ids, nil
+}
+
+// handleCreateSession is POST /api/sessions (PROTOCOL §7); ttl is in
+// seconds.
+func (s *Server) handleCreateSession(c echo.Context) error {
+	var body struct {
+		UserID string `json:"userId"`
+		Email  string `json:"email"`
+		Plan   string `json:"plan"`
+		TTL    int64  `json:"ttl"`
+	}
+	if err := decodeBody(c, maxSmallBody, &body); err != nil {
+		return err
+	}
+	if !events.ValidName(body.UserID) {
+		return errBadRequest("userId", "userId must match [A-Za-z0-9:_.-]{1,128}")
+	}
+	ttl := time.Duration(body.TTL) * time.Second
+	if ttl <= 0 || ttl > maxSessionTTL {
+		return errBadRequest("ttl", "ttl must be 1 to 2592000 seconds")
+	}
+	sess, err := s.sessions.Create(c.Request().Context(), body.UserID, body.Email, body.Plan, ttl)
+	if err != nil {
+		return errUnavailable(err)
+	}
+	return c.JSON(http.StatusCreated, map[string]any{"sessionId": sess.ID, "expiresAt": sess.ExpiresAt})
+}
+
+// handleRevokeSession is DELETE /api/sessions/{id}: every socket of the
+// session, on every replica, is closed with 4001.
+func (s *Server) handleRevokeSession(c echo.Context) error {
+	err := s.sessions.Revoke(c.Request().Context(), c.Param("id"))
+	switch {
+	case errors.Is(err, session.ErrNotFound):
+		return writeError(c, errNotFound)
+	case err != nil:
+		return errUnavailable(err)
+	}
+	return c.NoContent(http.StatusNoContent)
+}
+
+// handleTicket is POST /api/tickets: a one-time connect ticket for the
+// session in the cookie or bearer header.
+func (s *Server) handleTicket(c echo.Context) error {
+	r := c.Request()
+	var id string
+	if ck, err := r.Cookie(s.cfg.SessionCookie); err == nil && ck.Value != "" {
+		id = ck.Value
+	} else if b, ok := bearer(r); ok {
+		id = b
+	} else {
+		return writeError(c, errUnauthorized)
+	}
+	sess, err := s.sessions.Get(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	t, err := s.sessions.IssueTicket(r.Context(), sess)
+	if err != nil {
+		return errUnavailable(err)
+	}
+	c.Response().Header().Set("Cache-Control", "no-store")
+	return c.JSON(http.StatusCreated, map[string]any{"ticket": t, "expiresIn": int(session.TicketTTL / time.Second)})
+}

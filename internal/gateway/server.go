@@ -1,0 +1,269 @@
+// Package gateway is Herald's HTTP and WebSocket front: it authenticates
+// connects, upgrades them, runs each socket's read loop, serves the publish,
+// session and ticket APIs, and keeps sessions of open sockets honest
+// (revocations, deletions, expiry).
+package gateway
+
+import (
+	"context"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/heraldgw/herald/internal/broker"
+	"github.com/heraldgw/herald/internal/config"
+	"github.com/heraldgw/herald/internal/hub"
+	"github.com/heraldgw/herald/internal/metrics"
+	"github.com/heraldgw/herald/internal/session"
+)
+
+// Deps are the server's dependencies, all required but Web.
+type Deps struct {
+	Config   config.Config
+	Hub      *hub.Hub
+	Broker   broker.Broker
+	Sessions session.Store
+	Owners   Owners
+	Metrics  *metrics.Metrics
+	Gatherer prometheus.Gatherer // what /metrics serves
+	Log      *slog.Logger
+	Web      fs.FS // static files served at /; nil serves none
+}
+
+// Server is the gateway's HTTP side. Create it with New, serve Handler, run
+// its background loops with Run, and stop it with Drain.
+type Server struct {
+	cfg      config.Config
+	hub      *hub.Hub
+	broker   broker.Broker
+	sessions session.Store
+	owners   Owners
+	metrics  *metrics.Metrics
+	gatherer prometheus.Gatherer
+	log      *slog.Logger
+	web      fs.FS
+	now      func() time.Time
+
+	echo     *echo.Echo
+	live     *liveSessions
+	ready    atomic.Bool // the shared backend answered the last probe
+	watching atomic.Bool // the revocation watch is subscribed
+
+	// ctx outlives requests: socket read loops and dev jobs run under it.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // socket handlers and dev jobs
+}
+
+// New builds a Server and its routes.
+func New(d Deps) *Server {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		cfg: d.Config, hub: d.Hub, broker: d.Broker, sessions: d.Sessions, owners: d.Owners,
+		metrics: d.Metrics, gatherer: d.Gatherer, log: d.Log, web: d.Web, now: time.Now,
+		live: newLiveSessions(), ctx: ctx, cancel: cancel,
+	}
+	s.ready.Store(true)
+	s.echo = s.routes()
+	return s
+}
+
+// Handler returns the HTTP handler of every route.
+func (s *Server) Handler() http.Handler { return s.echo }
+
+// Ready reports whether the server accepts sockets and publishes: the
+// backend answers, revocations are watched, and no drain began.
+func (s *Server) Ready() bool { return s.ready.Load() && s.watching.Load() && !s.hub.Draining() }
+
+// Run runs the background loops (heartbeats, readiness probe, session
+// checks, revocation watch) until ctx is done.
+func (s *Server) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { s.hub.Run(ctx); return nil })
+	g.Go(func() error { s.probeLoop(ctx); return nil })
+	g.Go(func() error { s.sessionCheckLoop(ctx); return nil })
+	g.Go(func() error { return s.watchRevocations(ctx) })
+	return g.Wait()
+}
+
+// Drain closes every socket with 1012 spread over the drain window, waits
+// for their handlers (until ctx is done) and stops dev jobs. Call it after
+// the listener stopped accepting.
+func (s *Server) Drain(ctx context.Context) {
+	s.hub.Drain(ctx, hub.CloseRestart, "server restart", s.cfg.DrainTimeout)
+	s.cancel()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.log.Warn("drain deadline passed with handlers still running")
+	}
+}
+
+// probeLoop keeps ready in step with the backend, once a second.
+func (s *Server) probeLoop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := s.broker.Ping(pctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if was := s.ready.Swap(err == nil); was != (err == nil) {
+			if err != nil {
+				s.log.Error("backend unreachable: refusing new sockets and publishes", "err", err)
+			} else {
+				s.log.Info("backend reachable again")
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// watchRevocations closes the sockets of sessions revoked on any replica.
+// Until its first subscription is in place the server is not ready, so no
+// socket is admitted whose revocation could be missed.
+func (s *Server) watchRevocations(ctx context.Context) error {
+	for ctx.Err() == nil {
+		err := s.sessions.Watch(ctx, func() { s.watching.Store(true) }, func(r session.Revocation) {
+			match := func(c *hub.Conn) bool { return c.Tag == r.SessionHash }
+			var n int
+			if r.UserID == "" { // a session whose JSON was unreadable
+				n = s.hub.CloseWhere(match, hub.CloseRevoked, "session revoked")
+			} else {
+				n = s.hub.CloseUser(r.UserID, match, hub.CloseRevoked, "session revoked")
+			}
+			if n > 0 {
+				s.log.Info("session revoked: sockets closed", "user", r.UserID, "sockets", n)
+			}
+		})
+		if err != nil && ctx.Err() == nil {
+			s.log.Error("revocation watch failed; retrying", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+	return nil
+}
+
+// sessionCheckLoop closes sockets whose session expired, or was deleted
+// from the backend, every SessionCheck interval. A backend error skips the
+// round: open sockets stay while Redis is away.
+func (s *Server) sessionCheckLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.SessionCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.checkSessions(ctx)
+	}
+}
+
+func (s *Server) checkSessions(ctx context.Context) {
+	all := s.live.snapshot()
+	if len(all) == 0 {
+		return
+	}
+	nowMS := s.now().UnixMilli()
+	var dead, check []liveSession
+	for _, l := range all {
+		if l.expiresAt <= nowMS {
+			dead = append(dead, l)
+		} else {
+			check = append(check, l)
+		}
+	}
+	ids := make([]string, len(check))
+	for i, l := range check {
+		ids[i] = l.id
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	alive, err := s.sessions.Alive(cctx, ids)
+	cancel()
+	if err != nil {
+		s.log.Warn("session check skipped: backend error", "err", err)
+	} else {
+		for i, ok := range alive {
+			if !ok {
+				dead = append(dead, check[i])
+			}
+		}
+	}
+	for _, l := range dead {
+		s.hub.CloseUser(l.user, func(c *hub.Conn) bool { return c.Tag == l.hash }, hub.CloseRevoked, "session expired")
+	}
+}
+
+// liveSessions remembers the sessions behind open sockets, once per session
+// however many sockets share it, for the periodic check. Ids stay in memory
+// only.
+type liveSessions struct {
+	mu sync.Mutex
+	m  map[string]*liveSession // by session hash; guarded by mu
+}
+
+type liveSession struct {
+	id, hash, user string
+	expiresAt      int64 // ms
+	refs           int
+}
+
+func newLiveSessions() *liveSessions { return &liveSessions{m: make(map[string]*liveSession)} }
+
+func (l *liveSessions) add(sess session.Session) string {
+	h := session.Hash(sess.ID)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.m[h]
+	if e == nil {
+		e = &liveSession{id: sess.ID, hash: h, user: sess.UserID, expiresAt: sess.ExpiresAt}
+		l.m[h] = e
+	}
+	e.refs++
+	return h
+}
+
+func (l *liveSessions) release(hash string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e := l.m[hash]; e != nil {
+		if e.refs--; e.refs <= 0 {
+			delete(l.m, hash)
+		}
+	}
+}
+
+func (l *liveSessions) snapshot() []liveSession {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]liveSession, 0, len(l.m))
+	for _, e := range l.m {
+		out = append(out, *e)
+	}
+	return out
+}
+
+func (l *liveSessions) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.m)
+}

@@ -1,0 +1,175 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/url"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/google/uuid"
+	"github.com/labstack/echo/v4"
+
+	"github.com/heraldgw/herald/internal/events"
+	"github.com/heraldgw/herald/internal/hub"
+	"github.com/heraldgw/herald/internal/session"
+)
+
+const (
+	readLimit        = 4 << 10 // bytes per client frame (PROTOCOL §4)
+	subscribeTimeout = 5 * time.Second
+)
+
+// handleWS decides everything before the upgrade (PROTOCOL §3): a refused
+// client gets a plain HTTP answer and never a socket.
+func (s *Server) handleWS(c echo.Context) error {
+	r := c.Request()
+	sess, err := s.admit(r)
+	if err != nil {
+		ae := toAPIError(err)
+		s.metrics.Refusals.WithLabelValues(ae.Code).Inc()
+		if ae.Status >= 500 {
+			s.log.Warn("connect refused", "status", ae.Status, "ip", c.RealIP(), "err", err)
+		} else {
+			s.log.Debug("connect refused", "status", ae.Status, "ip", c.RealIP(), "reason", ae.Message)
+		}
+		return writeError(c, ae)
+	}
+
+	userChannel := events.UserChannel(sess.UserID)
+	ctx, cancel := context.WithTimeout(r.Context(), subscribeTimeout)
+	err = s.broker.Subscribe(ctx, userChannel)
+	cancel()
+	if err != nil {
+		s.metrics.Refusals.WithLabelValues("unavailable").Inc()
+		s.log.Warn("connect refused: subscribe failed", "err", err)
+		return writeError(c, errUnavailable(err))
+	}
+
+	// Origin was checked in admit; the library's own check would differ.
+	ws, err := websocket.Accept(c.Response(), r, &websocket.AcceptOptions{
+		InsecureSkipVerify: true,
+		CompressionMode:    websocket.CompressionDisabled,
+	})
+	if err != nil {
+		s.broker.Unsubscribe(userChannel)
+		s.log.Debug("upgrade failed", "err", err)
+		return nil // Accept answered the client itself
+	}
+	ws.SetReadLimit(readLimit + 1) // our own check answers 1008 first
+
+	s.wg.Add(1)
+	defer s.wg.Done()
+	s.serveSocket(ws, sess, userChannel)
+	return nil
+}
+
+// admit runs the checks of PROTOCOL §3 in order and returns the session.
+func (s *Server) admit(r *http.Request) (session.Session, error) {
+	if s.hub.Draining() {
+		return session.Session{}, errDraining
+	}
+	if !s.originAllowed(r) {
+		return session.Session{}, errForbiddenOrigin
+	}
+	if !s.Ready() {
+		return session.Session{}, errUnavailable(errors.New("not ready"))
+	}
+	if s.hub.Conns() >= s.cfg.MaxConns {
+		return session.Session{}, errFull
+	}
+	return s.authenticate(r)
+}
+
+// authenticate finds the first credential present (ticket, cookie, bearer)
+// and checks it; that one decides.
+func (s *Server) authenticate(r *http.Request) (session.Session, error) {
+	ctx := r.Context()
+	if t := r.URL.Query().Get("ticket"); t != "" {
+		return s.sessions.RedeemTicket(ctx, t)
+	}
+	if ck, err := r.Cookie(s.cfg.SessionCookie); err == nil && ck.Value != "" {
+		return s.sessions.Get(ctx, ck.Value)
+	}
+	if id, ok := bearer(r); ok {
+		return s.sessions.Get(ctx, id)
+	}
+	return session.Session{}, errUnauthorized
+}
+
+func bearer(r *http.Request) (string, bool) {
+	h := r.Header.Get("Authorization")
+	if len(h) > 7 && strings.EqualFold(h[:7], "Bearer ") {
+		return strings.TrimSpace(h[7:]), true
+	}
+	return "", false
+}
+
+// originAllowed applies the allow-list to browsers (requests with Origin).
+// "null" (sandboxed frames, file: pages) is foreign. Without a list only the
+// gateway's own host is allowed.
+func (s *Server) originAllowed(r *http.Request) bool {
+	o := r.Header.Get("Origin")
+	if o == "" {
+		return true
+	}
+	u, err := url.Parse(o)
+	if err != nil || u.Host == "" || o == "null" {
+		return false
+	}
+	host := strings.ToLower(u.Host)
+	if len(s.cfg.AllowedOrigins) == 0 {
+		return host == strings.ToLower(r.Host)
+	}
+	for _, p := range s.cfg.AllowedOrigins {
+		if ok, _ := path.Match(strings.ToLower(p), host); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// wsTransport adapts a coder/websocket connection to the hub.
+type wsTransport struct{ c *websocket.Conn }
+
+func (t wsTransport) Write(ctx context.Context, b []byte) error {
+	return t.c.Write(ctx, websocket.MessageText, b)
+}
+func (t wsTransport) Ping(ctx context.Context) error { return t.c.Ping(ctx) }
+func (t wsTransport) Close(code int, reason string) error {
+	return t.c.Close(websocket.StatusCode(code), reason)
+}
+func (t wsTransport) CloseNow() error { return t.c.CloseNow() }
+
+// serveSocket registers an accepted socket, greets it and runs its read
+// loop until the socket ends; then it releases everything it held.
+func (s *Server) serveSocket(ws *websocket.Conn, sess session.Session, userChannel string) {
+	hash := s.live.add(sess)
+	defer s.live.release(hash)
+
+	conn, err := s.hub.Add(uuid.NewString(), sess.UserID, hash, wsTransport{ws})
+	if err != nil { // draining began after admit
+		s.broker.Unsubscribe(userChannel)
+		ws.Close(websocket.StatusServiceRestart, "server restart")
+		return
+	}
+	s.metrics.Connects.Inc()
+	if _, err := s.hub.Subscribe(conn, userChannel); err != nil {
+		s.broker.Unsubscribe(userChannel)
+	}
+	defer func() {
+		s.broker.Unsubscribe(s.hub.Remove(conn)...)
+		ws.CloseNow()
+	}()
+
+	conn.Send(welcomeFrame(conn.ID, sess.UserID, s.cfg.Node, s.heartbeatSeconds()))
+	cl := &client{s: s, conn: conn, user: sess.UserID}
+	cl.readLoop(s.ctx, ws)
+}
+
+func (s *Server) heartbeatSeconds() int { return int(s.hub.PingInterval() / time.Second) }
+
+var _ hub.Transport = wsTransport{}

@@ -1,0 +1,14 @@
+// Package web holds the browser side of Herald, embedded in the gateway
+// binary: the demo page and the client library. Nothing needs building.
+package web
+
+import (
+	"embed"
+	"io/fs"
+)
+
+//go:embed index.html app.js herald.js style.css
+var files embed.FS
+
+// FS returns the embedded files, served by the gateway at /.
+func FS() fs.FS { return files }
