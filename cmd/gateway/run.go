@@ -43,8 +43,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		func() float64 { return float64(h.Conns()) },
 		func() float64 { return float64(h.Channels()) })
 	h = hub.New(hub.Config{OnClose: m.Closed}, log)
-	deliver := func(channel string, frame []byte) {
-		m.EventsDelivered.Add(float64(h.Broadcast(channel, frame)))
+	deliver := func(channel, id string, frame []byte) {
+		m.EventsDelivered.Add(float64(h.Broadcast(channel, id, frame)))
 	}
 
 	var (

@@ -15,12 +15,13 @@ import (
 // ErrClosed is returned by Publish, Subscribe and Ping once Close was called.
 var ErrClosed = errors.New("broker: closed")
 
-// Handler receives each event frame of a subscribed channel, in event id
-// order per channel. Calls never overlap: Redis calls it from its single
-// delivery loop, Memory from Publish while holding its lock. So it must
-// neither block nor call back into the broker. frame must not be modified
-// and may be retained.
-type Handler func(channel string, frame []byte)
+// Handler receives each event frame of a subscribed channel with its event
+// id, in id order per channel and at most once per id, also across Redis
+// reconnects (the Redis broker refills what pub/sub missed from history).
+// Calls never overlap: Redis calls it from its single delivery loop, Memory
+// from Publish while holding its lock. So it must neither block nor call
+// back into the broker. frame must not be modified and may be retained.
+type Handler func(channel, id string, frame []byte)
 
 // Broker is the contract between a replica and the shared event bus.
 type Broker interface {
@@ -42,6 +43,12 @@ type Broker interface {
 	// published after Unsubscribe returned. Dropping a reference that was
 	// never added is ignored. It never blocks on the network.
 	Unsubscribe(channels ...string)
+
+	// History returns the retained events of channel published after the
+	// event id since, oldest first. complete is false when some events
+	// after since already left the history window (size or age), so the
+	// caller missed events it cannot get back.
+	History(ctx context.Context, channel, since string) (evs []Event, complete bool, err error)
 
 	// Ping reports whether the shared backend is reachable.
 	Ping(ctx context.Context) error

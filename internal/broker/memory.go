@@ -49,11 +49,9 @@ type memIdem struct {
 	expires time.Time
 }
 
-// Event is one published event as kept in a channel's history.
-type Event struct {
-	ID    string
-	Frame []byte // the frame delivered to Handlers; do not modify
-}
+// Event is one published event as kept in a channel's history: its id and
+// the frame delivered to Handlers (do not modify it).
+type Event = events.Entry
 
 // NewMemory returns a Memory that delivers to h and keeps historySize events
 // for historyTTL per channel; zero values take events.DefaultHistorySize and
@@ -123,7 +121,7 @@ func (m *Memory) Publish(ctx context.Context, idemKey string, pubs ...events.Pub
 		ev := Event{ID: ids[i], Frame: events.AppendFrame(nil, ids[i], p)}
 		c.appendLocked(ev, m.size, m.minMS(now))
 		if c.refs > 0 && m.h != nil {
-			m.h(p.Channel, ev.Frame)
+			m.h(p.Channel, ev.ID, ev.Frame)
 		}
 	}
 	if idemKey != "" {
@@ -203,13 +201,19 @@ func (m *Memory) maybeSweepLocked(now time.Time) {
 // events after since have already left the history window, so the caller
 // missed some and must refetch state. The frames are shared: do not modify
 // them.
-func (m *Memory) History(channel, since string) (evs []Event, complete bool) {
+func (m *Memory) History(ctx context.Context, channel, since string) (evs []Event, complete bool, err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, false, fmt.Errorf("history: %w", err)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.closed {
+		return nil, false, ErrClosed
+	}
 	c := m.chans[channel]
 	if c == nil {
 		// Nothing retained: only a caller that asks for everything got it.
-		return nil, since == ""
+		return nil, since == "", nil
 	}
 	c.trimLocked(m.size, m.minMS(m.now()))
 	complete = c.lost == "" || (since != "" && events.CompareIDs(since, c.lost) >= 0)
@@ -218,7 +222,7 @@ func (m *Memory) History(channel, since string) (evs []Event, complete bool) {
 			evs = append(evs, ev)
 		}
 	}
-	return evs, complete
+	return evs, complete, nil
 }
 
 // Subscribe adds one reference to each channel. It returns at once: a frame

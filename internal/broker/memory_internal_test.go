@@ -50,23 +50,23 @@ func TestMemoryHistoryWindow(t *testing.T) {
 	ch := "public:news"
 	ids := publishN(t, m, ch, 5)
 
-	evs, complete := m.History(ch, ids[1])
+	evs, complete, _ := m.History(t.Context(), ch, ids[1])
 	if got := eventIDs(evs); !slices.Equal(got, ids[2:]) || !complete {
 		t.Errorf("History after %s = %v, %v; want %v, true", ids[1], got, complete, ids[2:])
 	}
-	if _, complete := m.History(ch, ids[0]); complete {
+	if _, complete, _ := m.History(t.Context(), ch, ids[0]); complete {
 		t.Errorf("History after %s: complete, want a gap (event %s was trimmed)", ids[0], ids[1])
 	}
-	evs, _ = m.History(ch, "")
+	evs, _, _ = m.History(t.Context(), ch, "")
 	if want := events.AppendFrame(nil, ids[4], events.Publication{Channel: ch, Event: "e", Data: json.RawMessage("4")}); string(evs[2].Frame) != string(want) {
 		t.Errorf("stored frame %s, want %s", evs[2].Frame, want)
 	}
 
 	clock.t = clock.t.Add(time.Minute + time.Millisecond)
-	if evs, complete := m.History(ch, ids[4]); len(evs) != 0 || !complete {
+	if evs, complete, _ := m.History(t.Context(), ch, ids[4]); len(evs) != 0 || !complete {
 		t.Errorf("History after the newest id once expired = %d events, %v; want 0, true", len(evs), complete)
 	}
-	if evs, complete := m.History(ch, ids[3]); len(evs) != 0 || complete {
+	if evs, complete, _ := m.History(t.Context(), ch, ids[3]); len(evs) != 0 || complete {
 		t.Errorf("History after %s once expired = %d events, %v; want 0, false", ids[3], len(evs), complete)
 	}
 }

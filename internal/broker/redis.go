@@ -57,6 +57,9 @@ type RedisStats struct {
 	Delivered        uint64 // frames handed to the Handler
 	Ignored          uint64 // messages of channels without local references
 	Resubscribes     uint64 // resubscriptions seen after pub/sub reconnects
+	Duplicates       uint64 // frames dropped because their id was already delivered
+	Refilled         uint64 // frames delivered from history after a reconnect
+	RefillGaps       uint64 // refills that found events already gone from history
 	ClassicConverted uint64 // classic messages published as events (or found already published)
 	ClassicDropped   uint64 // classic messages dropped because the queue was full
 	ClassicInvalid   uint64 // classic messages that were not valid effect:complete JSON
@@ -94,8 +97,10 @@ type Redis struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup // the reconciler, the delivery loop, the classic worker
 	kick    chan struct{}  // capacity 1: wakes the reconciler
-	classic chan []byte    // nil unless opts.Classic
-	done    chan struct{}  // closed by Close: wakes waiting Subscribe calls
+	refill  chan struct{}  // capacity 1: wakes the refiller
+	filled  chan refillResult
+	classic chan []byte   // nil unless opts.Classic
+	done    chan struct{} // closed by Close: wakes waiting Subscribe calls
 
 	// mu guards the fields below. It is never held across network I/O or
 	// Handler calls.
@@ -107,6 +112,7 @@ type Redis struct {
 	nextRound uint64                   // number the reconciler's next round gets
 	doneRound uint64                   // highest round whose barrier Redis confirmed
 	waits     map[uint64]chan struct{} // closed once doneRound >= key
+	toRefill  map[string]struct{}      // pub/sub names whose refill is due
 
 	stats redisCounters
 }
@@ -116,10 +122,25 @@ type redisSub struct {
 	channel string // Herald channel; "" for the classic ingress
 	refs    int
 	round   uint64 // round whose SUBSCRIBE carried it; 0 while not sent
+
+	// Delivery sequencing. lastID is the newest event id handed to the
+	// Handler, or the stream's newest id read just before the SUBSCRIBE
+	// went out: frames at or below it are duplicates. While refilling,
+	// frames received live wait in pending until the history read that
+	// fills the gap left by a reconnect has been delivered.
+	lastID    string
+	refilling bool
+	gen       uint64 // refill generation: bumped by each reconnect
+	pending   []Event
 }
+
+// maxPending bounds the frames one channel buffers during a refill; past
+// it the oldest are dropped, and the history read still covers them.
+const maxPending = 10000
 
 type redisCounters struct {
 	received, delivered, ignored, resubscribes atomic.Uint64
+	duplicates, refilled, refillGaps           atomic.Uint64
 	converted, dropped, invalid, publishFailed atomic.Uint64
 }
 
@@ -146,11 +167,14 @@ func NewRedis(rdb redis.UniversalClient, log *events.RedisLog, names events.Name
 		syncPrefix: names.Prefix + "herald:sync:",
 		ctx:        ctx, cancel: cancel,
 		kick:      make(chan struct{}, 1),
+		refill:    make(chan struct{}, 1),
+		filled:    make(chan refillResult),
 		done:      make(chan struct{}),
 		subs:      make(map[string]*redisSub),
 		dirty:     make(map[string]struct{}),
 		nextRound: 1,
 		waits:     make(map[uint64]chan struct{}),
+		toRefill:  make(map[string]struct{}),
 	}
 	b.ps = rdb.Subscribe(ctx)
 	b.msgs = b.ps.ChannelWithSubscriptions(redis.WithChannelSize(opts.ReceiveBuffer))
@@ -161,6 +185,7 @@ func NewRedis(rdb redis.UniversalClient, log *events.RedisLog, names events.Name
 		b.wg.Go(b.convertClassic)
 	}
 	b.wg.Go(b.reconcile)
+	b.wg.Go(b.refiller)
 	b.wg.Go(b.receive)
 	b.wake()
 	return b
@@ -173,6 +198,15 @@ func (b *Redis) Publish(ctx context.Context, idemKey string, pubs ...events.Publ
 		return nil, ErrClosed
 	}
 	return b.log.Append(ctx, idemKey, pubs...)
+}
+
+// History reads channel's history after since through the history script
+// (events.RedisLog.Range).
+func (b *Redis) History(ctx context.Context, channel, since string) ([]Event, bool, error) {
+	if b.isClosed() {
+		return nil, false, ErrClosed
+	}
+	return b.log.Range(ctx, channel, since)
 }
 
 // Ping sends PING to Redis.
@@ -220,6 +254,9 @@ func (b *Redis) Stats() RedisStats {
 		Delivered:        c.delivered.Load(),
 		Ignored:          c.ignored.Load(),
 		Resubscribes:     c.resubscribes.Load(),
+		Duplicates:       c.duplicates.Load(),
+		Refilled:         c.refilled.Load(),
+		RefillGaps:       c.refillGaps.Load(),
 		ClassicConverted: c.converted.Load(),
 		ClassicDropped:   c.dropped.Load(),
 		ClassicInvalid:   c.invalid.Load(),

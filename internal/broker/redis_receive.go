@@ -39,7 +39,12 @@ func (b *Redis) receive() {
 				continue
 			}
 		} else {
-			msg, ok = <-b.msgs
+			select {
+			case msg, ok = <-b.msgs:
+			case r := <-b.filled:
+				b.applyRefill(r)
+				continue
+			}
 		}
 		if !ok {
 			return
@@ -75,17 +80,37 @@ func (b *Redis) deliver(m *redis.Message) {
 		}
 		return
 	}
+	frame := []byte(m.Payload)
+	id, ok := events.FrameID(frame)
 	b.mu.Lock()
 	s := b.subs[m.Channel]
-	live := s != nil && s.refs > 0 && s.channel != "" && !b.closed
-	b.mu.Unlock()
-	if !live {
+	if s == nil || s.refs == 0 || s.channel == "" || b.closed || !ok {
+		b.mu.Unlock()
 		b.stats.ignored.Add(1)
 		return
 	}
-	b.h(s.channel, []byte(m.Payload))
+	if s.refilling {
+		s.pending = append(s.pending, Event{ID: id, Frame: frame})
+		if len(s.pending) > maxPending {
+			s.pending = s.pending[1:]
+		}
+		b.mu.Unlock()
+		return
+	}
+	if !newer(id, s.lastID) {
+		b.mu.Unlock()
+		b.stats.duplicates.Add(1)
+		return
+	}
+	s.lastID = id
+	ch := s.channel
+	b.mu.Unlock()
+	b.h(ch, id, frame)
 	b.stats.delivered.Add(1)
 }
+
+// newer reports whether id comes after last ("" is before everything).
+func newer(id, last string) bool { return last == "" || events.CompareIDs(id, last) > 0 }
 
 // onSubscription handles a SUBSCRIBE or UNSUBSCRIBE confirmation. A barrier
 // confirms its round. A "subscribe" for a channel whose subscription was
@@ -110,10 +135,13 @@ func (b *Redis) onSubscription(m *redis.Subscription) (ch string, resub bool) {
 	return s.channel, true
 }
 
-// resubscribed reports a resubscription burst.
+// resubscribed reports a resubscription burst and starts refilling its
+// channels: frames received from now on wait until what pub/sub missed
+// while disconnected has been read from history and delivered.
 func (b *Redis) resubscribed(channels []string) {
 	b.stats.resubscribes.Add(1)
-	b.logger.Info("redis pub/sub reconnected and resubscribed", "channels", len(channels))
+	b.logger.Info("redis pub/sub reconnected and resubscribed; refilling from history", "channels", len(channels))
+	b.markRefill(channels)
 	if b.opts.OnResubscribe != nil && len(channels) > 0 {
 		b.opts.OnResubscribe(channels)
 	}

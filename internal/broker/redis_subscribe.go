@@ -197,7 +197,11 @@ func (b *Redis) round(resync bool) error {
 	ctx, cancel := context.WithTimeout(b.ctx, roundTimeout)
 	defer cancel()
 	if len(adds) > 0 {
-		if err := b.ps.Subscribe(ctx, adds...); err != nil {
+		err := b.readBaselines(ctx, adds)
+		if err == nil {
+			err = b.ps.Subscribe(ctx, adds...)
+		}
+		if err != nil {
 			// go-redis records channels as subscribed even when SUBSCRIBE
 			// failed, and a reconnect it made during the call did not
 			// include them. Roll its record back, so it never resubscribes

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -232,7 +233,7 @@ func TestRedisSubscribeWhileDown(t *testing.T) {
 // references subscribed.
 func TestRedisChurnLeavesRedisInStep(t *testing.T) {
 	srv := redistest.Start(t)
-	b := newRedis(t, srv.Client(), func(string, []byte) {}, broker.RedisOptions{})
+	b := newRedis(t, srv.Client(), func(string, string, []byte) {}, broker.RedisOptions{})
 	chans := []string{"public:s0", "public:s1", "public:s2"}
 	var wg sync.WaitGroup
 	for w := range 50 {
@@ -319,7 +320,7 @@ func TestRedisStaleConfirmationKeepsSubscribeWaiting(t *testing.T) {
 	srv := redistest.Start(t)
 	marker, x := "public:marker", "public:x"
 	entered, release, stop := make(chan struct{}), make(chan struct{}), make(chan struct{})
-	h := func(ch string, _ []byte) {
+	h := func(ch, _ string, _ []byte) {
 		if ch != marker {
 			return
 		}
@@ -376,4 +377,52 @@ func TestRedisStaleConfirmationKeepsSubscribeWaiting(t *testing.T) {
 	if err := <-secondErr; err != nil {
 		t.Fatalf("second Subscribe: %v", err)
 	}
+}
+
+// TestRedisRefillAfterReconnects kills the pub/sub connection three times
+// while 1000 events are published: the Handler still gets every one of
+// them exactly once, in order, refilled from history after each reconnect.
+func TestRedisRefillAfterReconnects(t *testing.T) {
+	srv := redistest.Start(t)
+	rec := brokertest.NewRecorder()
+	b := newRedis(t, srv.Client(), rec.Handle, broker.RedisOptions{})
+	ch := "user:refill"
+	brokertest.MustSubscribe(t, b, ch)
+
+	pubLog := events.NewRedisLog(srv.Client(), names, 2000, time.Minute)
+	admin := srv.Client()
+	const total = 1000
+	var ids []string
+	for i := range total {
+		got, err := pubLog.Append(context.Background(), "", events.Publication{Channel: ch, Event: "n", Data: []byte(strconv.Itoa(i))})
+		if err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+		ids = append(ids, got[0])
+		if i%250 == 125 {
+			if n, err := admin.ClientKillByFilter(context.Background(), "TYPE", "pubsub").Result(); err != nil || n < 1 {
+				t.Fatalf("CLIENT KILL TYPE pubsub = %d, %v", n, err)
+			}
+		}
+	}
+	fs := rec.WaitFor(t, "all events", func(fs []brokertest.Frame) bool { return len(fs) >= total })
+	var got []string
+	for _, f := range fs {
+		got = append(got, f.ID)
+	}
+	if !slices.Equal(got, ids) {
+		t.Fatalf("delivered %d ids, want the %d published in order (first difference at %d)", len(got), total, firstDiff(got, ids))
+	}
+	if s := b.Stats(); s.Resubscribes < 3 || s.Refilled == 0 {
+		t.Errorf("Stats = %+v, want ≥ 3 resubscribes and some refilled frames", s)
+	}
+}
+
+func firstDiff(a, b []string) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
 }

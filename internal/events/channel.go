@@ -79,6 +79,13 @@ func ParseChannel(name string) (Kind, string, error) {
 	return KindInvalid, "", ErrUnknownChannel
 }
 
+// Prefix returns the part of a channel name before its first colon: what
+// logs may say of a channel, since an effect id is a capability.
+func Prefix(channel string) string {
+	p, _, _ := strings.Cut(channel, ":")
+	return p
+}
+
 // UserChannel returns the personal channel of a user.
 func UserChannel(userID string) string { return "user:" + userID }
 

@@ -59,3 +59,15 @@ func FuzzParseClassic(f *testing.F) {
 		}
 	})
 }
+
+func TestFrameID(t *testing.T) {
+	p := Publication{Channel: "user:42", Event: "e", Data: []byte(`{"id":"not this one"}`)}
+	if id, ok := FrameID(AppendFrame(nil, "1732600000000-7", p)); !ok || id != "1732600000000-7" {
+		t.Errorf("FrameID = %q, %v; want 1732600000000-7", id, ok)
+	}
+	for _, bad := range []string{``, `{}`, `{"type":"event","channel":"x"}`, `{"type":"event","channel":"x","id":""}`, `{"type":"pong"}`} {
+		if id, ok := FrameID([]byte(bad)); ok {
+			t.Errorf("FrameID(%s) = %q, want not ok", bad, id)
+		}
+	}
+}

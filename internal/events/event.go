@@ -1,6 +1,7 @@
 package events
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -101,6 +102,27 @@ func CompareIDs(a, b string) int {
 		return 0
 	}
 	return 1
+}
+
+// FrameID returns the event id of an event frame built by AppendFrame or
+// the publish script, without decoding the JSON: the id follows the
+// channel, whose name holds no quote.
+func FrameID(frame []byte) (string, bool) {
+	const head, mid = `{"type":"event","channel":"`, `","id":"`
+	if len(frame) < len(head) || string(frame[:len(head)]) != head {
+		return "", false
+	}
+	rest := frame[len(head):]
+	i := bytes.IndexByte(rest, '"')
+	if i < 0 || len(rest) < i+len(mid) || string(rest[i:i+len(mid)]) != mid {
+		return "", false
+	}
+	rest = rest[i+len(mid):]
+	j := bytes.IndexByte(rest, '"')
+	if j <= 0 {
+		return "", false
+	}
+	return string(rest[:j]), true
 }
 
 // Frame is the part of an event frame a replica needs to route it.

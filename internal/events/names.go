@@ -28,6 +28,10 @@ func (n Names) ChannelOf(pubsub string) (channel string, ok bool) {
 // History is the stream that keeps a channel's recent events.
 func (n Names) History(channel string) string { return n.own("history", channel) }
 
+// Lost is the key that keeps the id of the newest event trimmed from a
+// channel's history, so that a resume can tell whether it missed any.
+func (n Names) Lost(channel string) string { return n.own("lost", channel) }
+
 // Idempotency is the key that remembers the ids of a publish made with an
 // idempotency key.
 func (n Names) Idempotency(key string) string { return n.own("idem", key) }

@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -9,21 +10,46 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
+// trimLua trims a history stream to its window and remembers, in its
+// companion "lost" key, the id of the newest event it removed, so that a
+// later read can tell whether an event after some id is gone. Both keys
+// live 2 × ttl after the last publish: longer than any retained event.
+const trimLua = `
+local function trim(stream, lost, maxlen, minms, ttl)
+  local over = redis.call('XLEN', stream) - maxlen
+  local gone
+  if over > 0 then
+    local old = redis.call('XRANGE', stream, '-', '+', 'COUNT', over)
+    gone = old[#old][1]
+    redis.call('XTRIM', stream, 'MAXLEN', maxlen)
+  end
+  local aged = redis.call('XREVRANGE', stream, '(' .. minms .. '-0', '-', 'COUNT', 1)
+  if #aged > 0 then
+    gone = aged[1][1]
+    redis.call('XTRIM', stream, 'MINID', minms)
+  end
+  if gone then
+    redis.call('SET', lost, gone, 'PX', 2 * ttl)
+  end
+end
+`
+
 // publishScript appends each publication to its channel's history stream,
 // trims the stream to the history window, publishes the event frame and
 // returns the ids, all in one atomic step. With an idempotency key it first
 // returns the ids of an earlier run with the same key, publishing nothing.
 //
-// KEYS[1..n]  history streams; KEYS[n+1] idempotency key when ARGV[3] > 0
-// ARGV[1]     history size (MAXLEN)
-// ARGV[2]     history ttl, ms
-// ARGV[3]     idempotency ttl, ms (0: no key)
-// ARGV[4+4i…] per publication: pub/sub channel, channel, event, data
+// KEYS[2i-1], KEYS[2i]  history stream and its lost key, per publication;
+// KEYS[2n+1]            idempotency key when ARGV[3] > 0
+// ARGV[1]               history size
+// ARGV[2]               history ttl, ms
+// ARGV[3]               idempotency ttl, ms (0: no key)
+// ARGV[4+4i…]           per publication: pub/sub channel, channel, event, data
 //
 // The frame it builds must stay byte-identical to AppendFrame (tested).
-var publishScript = redis.NewScript(`
-local n = #KEYS
+var publishScript = redis.NewScript(trimLua + `
 local idem = tonumber(ARGV[3])
+local n = #KEYS
 if idem > 0 then
   n = n - 1
   local prev = redis.call('GET', KEYS[n + 1])
@@ -33,23 +59,111 @@ if idem > 0 then
     return ids
   end
 end
+n = n / 2
+local maxlen = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local ids = {}
 for i = 1, n do
   local a = 4 + (i - 1) * 4
-  local id = redis.call('XADD', KEYS[i], 'MAXLEN', ARGV[1], '*', 'e', ARGV[a + 2], 'd', ARGV[a + 3])
+  local stream, lost = KEYS[2 * i - 1], KEYS[2 * i]
+  local id = redis.call('XADD', stream, '*', 'e', ARGV[a + 2], 'd', ARGV[a + 3])
   local ms = string.match(id, '^(%d+)')
-  redis.call('XTRIM', KEYS[i], 'MINID', tostring(tonumber(ms) - ttl))
-  redis.call('PEXPIRE', KEYS[i], ttl)
+  trim(stream, lost, maxlen, tostring(tonumber(ms) - ttl), ttl)
+  redis.call('PEXPIRE', stream, 2 * ttl)
   redis.call('PUBLISH', ARGV[a], '{"type":"event","channel":"' .. ARGV[a + 1] .. '","id":"' .. id ..
     '","event":"' .. ARGV[a + 2] .. '","data":' .. ARGV[a + 3] .. ',"ts":' .. ms .. '}')
   ids[i] = id
 end
 if idem > 0 then
-  redis.call('SET', KEYS[n + 1], table.concat(ids, ','), 'PX', idem)
+  redis.call('SET', KEYS[2 * n + 1], table.concat(ids, ','), 'PX', idem)
 end
 return ids
 `)
+
+// historyScript reads a channel's history after an event id and says
+// whether it is complete: whether no event after that id was trimmed away
+// (the lost key holds the newest trimmed id). It trims by age first, so the
+// answer holds at the moment of the read. Once the keys expired (2 × ttl
+// after the last publish), a read with an id is answered "incomplete",
+// conservatively.
+//
+// KEYS[1] history stream, KEYS[2] its lost key
+// ARGV[1] since ("" for everything); ARGV[2] history size; ARGV[3] ttl ms
+// Returns {complete (0/1), entries}.
+var historyScript = redis.NewScript(trimLua + `
+local since = ARGV[1]
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if since == '' then return {1, {}} end
+  return {0, {}}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+trim(KEYS[1], KEYS[2], tonumber(ARGV[2]), tostring(now - tonumber(ARGV[3])), tonumber(ARGV[3]))
+local lost = redis.call('GET', KEYS[2])
+local complete = 1
+if lost then
+  if since == '' then
+    complete = 0
+  else
+    local sm, ss = string.match(since, '^(%d+)-(%d+)$')
+    local lm, ls = string.match(lost, '^(%d+)-(%d+)$')
+    sm, ss, lm, ls = tonumber(sm), tonumber(ss), tonumber(lm), tonumber(ls)
+    if sm < lm or (sm == lm and ss < ls) then complete = 0 end
+  end
+end
+local start = '-'
+if since ~= '' then start = '(' .. since end
+return {complete, redis.call('XRANGE', KEYS[1], start, '+')}
+`)
+
+// Entry is one event read back from a channel's history.
+type Entry struct {
+	ID    string
+	Frame []byte // the event frame exactly as it was published
+}
+
+// Range returns the retained events of channel published after the event
+// id since ("" for all), oldest first, with their frames rebuilt exactly as
+// they were published. complete is false when an event after since was
+// already trimmed from the history window.
+func (l *RedisLog) Range(ctx context.Context, channel, since string) (entries []Entry, complete bool, err error) {
+	if since != "" {
+		if _, _, err := ParseID(since); err != nil {
+			return nil, false, &FieldError{Field: "since", Reason: "not an event id"}
+		}
+	}
+	keys := []string{l.names.History(channel), l.names.Lost(channel)}
+	res, err := historyScript.Run(ctx, l.rdb, keys, since, l.size, l.ttl.Milliseconds()).Slice()
+	if err != nil {
+		return nil, false, fmt.Errorf("read history: %w", err)
+	}
+	if len(res) != 2 {
+		return nil, false, fmt.Errorf("read history: unexpected reply of %d items", len(res))
+	}
+	complete = res[0] == int64(1)
+	rows, _ := res[1].([]any)
+	entries = make([]Entry, 0, len(rows))
+	for _, row := range rows {
+		r, ok := row.([]any)
+		if !ok || len(r) != 2 {
+			return nil, false, errors.New("read history: malformed stream entry")
+		}
+		id, _ := r[0].(string)
+		fields, _ := r[1].([]any)
+		p := Publication{Channel: channel}
+		for i := 0; i+1 < len(fields); i += 2 {
+			v, _ := fields[i+1].(string)
+			switch fields[i] {
+			case "e":
+				p.Event = v
+			case "d":
+				p.Data = json.RawMessage(v)
+			}
+		}
+		entries = append(entries, Entry{ID: id, Frame: AppendFrame(nil, id, p)})
+	}
+	return entries, complete, nil
+}
 
 // Default history window (PROTOCOL §5, HERALD_HISTORY_SIZE and _TTL).
 const (
@@ -92,7 +206,7 @@ func (l *RedisLog) Append(ctx context.Context, idemKey string, pubs ...Publicati
 	if len(pubs) == 0 {
 		return nil, ErrNoPublications
 	}
-	keys := make([]string, 0, len(pubs)+1)
+	keys := make([]string, 0, 2*len(pubs)+1)
 	args := make([]any, 0, 3+4*len(pubs))
 	idemTTL := int64(0)
 	if idemKey != "" {
@@ -103,7 +217,7 @@ func (l *RedisLog) Append(ctx context.Context, idemKey string, pubs ...Publicati
 		if err := p.Validate(); err != nil {
 			return nil, err
 		}
-		keys = append(keys, l.names.History(p.Channel))
+		keys = append(keys, l.names.History(p.Channel), l.names.Lost(p.Channel))
 		args = append(args, l.names.PubSub(p.Channel), p.Channel, p.Event, p.data())
 	}
 	if idemKey != "" {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"io"
 	"strconv"
-	"strings"
 	"sync"
 
 	"github.com/coder/websocket"
@@ -154,25 +153,36 @@ func (cl *client) subscribe(ctx context.Context, in inbound) {
 		cl.fail(in.Ref, code, msg)
 		return
 	}
-	added, err := cl.s.hub.Subscribe(cl.conn, in.Channel)
+	subscribe := cl.s.hub.Subscribe
+	if in.Since != "" {
+		subscribe = cl.s.hub.SubscribeResume
+	}
+	added, err := subscribe(cl.conn, in.Channel)
 	if err != nil {
 		cl.fail(in.Ref, codeBadRequest, "too many subscriptions")
 		return
 	}
-	if added {
-		sctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
-		err := cl.s.broker.Subscribe(sctx, in.Channel)
-		cancel()
-		if err != nil {
-			cl.s.hub.Unsubscribe(cl.conn, in.Channel)
-			cl.s.log.Warn("subscribe failed", "kind", channelKind(in.Channel), "err", err)
-			cl.fail(in.Ref, codeUnavailable, "subscribe failed, try again")
-			return
-		}
+	if !added {
+		// This connection already receives the channel, gap-free.
+		cl.send(appendReply(nil, "subscribed", in.Ref, in.Channel, "true"))
+		return
 	}
-	// Resume from history is not implemented yet: a client that asked for
-	// it is told its gap was not recovered.
-	cl.send(appendReply(nil, "subscribed", in.Ref, in.Channel, strconv.FormatBool(in.Since == "")))
+	sctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
+	err = cl.s.broker.Subscribe(sctx, in.Channel)
+	cancel()
+	if err != nil {
+		cl.s.hub.Unsubscribe(cl.conn, in.Channel)
+		cl.s.log.Warn("subscribe failed", "kind", events.Prefix(in.Channel), "err", err)
+		cl.fail(in.Ref, codeUnavailable, "subscribe failed, try again")
+		return
+	}
+	if in.Since == "" {
+		cl.send(appendReply(nil, "subscribed", in.Ref, in.Channel, "true"))
+		return
+	}
+	cl.s.resume(ctx, cl.conn, in.Channel, in.Since, func(recovered bool) []byte {
+		return appendReply(nil, "subscribed", in.Ref, in.Channel, strconv.FormatBool(recovered))
+	})
 }
 
 // authorize returns an error code and message when the user may not
@@ -198,13 +208,6 @@ func (cl *client) authorize(ctx context.Context, kind events.Kind, id string) (c
 	return "", ""
 }
 
-// channelKind is what logs say of a channel: its prefix only, since an
-// effect id is a capability.
-func channelKind(ch string) string {
-	kind, _, _ := strings.Cut(ch, ":")
-	return kind
-}
-
 func isUUID(s string) bool {
 	u, err := uuid.Parse(s)
 	return err == nil && len(s) == 36 && u.Version() == 4
@@ -225,15 +228,26 @@ func (cl *client) unsubscribe(in inbound) {
 // Server frames. Channel names are validated and codes are constants, so
 // only messages need escaping.
 
-func welcomeFrame(conn, user, node string, heartbeat int) []byte {
+// welcomeFrame builds the welcome; recovered is "true", "false" or ""
+// (absent: no ?since= was asked for).
+func welcomeFrame(conn, user, node string, heartbeat int, recovered string) []byte {
 	b, _ := json.Marshal(struct {
 		Type      string `json:"type"`
 		Conn      string `json:"conn"`
 		User      string `json:"user"`
 		Node      string `json:"node"`
 		Heartbeat int    `json:"heartbeat"`
-	}{"welcome", conn, user, node, heartbeat})
+		Recovered *bool  `json:"recovered,omitempty"`
+	}{"welcome", conn, user, node, heartbeat, parseBool(recovered)})
 	return b
+}
+
+func parseBool(s string) *bool {
+	if s == "" {
+		return nil
+	}
+	b := s == "true"
+	return &b
 }
 
 // appendReply appends a subscribed, unsubscribed or pong frame; recovered

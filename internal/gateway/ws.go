@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -27,6 +28,11 @@ const (
 // client gets a plain HTTP answer and never a socket.
 func (s *Server) handleWS(c echo.Context) error {
 	r := c.Request()
+	since := r.URL.Query().Get("since")
+	if _, _, err := events.ParseID(since); since != "" && err != nil {
+		s.metrics.Refusals.WithLabelValues("bad_request").Inc()
+		return writeError(c, errBadRequest("since", "since is not an event id"))
+	}
 	sess, err := s.admit(r)
 	if err != nil {
 		ae := toAPIError(err)
@@ -63,7 +69,7 @@ func (s *Server) handleWS(c echo.Context) error {
 
 	s.wg.Add(1)
 	defer s.wg.Done()
-	s.serveSocket(ws, sess, userChannel)
+	s.serveSocket(ws, sess, userChannel, since)
 	return nil
 }
 
@@ -146,7 +152,7 @@ func (t wsTransport) CloseNow() error { return t.c.CloseNow() }
 
 // serveSocket registers an accepted socket, greets it and runs its read
 // loop until the socket ends; then it releases everything it held.
-func (s *Server) serveSocket(ws *websocket.Conn, sess session.Session, userChannel string) {
+func (s *Server) serveSocket(ws *websocket.Conn, sess session.Session, userChannel, since string) {
 	hash := s.live.add(sess)
 	defer s.live.release(hash)
 
@@ -157,7 +163,11 @@ func (s *Server) serveSocket(ws *websocket.Conn, sess session.Session, userChann
 		return
 	}
 	s.metrics.Connects.Inc()
-	if _, err := s.hub.Subscribe(conn, userChannel); err != nil {
+	subscribe := s.hub.Subscribe
+	if since != "" {
+		subscribe = s.hub.SubscribeResume
+	}
+	if _, err := subscribe(conn, userChannel); err != nil {
 		s.broker.Unsubscribe(userChannel)
 	}
 	defer func() {
@@ -165,9 +175,41 @@ func (s *Server) serveSocket(ws *websocket.Conn, sess session.Session, userChann
 		ws.CloseNow()
 	}()
 
-	conn.Send(welcomeFrame(conn.ID, sess.UserID, s.cfg.Node, s.heartbeatSeconds()))
+	welcome := func(recovered string) []byte {
+		return welcomeFrame(conn.ID, sess.UserID, s.cfg.Node, s.heartbeatSeconds(), recovered)
+	}
+	if since == "" {
+		conn.Send(welcome(""))
+	} else {
+		s.resume(s.ctx, conn, userChannel, since, func(recovered bool) []byte {
+			return welcome(strconv.FormatBool(recovered))
+		})
+	}
 	cl := &client{s: s, conn: conn, user: sess.UserID}
 	cl.readLoop(s.ctx, ws)
+}
+
+// resume finishes a subscription begun with hub.SubscribeResume: it reads
+// the channel's history after since and has the connection send first
+// (built knowing whether the history covered the gap), then the missed
+// events, then the live ones held back meanwhile, each exactly once. A
+// failed history read still ends the hold, with recovered false.
+func (s *Server) resume(ctx context.Context, conn *hub.Conn, channel, since string, first func(recovered bool) []byte) {
+	hctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
+	evs, complete, err := s.broker.History(hctx, channel, since)
+	cancel()
+	if err != nil {
+		s.log.Warn("history read failed; resuming without it", "kind", events.Prefix(channel), "err", err)
+	}
+	last := since
+	missed := make([]hub.Frame, len(evs))
+	for i, ev := range evs {
+		missed[i] = hub.Frame{ID: ev.ID, Frame: ev.Frame}
+		last = ev.ID
+	}
+	conn.Resume(channel, first(err == nil && complete), missed, func(id string) bool {
+		return events.CompareIDs(id, last) <= 0
+	})
 }
 
 func (s *Server) heartbeatSeconds() int { return int(s.hub.PingInterval() / time.Second) }

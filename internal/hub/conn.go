@@ -17,14 +17,17 @@ type Conn struct {
 	hub *Hub
 
 	mu        sync.Mutex
-	queue     [][]byte      // frames waiting for the writer; guarded by mu
-	pending   int           // bytes in queue; guarded by mu
-	writing   bool          // a writer goroutine runs; guarded by mu
-	closeCode int           // non-zero once a close was requested; guarded by mu
-	reason    string        // close reason; guarded by mu
-	closed    bool          // no more frames are accepted; guarded by mu
-	removed   bool          // Remove ran; guarded by mu
-	channels  []string      // subscribed channels; guarded by mu
+	queue     [][]byte // frames waiting for the writer; guarded by mu
+	pending   int      // bytes in queue; guarded by mu
+	writing   bool     // a writer goroutine runs; guarded by mu
+	closeCode int      // non-zero once a close was requested; guarded by mu
+	reason    string   // close reason; guarded by mu
+	closed    bool     // no more frames are accepted; guarded by mu
+	removed   bool     // Remove ran; guarded by mu
+	channels  []string // subscribed channels; guarded by mu
+	// buffering holds, per channel being resumed, the live frames that
+	// arrive until Resume; nil when no resume is under way. Guarded by mu.
+	buffering map[string][]Frame
 	done      chan struct{} // closed once the transport is closed
 	doneOnce  sync.Once
 }
@@ -54,13 +57,68 @@ func (c *Conn) Channels() []string {
 	return slices.Clone(c.channels)
 }
 
+// Frame is an event frame with its id, as held while a resume is under way.
+type Frame struct {
+	ID    string
+	Frame []byte
+}
+
 // Send queues frame for c and reports whether it was taken. It never blocks.
 // A frame that would overflow the queue is refused and c is closed with
 // CloseSlowConsumer; frames queued before it are dropped.
 func (c *Conn) Send(frame []byte) bool {
-	cfg := &c.hub.cfg
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.sendLocked(frame)
+}
+
+// deliver queues an event frame of channel, or holds it back while the
+// channel is being resumed.
+func (c *Conn) deliver(channel, id string, frame []byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if buf, ok := c.buffering[channel]; ok && !c.closed && c.closeCode == 0 {
+		if len(buf) >= c.hub.cfg.QueueLen {
+			c.overflowLocked()
+			return false
+		}
+		c.buffering[channel] = append(buf, Frame{ID: id, Frame: frame})
+		return true
+	}
+	return c.sendLocked(frame)
+}
+
+// Resume ends the resume of channel begun by Hub.SubscribeResume: it
+// queues first (typically the reply announcing the resume, may be nil),
+// then the missed frames, then the live frames held back meanwhile except
+// those for which seen returns true (already among the missed ones). Live
+// frames that arrive afterwards are queued as usual, so the client gets
+// every frame once, in order.
+func (c *Conn) Resume(channel string, first []byte, missed []Frame, seen func(id string) bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	held := c.buffering[channel]
+	delete(c.buffering, channel)
+	if len(c.buffering) == 0 {
+		c.buffering = nil
+	}
+	if first != nil && !c.sendLocked(first) {
+		return
+	}
+	for _, f := range missed {
+		if !c.sendLocked(f.Frame) {
+			return
+		}
+	}
+	for _, f := range held {
+		if !seen(f.ID) && !c.sendLocked(f.Frame) {
+			return
+		}
+	}
+}
+
+func (c *Conn) sendLocked(frame []byte) bool {
+	cfg := &c.hub.cfg
 	if c.closed || c.closeCode != 0 {
 		return false
 	}
@@ -97,7 +155,7 @@ func (c *Conn) Closing() bool {
 // goroutine of its own: the writer may be stuck on the very socket that
 // cannot keep up, and closing the transport is what unblocks it.
 func (c *Conn) overflowLocked() {
-	c.queue, c.pending = nil, 0
+	c.queue, c.pending, c.buffering = nil, 0, nil
 	c.closeCode, c.reason = CloseSlowConsumer, "slow consumer"
 	c.closed = true
 	h := c.hub

@@ -193,6 +193,18 @@ func (h *Hub) Remove(c *Conn) []string {
 
 // Subscribe adds c to channel. added is false when c already had it.
 func (h *Hub) Subscribe(c *Conn, channel string) (added bool, err error) {
+	return h.subscribe(c, channel, false)
+}
+
+// SubscribeResume adds c to channel like Subscribe, but holds the
+// channel's live frames back until c.Resume, so that the caller can read
+// what c missed and have it sent first. When c already had the channel
+// (added is false) nothing is held back and Resume must not be called.
+func (h *Hub) SubscribeResume(c *Conn, channel string) (added bool, err error) {
+	return h.subscribe(c, channel, true)
+}
+
+func (h *Hub) subscribe(c *Conn, channel string, hold bool) (added bool, err error) {
 	c.mu.Lock()
 	switch {
 	case c.closed:
@@ -206,6 +218,12 @@ func (h *Hub) Subscribe(c *Conn, channel string) (added bool, err error) {
 		return false, ErrTooManyChannels
 	}
 	c.channels = append(c.channels, channel)
+	if hold {
+		if c.buffering == nil {
+			c.buffering = make(map[string][]Frame)
+		}
+		c.buffering[channel] = nil
+	}
 	c.mu.Unlock()
 
 	s := &h.channels[h.shard(channel)]
@@ -230,6 +248,7 @@ func (h *Hub) Unsubscribe(c *Conn, channel string) bool {
 		return false
 	}
 	c.channels = append(c.channels[:i], c.channels[i+1:]...)
+	delete(c.buffering, channel)
 	c.mu.Unlock()
 	h.dropSub(c, channel)
 	return true
@@ -250,15 +269,15 @@ func (h *Hub) dropSub(c *Conn, channel string) {
 	s.mu.Unlock()
 }
 
-// Broadcast queues frame for every local subscriber of channel and returns
-// how many took it. It never blocks on a socket; the same frame slice is
+// Broadcast queues frame, of event id, for every local subscriber of
+// channel and returns how many took it (or held it for a resume). It never blocks on a socket; the same frame slice is
 // shared by all recipients and must not be modified afterwards.
-func (h *Hub) Broadcast(channel string, frame []byte) int {
+func (h *Hub) Broadcast(channel, id string, frame []byte) int {
 	s := &h.channels[h.shard(channel)]
 	n := 0
 	s.mu.RLock()
 	for c := range s.subs[channel] {
-		if c.Send(frame) {
+		if c.deliver(channel, id, frame) {
 			n++
 		}
 	}

@@ -121,14 +121,14 @@ func TestBroadcastSharesOneFrame(t *testing.T) {
 	add(t, h, "2", other, "user:2")
 
 	frame := []byte(`{"type":"event"}`)
-	if n := h.Broadcast("user:1", frame); n != 2 {
+	if n := h.Broadcast("user:1", "1-0", frame); n != 2 {
 		t.Fatalf("Broadcast reached %d, want 2", n)
 	}
 	ga, gb := a.next(t), b.next(t)
 	if &ga[0] != &frame[0] || &gb[0] != &frame[0] {
 		t.Error("recipients got copies, want the same bytes")
 	}
-	h.Broadcast("user:2", []byte("two"))
+	h.Broadcast("user:2", "1-0", []byte("two"))
 	if got := string(other.next(t)); got != "two" {
 		t.Errorf("user 2 got %q", got)
 	}
@@ -182,7 +182,7 @@ func TestSlowConsumerClosedWithoutBlockingOthers(t *testing.T) {
 	add(t, h, "2", fast, "public:news")
 
 	for i := range 20 { // the fast client reads each frame as it comes
-		h.Broadcast("public:news", fmt.Appendf(nil, "%d", i))
+		h.Broadcast("public:news", fmt.Sprintf("%d-0", i), fmt.Appendf(nil, "%d", i))
 		if got, want := string(fast.next(t)), fmt.Sprint(i); got != want {
 			t.Fatalf("fast client frame %d = %q, want %q", i, got, want)
 		}
@@ -213,7 +213,7 @@ func TestCloseUserMatchesTag(t *testing.T) {
 	if !c1.Closing() {
 		t.Error("c1 not closing")
 	}
-	if h.Broadcast("u", nil); p2.code != 0 || p3.code != 0 {
+	if h.Broadcast("u", "1-0", nil); p2.code != 0 || p3.code != 0 {
 		t.Error("other connections were closed")
 	}
 }
@@ -264,5 +264,25 @@ func TestPingReapsUnresponsive(t *testing.T) {
 	case <-alive.closed:
 		t.Error("responsive peer was reaped")
 	default:
+	}
+}
+
+func TestResumeSendsMissedThenHeldThenLive(t *testing.T) {
+	h := newHub(t, Config{})
+	p := newPipe(16)
+	c := add(t, h, "1", p)
+	if added, err := h.SubscribeResume(c, "public:x"); !added || err != nil {
+		t.Fatalf("SubscribeResume = %v, %v", added, err)
+	}
+	for _, id := range []string{"5", "6", "7"} { // live frames while history is read
+		h.Broadcast("public:x", id, []byte("live"+id))
+	}
+	missed := []Frame{{"4", []byte("hist4")}, {"5", []byte("hist5")}, {"6", []byte("hist6")}}
+	c.Resume("public:x", []byte("reply"), missed, func(id string) bool { return id <= "6" })
+	h.Broadcast("public:x", "8", []byte("live8"))
+	for _, want := range []string{"reply", "hist4", "hist5", "hist6", "live7", "live8"} {
+		if got := string(p.next(t)); got != want {
+			t.Fatalf("got %q, want %q", got, want)
+		}
 	}
 }

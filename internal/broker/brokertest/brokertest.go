@@ -11,6 +11,7 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -46,7 +47,59 @@ func Run(t *testing.T, newBroker func(t *testing.T, h broker.Handler) broker.Bro
 	t.Run("ResubscribeInFlight", func(t *testing.T) { testResubscribeInFlight(t, start) })
 	t.Run("Churn", func(t *testing.T) { testChurn(t, start) })
 	t.Run("ManyChannels", func(t *testing.T) { testManyChannels(t, start) })
+	t.Run("History", func(t *testing.T) { testHistory(t, start) })
 	t.Run("Close", func(t *testing.T) { testClose(t, newBroker) })
+}
+
+// testHistory checks the resume read: events after an id, oldest first,
+// frames as delivered, and completeness against the default window of
+// events.DefaultHistorySize events.
+func testHistory(t *testing.T, start starter) {
+	b, _, name := start(t)
+	ctx := context.Background()
+	ch := name("history")
+	var ids []string
+	for i := range events.DefaultHistorySize + 5 {
+		ids = append(ids, Must(t, b, "", pub(ch, "n", strconv.Itoa(i)))...)
+	}
+	tests := []struct {
+		since        string
+		wantFirst    int // index in ids of the first event returned; -1: none
+		wantN        int
+		wantComplete bool
+	}{
+		{ids[len(ids)-3], len(ids) - 2, 2, true},
+		{ids[4], 5, events.DefaultHistorySize, true}, // the newest trimmed event: nothing missed
+		{ids[3], 5, events.DefaultHistorySize, false},
+		{"", 5, events.DefaultHistorySize, false},
+		{ids[len(ids)-1], -1, 0, true},
+	}
+	for _, tt := range tests {
+		evs, complete, err := b.History(ctx, ch, tt.since)
+		if err != nil {
+			t.Fatalf("History(%q): %v", tt.since, err)
+		}
+		if len(evs) != tt.wantN || complete != tt.wantComplete {
+			t.Errorf("History(%q) = %d events, complete %v; want %d, %v", tt.since, len(evs), complete, tt.wantN, tt.wantComplete)
+			continue
+		}
+		for i, ev := range evs {
+			want := ids[tt.wantFirst+i]
+			f := events.AppendFrame(nil, want, pub(ch, "n", strconv.Itoa(tt.wantFirst+i)))
+			if ev.ID != want || string(ev.Frame) != string(f) {
+				t.Fatalf("History(%q)[%d] = %s %s, want %s %s", tt.since, i, ev.ID, ev.Frame, want, f)
+			}
+		}
+	}
+	for _, tt := range []struct {
+		since        string
+		wantComplete bool
+	}{{"", true}, {ids[0], false}} {
+		evs, complete, err := b.History(ctx, name("never-published"), tt.since)
+		if err != nil || len(evs) != 0 || complete != tt.wantComplete {
+			t.Errorf("History of an unknown channel since %q = %d, %v, %v; want 0, %v, nil", tt.since, len(evs), complete, err, tt.wantComplete)
+		}
+	}
 }
 
 type starter func(t *testing.T) (broker.Broker, *Recorder, func(string) string)

@@ -32,7 +32,7 @@ type Recorder struct {
 func NewRecorder() *Recorder { return &Recorder{signal: make(chan struct{}, 1)} }
 
 // Handle is the broker.Handler. It never blocks for long.
-func (r *Recorder) Handle(channel string, frame []byte) {
+func (r *Recorder) Handle(channel, _ string, frame []byte) {
 	f := Frame{Channel: channel, Bytes: frame}
 	_ = json.Unmarshal(frame, &f.Frame) // a bad frame keeps zero fields and fails the test's checks
 	r.mu.Lock()
