@@ -19,11 +19,9 @@
 // repeat: a repeat within the history window returns the first call's ids
 // and publishes nothing.
 //
-// Retries: a publisher makes one attempt (plus whatever the go-redis client
-// itself retries, see [RedisPublisher]) and returns the error. Retrying is
-// up to the caller for now; a call with an idempotency key can always be
-// retried safely. A later version may add a retry policy to [RedisConfig]
-// and [HTTPConfig] without changing these signatures.
+// Retries: [RedisPublisher] retries transient Redis errors itself, with the
+// same idempotency key, and then returns the error. [HTTPPublisher] makes one
+// attempt; a call with an idempotency key can always be retried safely.
 package herald
 
 import (

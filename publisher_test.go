@@ -434,3 +434,28 @@ func TestRedisPublisherRedisDown(t *testing.T) {
 		t.Errorf("Redis down reported as bad input: %v", err)
 	}
 }
+
+// TestRedisPublisherRetriesThroughARestart publishes while Redis is down
+// and comes back: the call that spans the restart succeeds once, and a
+// call made while Redis stays down fails loudly.
+func TestRedisPublisherRetriesThroughARestart(t *testing.T) {
+	srv := redistest.Start(t)
+	p := herald.NewRedisPublisher(srv.Client(), herald.RedisConfig{})
+	srv.Kill()
+	down, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if _, err := p.Publish(down, "user:r", "e", nil); err == nil {
+		t.Fatal("publish with Redis down: got nil error, want a loud failure")
+	}
+	srv.Restart()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	id, err := p.Publish(ctx, "user:r", "e", nil)
+	if err != nil {
+		t.Fatalf("publish after restart: %v", err)
+	}
+	n, err := srv.Client().XLen(ctx, "herald:history:user:r").Result()
+	if err != nil || n != 1 {
+		t.Errorf("history has %d entries (%v), want exactly 1 (id %s)", n, err, id)
+	}
+}

@@ -2,7 +2,11 @@ package herald
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -34,10 +38,12 @@ type RedisConfig struct {
 // history window and published to the gateways, all or nothing. It is the
 // same script the gateway runs for its own publishes.
 //
-// The go-redis client retries a command whose connection failed (its
-// MaxRetries option, 3 by default), even when the command had already
-// reached Redis, so a call without an idempotency key may, rarely, publish
-// its events twice. Give calls whose duplicates matter an [IdempotencyKey].
+// A call that meets a transient Redis error (a broken or refused
+// connection, a Redis loading or failing over) is retried a few times over
+// about 700 ms, then fails with the error: nothing is dropped silently.
+// Retries never publish twice: a call without an [IdempotencyKey] gets a
+// random one for its attempts (kept one minute). Give calls whose repeats
+// after a crash matter a key of their own, such as the job id.
 //
 // A RedisPublisher is safe for concurrent use. It does not own the client:
 // closing the client is up to the caller.
@@ -79,9 +85,44 @@ func (p *RedisPublisher) publish(ctx context.Context, msgs []Message, single boo
 	if err != nil {
 		return nil, err
 	}
-	ids, err := p.log.Append(ctx, o.IdempotencyKey, pubs...)
-	if err != nil {
-		return nil, fmt.Errorf("herald: %w", err)
+	key := o.IdempotencyKey
+	if key == "" {
+		key = events.AutoKey() // the same for every attempt below
 	}
-	return ids, nil
+	for attempt := 1; ; attempt++ {
+		ids, err := p.log.Append(ctx, key, pubs...)
+		if err == nil {
+			return ids, nil
+		}
+		if attempt == publishAttempts || !transient(err) {
+			return nil, fmt.Errorf("herald: %w", err)
+		}
+		t := time.NewTimer(time.Duration(attempt*attempt) * 50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("herald: %w (after %v)", ctx.Err(), err)
+		case <-t.C:
+		}
+	}
+}
+
+// publishAttempts is how often a publish is tried when Redis answers with
+// a transient error; the waits between tries are 50, 200, 450 ms.
+const publishAttempts = 4
+
+// transient reports whether err may go away by itself: a broken or refused
+// connection, or a Redis that is loading, failing over or read-only for a
+// moment. Retrying is safe because every call carries an idempotency key.
+func transient(err error) bool {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, redis.ErrClosed) {
+		return false
+	}
+	for _, p := range []string{"LOADING", "READONLY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN"} {
+		if redis.HasErrorPrefix(err, p) {
+			return true
+		}
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNREFUSED)
 }

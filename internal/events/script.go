@@ -2,9 +2,12 @@ package events
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -194,23 +197,45 @@ func NewRedisLog(rdb redis.Scripter, names Names, size int64, ttl time.Duration)
 	return &RedisLog{rdb: rdb, names: names, size: size, ttl: ttl}
 }
 
+// AutoKeyPrefix starts the idempotency keys Herald makes up itself for
+// calls that came without one (see AutoKey). They only need to outlive
+// retries, so they are kept for AutoKeyTTL instead of the history TTL.
+const (
+	AutoKeyPrefix = "auto:"
+	AutoKeyTTL    = time.Minute
+)
+
+// AutoKey returns a fresh random idempotency key for one publish call, so
+// that retrying the call, by go-redis after a broken connection or by the
+// caller after a timeout, cannot publish twice.
+func AutoKey() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return AutoKeyPrefix + hex.EncodeToString(b[:])
+}
+
 // ErrNoPublications is returned by Append when given nothing to publish.
 var ErrNoPublications = errors.New("no publications")
 
 // Append validates and publishes pubs atomically and returns their event
 // ids, in order. A non-empty idemKey makes the call idempotent for the
-// history window: a repeat returns the first call's ids and publishes
-// nothing. Publications are validated first; a *FieldError names the bad
-// one's field.
+// history window (for AutoKeyTTL when it came from AutoKey): a repeat
+// returns the first call's ids and publishes nothing. Without a key Append
+// makes one up, so that go-redis's own retry of a script that reached Redis
+// cannot publish twice. Publications are validated first; a *FieldError
+// names the bad one's field.
 func (l *RedisLog) Append(ctx context.Context, idemKey string, pubs ...Publication) ([]string, error) {
 	if len(pubs) == 0 {
 		return nil, ErrNoPublications
 	}
 	keys := make([]string, 0, 2*len(pubs)+1)
 	args := make([]any, 0, 3+4*len(pubs))
-	idemTTL := int64(0)
-	if idemKey != "" {
-		idemTTL = l.ttl.Milliseconds()
+	if idemKey == "" {
+		idemKey = AutoKey()
+	}
+	idemTTL := l.ttl.Milliseconds()
+	if strings.HasPrefix(idemKey, AutoKeyPrefix) {
+		idemTTL = AutoKeyTTL.Milliseconds()
 	}
 	args = append(args, l.size, l.ttl.Milliseconds(), idemTTL)
 	for _, p := range pubs {
@@ -220,9 +245,7 @@ func (l *RedisLog) Append(ctx context.Context, idemKey string, pubs ...Publicati
 		keys = append(keys, l.names.History(p.Channel), l.names.Lost(p.Channel))
 		args = append(args, l.names.PubSub(p.Channel), p.Channel, p.Event, p.data())
 	}
-	if idemKey != "" {
-		keys = append(keys, l.names.Idempotency(idemKey))
-	}
+	keys = append(keys, l.names.Idempotency(idemKey))
 	res, err := publishScript.Run(ctx, l.rdb, keys, args...).StringSlice()
 	if err != nil {
 		// No channel name here: effect ids are capabilities, kept out of logs.
