@@ -18,6 +18,7 @@ type Conn struct {
 
 	mu        sync.Mutex
 	queue     [][]byte // frames waiting for the writer; guarded by mu
+	backlog   [][]byte // frames a resume put before queue, outside its limits; guarded by mu
 	pending   int      // bytes in queue; guarded by mu
 	writing   bool     // a writer goroutine runs; guarded by mu
 	closeCode int      // non-zero once a close was requested; guarded by mu
@@ -26,8 +27,11 @@ type Conn struct {
 	removed   bool     // Remove ran; guarded by mu
 	channels  []string // subscribed channels; guarded by mu
 	// buffering holds, per channel being resumed, the live frames that
-	// arrive until Resume; nil when no resume is under way. Guarded by mu.
+	// arrive until Resume; nil when no resume is under way. skip holds, per
+	// channel just resumed, which live frames the resume already sent, until
+	// a newer one arrives. Both guarded by mu.
 	buffering map[string][]Frame
+	skip      map[string]func(id string) bool
 	done      chan struct{} // closed once the transport is closed
 	doneOnce  sync.Once
 }
@@ -77,6 +81,12 @@ func (c *Conn) Send(frame []byte) bool {
 func (c *Conn) deliver(channel, id string, frame []byte) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if seen, ok := c.skip[channel]; ok {
+		if seen(id) {
+			return false
+		}
+		delete(c.skip, channel)
+	}
 	if buf, ok := c.buffering[channel]; ok && !c.closed && c.closeCode == 0 {
 		if len(buf) >= c.hub.cfg.QueueLen {
 			c.overflowLocked()
@@ -92,8 +102,9 @@ func (c *Conn) deliver(channel, id string, frame []byte) bool {
 // queues first (typically the reply announcing the resume, may be nil),
 // then the missed frames, then the live frames held back meanwhile except
 // those for which seen returns true (already among the missed ones). Live
-// frames that arrive afterwards are queued as usual, so the client gets
-// every frame once, in order.
+// frames arriving afterwards are dropped while seen holds for them (pub/sub
+// can lag behind the history read) and queued as usual from the first one
+// it does not, so the client gets every frame once, in order.
 func (c *Conn) Resume(channel string, first []byte, missed []Frame, seen func(id string) bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -102,18 +113,33 @@ func (c *Conn) Resume(channel string, first []byte, missed []Frame, seen func(id
 	if len(c.buffering) == 0 {
 		c.buffering = nil
 	}
-	if first != nil && !c.sendLocked(first) {
+	if c.closed || c.closeCode != 0 {
 		return
 	}
-	for _, f := range missed {
-		if !c.sendLocked(f.Frame) {
-			return
-		}
+	// The reply and the missed frames go to the backlog, which the queue's
+	// limits do not cover: their number is bounded by the history window,
+	// and a long gap must not make the resume itself a slow consumer.
+	c.backlog = append(c.backlog, c.queue...)
+	c.queue, c.pending = c.queue[:0], 0
+	if first != nil {
+		c.backlog = append(c.backlog, first)
 	}
+	for _, f := range missed {
+		c.backlog = append(c.backlog, f.Frame)
+	}
+	c.startWriterLocked()
 	for _, f := range held {
 		if !seen(f.ID) && !c.sendLocked(f.Frame) {
 			return
 		}
+	}
+	// Pub/sub may still bring frames the history read already returned:
+	// drop them until the first newer one.
+	if len(missed) > 0 {
+		if c.skip == nil {
+			c.skip = make(map[string]func(string) bool)
+		}
+		c.skip[channel] = seen
 	}
 }
 
@@ -155,7 +181,7 @@ func (c *Conn) Closing() bool {
 // goroutine of its own: the writer may be stuck on the very socket that
 // cannot keep up, and closing the transport is what unblocks it.
 func (c *Conn) overflowLocked() {
-	c.queue, c.pending, c.buffering = nil, 0, nil
+	c.queue, c.backlog, c.pending, c.buffering = nil, nil, 0, nil
 	c.closeCode, c.reason = CloseSlowConsumer, "slow consumer"
 	c.closed = true
 	h := c.hub
@@ -193,7 +219,12 @@ func (c *Conn) writeLoop() {
 	var batch [][]byte
 	for {
 		c.mu.Lock()
-		batch, c.queue = c.queue, batch[:0]
+		if len(c.backlog) > 0 {
+			batch = append(c.backlog, c.queue...)
+			c.backlog, c.queue = nil, nil
+		} else {
+			batch, c.queue = c.queue, batch[:0]
+		}
 		c.pending = 0
 		if len(batch) == 0 {
 			code, reason := c.closeCode, c.reason
@@ -229,7 +260,7 @@ func (c *Conn) writeLoop() {
 func (c *Conn) fail() {
 	c.mu.Lock()
 	c.closed = true
-	c.queue, c.pending = nil, 0
+	c.queue, c.backlog, c.pending = nil, nil, 0
 	c.writing = false
 	c.mu.Unlock()
 	c.shut(false, 0, "")
@@ -249,7 +280,7 @@ func (c *Conn) ping() {
 		}
 		c.mu.Lock()
 		c.closed = true
-		c.queue, c.pending = nil, 0
+		c.queue, c.backlog, c.pending = nil, nil, 0
 		c.mu.Unlock()
 		c.shut(false, 0, "")
 	}

@@ -170,7 +170,7 @@ func (h *Hub) Remove(c *Conn) []string {
 	}
 	c.removed = true
 	c.closed = true // nothing more is queued or written
-	c.queue, c.pending = nil, 0
+	c.queue, c.backlog, c.pending = nil, nil, 0
 	chans := c.channels
 	c.channels = nil
 	c.mu.Unlock()
@@ -249,6 +249,7 @@ func (h *Hub) Unsubscribe(c *Conn, channel string) bool {
 	}
 	c.channels = append(c.channels[:i], c.channels[i+1:]...)
 	delete(c.buffering, channel)
+	delete(c.skip, channel)
 	c.mu.Unlock()
 	h.dropSub(c, channel)
 	return true

@@ -279,6 +279,7 @@ func TestResumeSendsMissedThenHeldThenLive(t *testing.T) {
 	}
 	missed := []Frame{{"4", []byte("hist4")}, {"5", []byte("hist5")}, {"6", []byte("hist6")}}
 	c.Resume("public:x", []byte("reply"), missed, func(id string) bool { return id <= "6" })
+	h.Broadcast("public:x", "6", []byte("late6")) // pub/sub lagging behind the history read
 	h.Broadcast("public:x", "8", []byte("live8"))
 	for _, want := range []string{"reply", "hist4", "hist5", "hist6", "live7", "live8"} {
 		if got := string(p.next(t)); got != want {
