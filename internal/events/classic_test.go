@@ -71,3 +71,20 @@ func TestFrameID(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseChannel: no name panics the parser; an accepted name follows the
+// name rule, has a known prefix, and the id is what follows it.
+func FuzzParseChannel(f *testing.F) {
+	for _, s := range []string{"user:42", "effect:3f2c", "public:news", "effect:complete", "effect:x:owner", "admin:x", "user:", "", "a b", "user:é"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		kind, id, err := ParseChannel(name)
+		if err != nil {
+			return
+		}
+		if !ValidName(name) || id == "" || kind == KindInvalid || name != Prefix(name)+":"+id {
+			t.Fatalf("ParseChannel(%q) = %v, %q, nil; want a refusal", name, kind, id)
+		}
+	})
+}

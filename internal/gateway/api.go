@@ -46,22 +46,27 @@ func (s *Server) validKey(key string) bool {
 	return found == 1
 }
 
-// decodeBody reads a JSON body of at most limit bytes into v. Unknown
-// fields are refused so that typos surface.
+// decodeBody reads a JSON body of at most limit bytes into v.
 func decodeBody(c echo.Context, limit int64, v any) error {
-	r := http.MaxBytesReader(c.Response(), c.Request().Body, limit)
+	return decodeJSON(http.MaxBytesReader(c.Response(), c.Request().Body, limit), v)
+}
+
+// decodeJSON decodes exactly one JSON value from r into v. Unknown fields
+// are refused so that typos surface, and so is anything after the value.
+// Every error is an *apiError naming the field when it can.
+func decodeJSON(r io.Reader, v any) error {
 	dec := json.NewDecoder(r)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return bodyError(err)
 	}
-	if _, err := io.Copy(io.Discard, r); err != nil {
+	switch _, err := dec.Token(); {
+	case err == io.EOF:
+		return nil
+	case err != nil:
 		return bodyError(err)
 	}
-	if dec.More() {
-		return errBadRequest("body", "trailing data after the JSON object")
-	}
-	return nil
+	return errBadRequest("body", "trailing data after the JSON value")
 }
 
 // bodyError names the field a JSON decoding error is about, when it can.

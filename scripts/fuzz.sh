@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for the given time each (default 3s): `make test`
+# runs them briefly, `make fuzz` longer. New crashers land in the
+# package's testdata/fuzz/ and fail the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fuzztime="${1:-3s}"
+targets=(
+  "./internal/gateway FuzzDecodeFrame"
+  "./internal/gateway FuzzDecodePublication"
+  "./internal/events FuzzParseChannel"
+  "./internal/events FuzzParseClassic"
+  "./internal/session FuzzDecodeSession"
+)
+for t in "${targets[@]}"; do
+  set -- $t
+  echo "fuzz $2 ($1) for $fuzztime"
+  go test -run '^$' -fuzz "^$2\$" -fuzztime "$fuzztime" "$1"
+done
