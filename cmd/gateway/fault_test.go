@@ -416,8 +416,15 @@ func startProcess(t *testing.T, name string, env map[string]string) *process {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(), "HERALD_ADDR=127.0.0.1:0", "HERALD_API_KEYS="+testAPIKey, "HERALD_NODE="+name)
+	return startProcessCmd(t, name, exec.Command(bin), env)
+}
+
+// startProcessCmd starts cmd (the gateway binary, perhaps behind a shell)
+// with the test defaults and env, and waits until it is ready.
+func startProcessCmd(t *testing.T, name string, cmd *exec.Cmd, env map[string]string) *process {
+	t.Helper()
+	cmd.Env = append(os.Environ(), "HERALD_ADDR=127.0.0.1:0", "HERALD_API_KEYS="+testAPIKey, "HERALD_NODE="+name,
+		"HERALD_CONNECT_LIMIT=100000", "HERALD_MAX_CONNS_PER_USER=1000")
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}

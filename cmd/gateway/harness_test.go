@@ -74,6 +74,10 @@ func startReplicaUnready(t *testing.T, name string, env map[string]string) *repl
 		"HERALD_NODE":          name,
 		"HERALD_DRAIN_TIMEOUT": "200ms",
 		"HERALD_LOG_LEVEL":     "debug",
+		// Tests open many sockets from one IP and user; the limit tests
+		// set their own limits.
+		"HERALD_CONNECT_LIMIT":      "100000",
+		"HERALD_MAX_CONNS_PER_USER": "1000",
 	}
 	for k, v := range env {
 		vars[k] = v

@@ -22,6 +22,7 @@ import (
 	"github.com/heraldgw/herald/internal/hub"
 	"github.com/heraldgw/herald/internal/metrics"
 	"github.com/heraldgw/herald/internal/session"
+	"github.com/heraldgw/herald/ratelimit"
 	"github.com/heraldgw/herald/web"
 )
 
@@ -48,17 +49,30 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	var (
-		b        broker.Broker
-		sessions session.Store
-		owners   gateway.Owners
-		rdb      *redis.Client
+		b         broker.Broker
+		sessions  session.Store
+		owners    gateway.Owners
+		rdb       *redis.Client
+		connects  ratelimit.Limiter
+		publishes ratelimit.Limiter
+		slots     gateway.Slots
 	)
+	windowCfg := ratelimit.SlidingWindowConfig{Limit: cfg.ConnectLimit, Window: cfg.ConnectWindow}
+	bucketCfg := ratelimit.TokenBucketConfig{Rate: cfg.PublishRate, Burst: cfg.PublishBurst}
+	slotsCfg := ratelimit.ConcurrencyConfig{Prefix: cfg.KeyPrefix, Replica: cfg.Node}
 	if cfg.RedisURL == "" {
 		log.Info("herald starting single-node, in memory: no REDIS_URL, so nothing is shared with other replicas",
 			"addr", cfg.Addr, "dev", cfg.Dev)
 		b = broker.NewMemory(deliver, cfg.HistorySize, cfg.HistoryTTL)
 		sessions = session.NewMemory(nil)
 		owners = gateway.NewMemoryOwners()
+		connects, err = ratelimit.NewMemorySlidingWindow(windowCfg, nil)
+		if err == nil {
+			publishes, err = ratelimit.NewMemoryTokenBucket(bucketCfg, nil)
+		}
+		if err == nil {
+			slots, err = ratelimit.NewMemoryConcurrency(slotsCfg)
+		}
 	} else {
 		opt, err := redis.ParseURL(cfg.RedisURL)
 		if err != nil {
@@ -71,11 +85,24 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		b = broker.NewRedis(rdb, rlog, names, deliver, log, broker.RedisOptions{Classic: true})
 		sessions = session.NewRedis(rdb, names, log, nil)
 		owners = gateway.NewRedisOwners(rdb)
+		connects, err = ratelimit.NewSlidingWindow(rdb, windowCfg)
+		if err == nil {
+			publishes, err = ratelimit.NewTokenBucket(rdb, bucketCfg)
+		}
+		if err == nil {
+			slots, err = ratelimit.NewConcurrency(rdb, slotsCfg, log)
+		}
+	}
+	if err != nil {
+		b.Close()
+		closeRedis(rdb)
+		return fmt.Errorf("limits: %w", err)
 	}
 
 	srv := gateway.New(gateway.Deps{
 		Config: cfg, Hub: h, Broker: b, Sessions: sessions, Owners: owners,
 		Metrics: m, Gatherer: reg, Log: log, Web: web.FS(),
+		ConnectLimiter: connects, PublishLimiter: publishes, Slots: slots,
 	})
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {

@@ -33,6 +33,8 @@ type Config struct {
 	MaxConnsPerUser int            // HERALD_MAX_CONNS_PER_USER, across replicas; 20
 	ClientMsgRate   float64        // HERALD_CLIENT_MSG_RATE, messages per second per socket; 10
 	ClientMsgBurst  int            // HERALD_CLIENT_MSG_BURST; 20
+	PublishRate     float64        // HERALD_PUBLISH_RATE, publishes per second per API key, shared by replicas; 500
+	PublishBurst    int            // HERALD_PUBLISH_BURST; 1000
 	HistorySize     int            // HERALD_HISTORY_SIZE, events kept per channel; 100
 	HistoryTTL      time.Duration  // HERALD_HISTORY_TTL; 10m
 	DrainTimeout    time.Duration  // HERALD_DRAIN_TIMEOUT, spread of the 1012 closes on SIGTERM; 10s
@@ -133,6 +135,15 @@ func settings() []setting {
 			return nil
 		}},
 		{"HERALD_CLIENT_MSG_BURST", "20", "burst of client messages", intSetting(func(c *Config) *int { return &c.ClientMsgBurst }, 1)},
+		{"HERALD_PUBLISH_RATE", "500", "publish API calls per second per API key", func(c *Config, v string) error {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil || f <= 0 {
+				return errors.New("want a positive number")
+			}
+			c.PublishRate = f
+			return nil
+		}},
+		{"HERALD_PUBLISH_BURST", "1000", "burst of publish API calls per API key", intSetting(func(c *Config) *int { return &c.PublishBurst }, 1)},
 		{"HERALD_HISTORY_SIZE", "100", "events kept per channel for resume", intSetting(func(c *Config) *int { return &c.HistorySize }, 1)},
 		{"HERALD_HISTORY_TTL", "10m", "how long events are kept for resume", durSetting(func(c *Config) *time.Duration { return &c.HistoryTTL })},
 		{"HERALD_DRAIN_TIMEOUT", "10s", "how long a SIGTERM drain spreads its 1012 closes", durSetting(func(c *Config) *time.Duration { return &c.DrainTimeout })},

@@ -11,14 +11,19 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/google/uuid"
+	"golang.org/x/time/rate"
 
 	"github.com/heraldgw/herald/internal/events"
 	"github.com/heraldgw/herald/internal/hub"
 )
 
 // maxBadFrames is how many bad frames in a row a client may send before
-// it is closed with 1008.
-const maxBadFrames = 3
+// it is closed with 1008; maxRefused is how many frames in a row it may
+// send over its message rate before it is closed with 4008.
+const (
+	maxBadFrames = 3
+	maxRefused   = 10
+)
 
 // client runs the read side of one socket: it decodes client frames and
 // answers through the hub connection's queue.
@@ -27,6 +32,30 @@ type client struct {
 	conn *hub.Conn
 	user string
 	bad  int // bad frames in a row
+
+	// The message rate (HERALD_CLIENT_MSG_RATE/_BURST) is per socket, so
+	// local: a token bucket made at the first message, so that an idle
+	// socket costs nothing.
+	limiter *rate.Limiter
+	refused int // frames in a row over the rate
+}
+
+// allow spends a token for one client frame. Over the rate the frame is
+// answered rate_limited; a client that keeps going is closed with 4008.
+func (cl *client) allow() bool {
+	if cl.limiter == nil {
+		cl.limiter = rate.NewLimiter(rate.Limit(cl.s.cfg.ClientMsgRate), cl.s.cfg.ClientMsgBurst)
+	}
+	if cl.limiter.Allow() {
+		cl.refused = 0
+		return true
+	}
+	if cl.refused++; cl.refused > maxRefused {
+		cl.conn.Close(hub.CloseRateLimited, "message rate exceeded")
+		return false
+	}
+	cl.fail(0, codeRateLimited, "too many messages, slow down")
+	return false
 }
 
 // inbound is a client frame (PROTOCOL §4).
@@ -43,6 +72,7 @@ const (
 	codeBadRequest  = "bad_request"
 	codeNotFound    = "not_found"
 	codeUnavailable = "unavailable"
+	codeRateLimited = "rate_limited"
 )
 
 var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
@@ -69,7 +99,7 @@ func (cl *client) readLoop(ctx context.Context, ws *websocket.Conn) {
 			return
 		case typ != websocket.MessageText:
 			cl.badFrame(0, "frames must be JSON text")
-		default:
+		case cl.allow():
 			cl.handle(ctx, buf.Bytes())
 		}
 		bufPool.Put(buf)

@@ -32,6 +32,7 @@ var (
 	errDraining        = &apiError{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: "gateway restarting", RetryAfter: 2}
 	errFull            = &apiError{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: "gateway at capacity", RetryAfter: 5}
 	errTooLarge        = &apiError{Status: http.StatusRequestEntityTooLarge, Code: "too_large", Message: "request body too large"}
+	errUserAtCap       = &apiError{Status: http.StatusTooManyRequests, Code: "rate_limited", Message: "too many open connections for this user"}
 	errNotFound        = &apiError{Status: http.StatusNotFound, Code: "not_found", Message: "not found"}
 )
 

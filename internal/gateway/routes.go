@@ -3,6 +3,8 @@ package gateway
 import (
 	"net/http"
 
+	"github.com/heraldgw/herald/ratelimit"
+
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -22,11 +24,15 @@ func (s *Server) routes() *echo.Echo {
 		},
 	}))
 
-	e.GET("/ws", s.handleWS)
+	limit := func(l ratelimit.Limiter, key func(echo.Context) string) echo.MiddlewareFunc {
+		return ratelimit.Middleware(l, key, ratelimit.WithLogger(s.log))
+	}
+	e.GET("/ws", s.handleWS, s.refuseEarly, s.countRefusals(limit(s.connects, connectKey)))
 
 	api := e.Group("/api")
-	api.POST("/publish", s.handlePublish, s.requireAPIKey)
-	api.POST("/publish/batch", s.handlePublishBatch, s.requireAPIKey)
+	perKey := limit(s.publishes, ratelimit.Hashed(apiKey))
+	api.POST("/publish", s.handlePublish, s.requireAPIKey, perKey)
+	api.POST("/publish/batch", s.handlePublishBatch, s.requireAPIKey, perKey)
 	api.POST("/sessions", s.handleCreateSession, s.requireAPIKey)
 	api.DELETE("/sessions/:id", s.handleRevokeSession, s.requireAPIKey)
 	api.POST("/tickets", s.handleTicket)
@@ -46,6 +52,35 @@ func (s *Server) routes() *echo.Echo {
 		e.GET("/*", echo.WrapHandler(http.FileServerFS(s.web)))
 	}
 	return e
+}
+
+// countRefusals counts, as connect refusals, the requests that mw answers
+// itself without calling the handler (a limiter's 429 or 503).
+func (s *Server) countRefusals(mw echo.MiddlewareFunc) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			reached := false
+			err := mw(func(c echo.Context) error { reached = true; return next(c) })(c)
+			if !reached {
+				reason := "rate_limited"
+				if c.Response().Status != http.StatusTooManyRequests {
+					reason = "unavailable"
+				}
+				s.metrics.Refusals.WithLabelValues(reason).Inc()
+			}
+			return err
+		}
+	}
+}
+
+// connectKey is the connect limit's key: "ws:" and the client IP, in the
+// classic ratelimit:{identifier} sorted set.
+func connectKey(c echo.Context) string { return "ws:" + ratelimit.ClientIP(c) }
+
+// apiKey is the bearer token of an API request (already checked).
+func apiKey(c echo.Context) string {
+	k, _ := bearer(c.Request())
+	return k
 }
 
 func (s *Server) handleReady(c echo.Context) error {

@@ -22,6 +22,7 @@ import (
 	"github.com/heraldgw/herald/internal/hub"
 	"github.com/heraldgw/herald/internal/metrics"
 	"github.com/heraldgw/herald/internal/session"
+	"github.com/heraldgw/herald/ratelimit"
 )
 
 // Deps are the server's dependencies, all required but Web.
@@ -35,21 +36,36 @@ type Deps struct {
 	Gatherer prometheus.Gatherer // what /metrics serves
 	Log      *slog.Logger
 	Web      fs.FS // static files served at /; nil serves none
+
+	// Limits (PROTOCOL §3, issue 3): connects per client IP, publishes per
+	// API key, and sockets per user across replicas.
+	ConnectLimiter ratelimit.Limiter
+	PublishLimiter ratelimit.Limiter
+	Slots          Slots
+}
+
+// Slots counts a user's open sockets across all replicas.
+type Slots interface {
+	Acquire(ctx context.Context, user string, limit int) (ratelimit.Lease, ratelimit.Result, error)
+	Release(ctx context.Context, l ratelimit.Lease) error
 }
 
 // Server is the gateway's HTTP side. Create it with New, serve Handler, run
 // its background loops with Run, and stop it with Drain.
 type Server struct {
-	cfg      config.Config
-	hub      *hub.Hub
-	broker   broker.Broker
-	sessions session.Store
-	owners   Owners
-	metrics  *metrics.Metrics
-	gatherer prometheus.Gatherer
-	log      *slog.Logger
-	web      fs.FS
-	now      func() time.Time
+	cfg       config.Config
+	hub       *hub.Hub
+	broker    broker.Broker
+	sessions  session.Store
+	owners    Owners
+	metrics   *metrics.Metrics
+	gatherer  prometheus.Gatherer
+	log       *slog.Logger
+	web       fs.FS
+	now       func() time.Time
+	connects  ratelimit.Limiter
+	publishes ratelimit.Limiter
+	slots     Slots
 
 	echo     *echo.Echo
 	live     *liveSessions
@@ -68,6 +84,7 @@ func New(d Deps) *Server {
 	s := &Server{
 		cfg: d.Config, hub: d.Hub, broker: d.Broker, sessions: d.Sessions, owners: d.Owners,
 		metrics: d.Metrics, gatherer: d.Gatherer, log: d.Log, web: d.Web, now: time.Now,
+		connects: d.ConnectLimiter, publishes: d.PublishLimiter, slots: d.Slots,
 		live: newLiveSessions(), ctx: ctx, cancel: cancel,
 	}
 	s.ready.Store(true)
@@ -90,6 +107,9 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { s.probeLoop(ctx); return nil })
 	g.Go(func() error { s.sessionCheckLoop(ctx); return nil })
 	g.Go(func() error { return s.watchRevocations(ctx) })
+	if r, ok := s.slots.(interface{ Run(context.Context) }); ok {
+		g.Go(func() error { r.Run(ctx); return nil }) // lease heartbeats
+	}
 	return g.Wait()
 }
 

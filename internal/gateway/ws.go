@@ -17,6 +17,7 @@ import (
 	"github.com/heraldgw/herald/internal/events"
 	"github.com/heraldgw/herald/internal/hub"
 	"github.com/heraldgw/herald/internal/session"
+	"github.com/heraldgw/herald/ratelimit"
 )
 
 const (
@@ -26,33 +27,43 @@ const (
 
 // handleWS decides everything before the upgrade (PROTOCOL §3): a refused
 // client gets a plain HTTP answer and never a socket.
+//
+// The checks run in this order: draining, origin, readiness and capacity
+// (refuseEarly, no I/O); connects per client IP (the limiter middleware);
+// credentials; sockets per user across replicas.
 func (s *Server) handleWS(c echo.Context) error {
 	r := c.Request()
 	since := r.URL.Query().Get("since")
 	if _, _, err := events.ParseID(since); since != "" && err != nil {
-		s.metrics.Refusals.WithLabelValues("bad_request").Inc()
-		return writeError(c, errBadRequest("since", "since is not an event id"))
+		return s.refuse(c, errBadRequest("since", "since is not an event id"))
 	}
-	sess, err := s.admit(r)
+	sess, err := s.authenticate(r)
 	if err != nil {
-		ae := toAPIError(err)
-		s.metrics.Refusals.WithLabelValues(ae.Code).Inc()
-		if ae.Status >= 500 {
-			s.log.Warn("connect refused", "status", ae.Status, "ip", c.RealIP(), "err", err)
-		} else {
-			s.log.Debug("connect refused", "status", ae.Status, "ip", c.RealIP(), "reason", ae.Message)
-		}
-		return writeError(c, ae)
+		return s.refuse(c, err)
 	}
+	lease, res, err := s.slots.Acquire(r.Context(), sess.UserID, s.cfg.MaxConnsPerUser)
+	switch {
+	case err != nil:
+		return s.refuse(c, errUnavailable(err))
+	case !res.Allowed:
+		ratelimit.SetHeaders(c.Response().Header(), res)
+		return s.refuse(c, errUserAtCap)
+	}
+	release := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := s.slots.Release(ctx, lease); err != nil {
+			s.log.Warn("socket slot not released; its lease will expire", "err", err)
+		}
+	}
+	defer release()
 
 	userChannel := events.UserChannel(sess.UserID)
 	ctx, cancel := context.WithTimeout(r.Context(), subscribeTimeout)
 	err = s.broker.Subscribe(ctx, userChannel)
 	cancel()
 	if err != nil {
-		s.metrics.Refusals.WithLabelValues("unavailable").Inc()
-		s.log.Warn("connect refused: subscribe failed", "err", err)
-		return writeError(c, errUnavailable(err))
+		return s.refuse(c, errUnavailable(err))
 	}
 
 	// Origin was checked in admit; the library's own check would differ.
@@ -73,21 +84,39 @@ func (s *Server) handleWS(c echo.Context) error {
 	return nil
 }
 
-// admit runs the checks of PROTOCOL §3 in order and returns the session.
-func (s *Server) admit(r *http.Request) (session.Session, error) {
-	if s.hub.Draining() {
-		return session.Session{}, errDraining
+// refuseEarly answers the connects that need no I/O to refuse: while
+// draining or not ready (503), from a foreign origin (403), or beyond this
+// replica's socket capacity (503, before file descriptors run out).
+func (s *Server) refuseEarly(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		var err error
+		switch {
+		case s.hub.Draining():
+			err = errDraining
+		case !s.originAllowed(c.Request()):
+			err = errForbiddenOrigin
+		case !s.Ready():
+			err = errUnavailable(errors.New("not ready"))
+		case s.hub.Conns() >= s.cfg.MaxConns:
+			err = errFull
+		default:
+			return next(c)
+		}
+		return s.refuse(c, err)
 	}
-	if !s.originAllowed(r) {
-		return session.Session{}, errForbiddenOrigin
+}
+
+// refuse answers a connect with its outcome before any upgrade, counts it
+// and logs it (server-side causes at Warn, client mistakes at Debug).
+func (s *Server) refuse(c echo.Context, err error) error {
+	ae := toAPIError(err)
+	s.metrics.Refusals.WithLabelValues(ae.Code).Inc()
+	if ae.Status >= 500 {
+		s.log.Warn("connect refused", "status", ae.Status, "ip", c.RealIP(), "err", err)
+	} else {
+		s.log.Debug("connect refused", "status", ae.Status, "ip", c.RealIP(), "reason", ae.Message)
 	}
-	if !s.Ready() {
-		return session.Session{}, errUnavailable(errors.New("not ready"))
-	}
-	if s.hub.Conns() >= s.cfg.MaxConns {
-		return session.Session{}, errFull
-	}
-	return s.authenticate(r)
+	return writeError(c, ae)
 }
 
 // authenticate finds the first credential present (ticket, cookie, bearer)

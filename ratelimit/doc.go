@@ -1,0 +1,20 @@
+// Package ratelimit holds Herald's limiters, shared by every replica through
+// Redis, each with an in-memory twin for single-node use and tests:
+//
+//   - [SlidingWindow]: at most Limit admitted requests per Window, on the
+//     classic `ratelimit:{id}` sorted set (score = milliseconds);
+//   - [TokenBucket]: Rate tokens per second up to Burst, on the classic
+//     `bucket:{id}` hash (fields tokens and lastRefill, in milliseconds);
+//   - [Concurrency]: at most max slots held at once per user across all
+//     replicas, with leases that free themselves when a replica dies.
+//
+// The Redis implementations decide in one Lua script per call, on the Redis
+// server's clock (TIME): callers' clocks are never read, so replicas whose
+// clocks disagree still agree. They need Redis 5 or later (effects
+// replication of scripts that call TIME) and touch one key per call, so
+// they also work on Redis Cluster.
+//
+// [Middleware] puts a [Limiter] in front of any echo route; [SetHeaders]
+// writes the same X-RateLimit-* and Retry-After headers for handlers that
+// answer by themselves (a WebSocket upgrade, for instance).
+package ratelimit

@@ -1,0 +1,16 @@
+package ratelimit
+
+// MemoryKeys reports how many keys a memory twin holds, for the sweep test.
+func MemoryKeys(l any) int {
+	switch l := l.(type) {
+	case *MemorySlidingWindow:
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return len(l.windows)
+	case *MemoryTokenBucket:
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return len(l.buckets)
+	}
+	panic("MemoryKeys: not a memory twin")
+}
