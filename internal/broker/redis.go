@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -48,6 +49,15 @@ type RedisOptions struct {
 	// subscription before it asks again; a confirmation is lost when the
 	// connection drops. Default 1s.
 	ResyncInterval time.Duration
+
+	// ProbeInterval is how often the broker publishes a probe on a channel
+	// of its own, to find out whether its pub/sub connection still
+	// receives; ProbeTimeout is how long it waits to see the probe before
+	// it replaces the connection (and refills every channel from history).
+	// That catches what go-redis cannot: a connection that stopped
+	// receiving without breaking, or one left on an old master after a
+	// failover. Defaults 5s and 3s.
+	ProbeInterval, ProbeTimeout time.Duration
 }
 
 // RedisStats are the broker's counters since it started.
@@ -64,6 +74,7 @@ type RedisStats struct {
 	ClassicDropped   uint64 // classic messages dropped because the queue was full
 	ClassicInvalid   uint64 // classic messages that were not valid effect:complete JSON
 	ClassicFailed    uint64 // classic messages whose publish failed
+	Replacements     uint64 // pub/sub connections replaced after a missed probe
 }
 
 // Redis is the shared Broker. Publish runs events.RedisLog's atomic script;
@@ -89,9 +100,11 @@ type Redis struct {
 	h          Handler
 	logger     *slog.Logger
 	opts       RedisOptions
-	ps         *redis.PubSub
-	msgs       <-chan any
+	msgs       <-chan any // the first PubSub's channel; later ones come through swapped
+	swapped    chan (<-chan any)
 	syncPrefix string // barrier channel names: syncPrefix + round
+	probeName  string // this broker's probe channel
+	probeSeen  chan uint64
 
 	ctx     context.Context // cancelled by Close; stops the goroutines
 	cancel  context.CancelFunc
@@ -106,6 +119,8 @@ type Redis struct {
 	// Handler calls.
 	mu        sync.Mutex
 	closed    bool
+	ps        *redis.PubSub            // the current pub/sub connection
+	awaiting  int                      // subs whose refill waits for their resubscription
 	subs      map[string]*redisSub     // by pub/sub channel name
 	dirty     map[string]struct{}      // subs whose refs crossed zero or need resending
 	live      int                      // Herald channels with refs > 0
@@ -130,6 +145,7 @@ type redisSub struct {
 	// fills the gap left by a reconnect has been delivered.
 	lastID    string
 	refilling bool
+	waitSub   bool   // refill once this sub's resubscription is confirmed
 	gen       uint64 // refill generation: bumped by each reconnect
 	pending   []Event
 }
@@ -141,6 +157,7 @@ const maxPending = 10000
 type redisCounters struct {
 	received, delivered, ignored, resubscribes atomic.Uint64
 	duplicates, refilled, refillGaps           atomic.Uint64
+	replacements                               atomic.Uint64
 	converted, dropped, invalid, publishFailed atomic.Uint64
 }
 
@@ -161,10 +178,19 @@ func NewRedis(rdb redis.UniversalClient, log *events.RedisLog, names events.Name
 	if opts.ResyncInterval <= 0 {
 		opts.ResyncInterval = time.Second
 	}
+	if opts.ProbeInterval <= 0 {
+		opts.ProbeInterval = 5 * time.Second
+	}
+	if opts.ProbeTimeout <= 0 {
+		opts.ProbeTimeout = 3 * time.Second
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Redis{
 		rdb: rdb, log: log, names: names, h: h, logger: logger, opts: opts,
 		syncPrefix: names.Prefix + "herald:sync:",
+		probeName:  names.Prefix + "herald:probe:" + rand.Text(),
+		probeSeen:  make(chan uint64, 1),
+		swapped:    make(chan (<-chan any)),
 		ctx:        ctx, cancel: cancel,
 		kick:      make(chan struct{}, 1),
 		refill:    make(chan struct{}, 1),
@@ -184,6 +210,9 @@ func NewRedis(rdb redis.UniversalClient, log *events.RedisLog, names events.Name
 		b.dirty[events.ClassicChannel] = struct{}{}
 		b.wg.Go(b.convertClassic)
 	}
+	b.subs[b.probeName] = &redisSub{refs: 1}
+	b.dirty[b.probeName] = struct{}{}
+	b.wg.Go(b.probe)
 	b.wg.Go(b.reconcile)
 	b.wg.Go(b.refiller)
 	b.wg.Go(b.receive)
@@ -234,7 +263,10 @@ func (b *Redis) Close() error {
 	b.mu.Unlock()
 
 	b.cancel()
-	err := b.ps.Close() // ends the delivery loop, which drains go-redis's channel until then
+	b.mu.Lock()
+	ps := b.ps
+	b.mu.Unlock()
+	err := ps.Close() // ends the delivery loop, which drains go-redis's channel until then
 	b.wg.Wait()
 	if err != nil {
 		return fmt.Errorf("close redis pub/sub: %w", err)
@@ -261,6 +293,7 @@ func (b *Redis) Stats() RedisStats {
 		ClassicDropped:   c.dropped.Load(),
 		ClassicInvalid:   c.invalid.Load(),
 		ClassicFailed:    c.publishFailed.Load(),
+		Replacements:     c.replacements.Load(),
 	}
 }
 

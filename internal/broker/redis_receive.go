@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -20,6 +21,7 @@ const classicTimeout = 5 * time.Second
 // briefly. Resubscriptions after a reconnect are gathered while they keep
 // arriving and reported before the next frame is delivered.
 func (b *Redis) receive() {
+	msgs := b.msgs
 	var resubscribed bool // gathering a resubscription burst
 	var channels []string // Herald channels in the burst
 	flush := func() {
@@ -33,16 +35,18 @@ func (b *Redis) receive() {
 		var ok bool
 		if resubscribed {
 			select {
-			case msg, ok = <-b.msgs:
+			case msg, ok = <-msgs:
 			default:
 				flush() // the burst is over, at least for now
 				continue
 			}
 		} else {
 			select {
-			case msg, ok = <-b.msgs:
+			case msg, ok = <-msgs:
 			case r := <-b.filled:
 				b.applyRefill(r)
+				continue
+			case msgs = <-b.swapped:
 				continue
 			}
 		}
@@ -69,6 +73,16 @@ func (b *Redis) receive() {
 // references, or queues it for conversion if it is a classic one.
 func (b *Redis) deliver(m *redis.Message) {
 	b.stats.received.Add(1)
+	if m.Channel == b.probeName {
+		if seq, err := strconv.ParseUint(m.Payload, 10, 64); err == nil {
+			select {
+			case <-b.probeSeen: // keep only the newest
+			default:
+			}
+			b.probeSeen <- seq
+		}
+		return
+	}
 	if m.Channel == events.ClassicChannel && b.classic != nil {
 		select {
 		case b.classic <- []byte(m.Payload):

@@ -196,10 +196,13 @@ func (b *Redis) round(resync bool) error {
 
 	ctx, cancel := context.WithTimeout(b.ctx, roundTimeout)
 	defer cancel()
+	b.mu.Lock()
+	ps := b.ps
+	b.mu.Unlock()
 	if len(adds) > 0 {
 		err := b.readBaselines(ctx, adds)
 		if err == nil {
-			err = b.ps.Subscribe(ctx, adds...)
+			err = ps.Subscribe(ctx, adds...)
 		}
 		if err != nil {
 			// go-redis records channels as subscribed even when SUBSCRIBE
@@ -207,7 +210,7 @@ func (b *Redis) round(resync bool) error {
 			// include them. Roll its record back, so it never resubscribes
 			// them behind our back, and resend them in a later round; this
 			// round's barrier is not sent, so nobody waiting is released.
-			_ = b.ps.Unsubscribe(ctx, append(removes, adds...)...)
+			_ = ps.Unsubscribe(ctx, append(removes, adds...)...)
 			b.mu.Lock()
 			for _, name := range adds {
 				s := b.subs[name]
@@ -225,7 +228,7 @@ func (b *Redis) round(resync bool) error {
 	// go-redis forgets removed channels even when UNSUBSCRIBE fails, and its
 	// connection is then replaced, so only the barrier can be lost here;
 	// the resync timer sends a new one.
-	if err := b.ps.Unsubscribe(ctx, append(removes, b.barrier(r))...); err != nil {
+	if err := ps.Unsubscribe(ctx, append(removes, b.barrier(r))...); err != nil {
 		return fmt.Errorf("unsubscribe %d channel(s): %w", len(removes), err)
 	}
 	return nil
@@ -266,6 +269,19 @@ func (b *Redis) confirmRound(r uint64) {
 		if need <= r {
 			close(w)
 			delete(b.waits, need)
+		}
+	}
+	if b.awaiting > 0 { // after a replacement: refill what is subscribed again
+		for name, s := range b.subs {
+			if s.waitSub && s.round != 0 && s.round <= r {
+				s.waitSub = false
+				b.awaiting--
+				b.toRefill[name] = struct{}{}
+			}
+		}
+		select {
+		case b.refill <- struct{}{}:
+		default:
 		}
 	}
 }

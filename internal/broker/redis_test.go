@@ -1,14 +1,17 @@
 package broker_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -425,4 +428,132 @@ func firstDiff(a, b []string) int {
 		}
 	}
 	return min(len(a), len(b))
+}
+
+// freezeProxy forwards TCP to Redis and can make the pub/sub connections
+// open at a given moment stop receiving without breaking: what a stuck
+// middlebox or a subscription left on an old master looks like.
+type freezeProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []*proxyConn
+}
+
+type proxyConn struct {
+	pubsub, frozen atomic.Bool
+}
+
+func startFreezeProxy(t *testing.T, target string) *freezeProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &freezeProxy{ln: ln, target: target}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			pc := &proxyConn{}
+			p.mu.Lock()
+			p.conns = append(p.conns, pc)
+			p.mu.Unlock()
+			t.Cleanup(func() { c.Close(); s.Close() })
+			go func() { // client → Redis: spot pub/sub connections
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := c.Read(buf)
+					if n > 0 {
+						if bytes.Contains(bytes.ToLower(buf[:n]), []byte("subscribe")) {
+							pc.pubsub.Store(true)
+						}
+						s.Write(buf[:n])
+					}
+					if err != nil {
+						s.Close()
+						return
+					}
+				}
+			}()
+			go func() { // Redis → client: a frozen connection swallows everything
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := s.Read(buf)
+					if n > 0 && !pc.frozen.Load() {
+						c.Write(buf[:n])
+					}
+					if err != nil {
+						c.Close()
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return p
+}
+
+// freezePubSub freezes the pub/sub connections open now and returns how many.
+func (p *freezeProxy) freezePubSub() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, c := range p.conns {
+		if c.pubsub.Load() {
+			c.frozen.Store(true)
+			n++
+		}
+	}
+	return n
+}
+
+// TestRedisProbeReplacesASilentConnection: the pub/sub connection stops
+// receiving without breaking; the probe notices, the broker replaces the
+// connection, and every event, those published meanwhile included, is
+// delivered once, in order.
+func TestRedisProbeReplacesASilentConnection(t *testing.T) {
+	srv := redistest.Start(t)
+	proxy := startFreezeProxy(t, srv.Addr)
+	viaProxy := redis.NewClient(&redis.Options{Addr: proxy.ln.Addr().String()})
+	t.Cleanup(func() { viaProxy.Close() })
+	rec := brokertest.NewRecorder()
+	b := newRedis(t, viaProxy, rec.Handle, broker.RedisOptions{ProbeInterval: 50 * time.Millisecond, ProbeTimeout: 200 * time.Millisecond})
+	ch := "user:silent"
+	brokertest.MustSubscribe(t, b, ch)
+
+	pubLog := events.NewRedisLog(srv.Client(), names, 1000, time.Minute)
+	var ids []string
+	for i := range 300 {
+		if i == 100 {
+			if n := proxy.freezePubSub(); n == 0 {
+				t.Fatal("no pub/sub connection to freeze")
+			}
+		}
+		got, err := pubLog.Append(context.Background(), "", events.Publication{Channel: ch, Event: "n", Data: []byte(strconv.Itoa(i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, got[0])
+		time.Sleep(2 * time.Millisecond) // a stream spread over the outage, not a sync point
+	}
+	fs := rec.WaitFor(t, "all events", func(fs []brokertest.Frame) bool { return len(fs) >= len(ids) })
+	var got []string
+	for _, f := range fs {
+		got = append(got, f.ID)
+	}
+	if !slices.Equal(got, ids) {
+		t.Fatalf("delivered %d ids, want the %d published in order (first difference at %d)", len(got), len(ids), firstDiff(got, ids))
+	}
+	if s := b.Stats(); s.Replacements == 0 {
+		t.Errorf("Stats = %+v, want a replaced connection", s)
+	}
 }

@@ -13,14 +13,16 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// trimLua trims a history stream to its window and remembers, in its
+// trimLua trims a history stream to its window (maxlen 0: by age only) and
+// remembers, in its
 // companion "lost" key, the id of the newest event it removed, so that a
 // later read can tell whether an event after some id is gone. Both keys
 // live 2 × ttl after the last publish: longer than any retained event.
 const trimLua = `
 local function trim(stream, lost, maxlen, minms, ttl)
-  local over = redis.call('XLEN', stream) - maxlen
   local gone
+  local over = 0
+  if maxlen > 0 then over = redis.call('XLEN', stream) - maxlen end
   if over > 0 then
     local old = redis.call('XRANGE', stream, '-', '+', 'COUNT', over)
     gone = old[#old][1]
@@ -86,12 +88,13 @@ return ids
 // historyScript reads a channel's history after an event id and says
 // whether it is complete: whether no event after that id was trimmed away
 // (the lost key holds the newest trimmed id). It trims by age first, so the
-// answer holds at the moment of the read. Once the keys expired (2 × ttl
-// after the last publish), a read with an id is answered "incomplete",
-// conservatively.
+// answer holds at the moment of the read; trimming by size is left to the
+// publishers, whose setting may differ from this reader's. Once the keys
+// expired (2 × ttl after the last publish), a read with an id is answered
+// "incomplete", conservatively.
 //
 // KEYS[1] history stream, KEYS[2] its lost key
-// ARGV[1] since ("" for everything); ARGV[2] history size; ARGV[3] ttl ms
+// ARGV[1] since ("" for everything); ARGV[2] ttl ms
 // Returns {complete (0/1), entries}.
 var historyScript = redis.NewScript(trimLua + `
 local since = ARGV[1]
@@ -101,7 +104,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-trim(KEYS[1], KEYS[2], tonumber(ARGV[2]), tostring(now - tonumber(ARGV[3])), tonumber(ARGV[3]))
+trim(KEYS[1], KEYS[2], 0, tostring(now - tonumber(ARGV[2])), tonumber(ARGV[2]))
 local lost = redis.call('GET', KEYS[2])
 local complete = 1
 if lost then
@@ -136,7 +139,7 @@ func (l *RedisLog) Range(ctx context.Context, channel, since string) (entries []
 		}
 	}
 	keys := []string{l.names.History(channel), l.names.Lost(channel)}
-	res, err := historyScript.Run(ctx, l.rdb, keys, since, l.size, l.ttl.Milliseconds()).Slice()
+	res, err := historyScript.Run(ctx, l.rdb, keys, since, l.ttl.Milliseconds()).Slice()
 	if err != nil {
 		return nil, false, fmt.Errorf("read history: %w", err)
 	}
