@@ -4,6 +4,7 @@
 //
 //	worker publish --effect ID [--user U] [--url URL]   publish one effect-complete event
 //	worker run [--work 500ms] [--claim-after 30s]        consume and process jobs
+//	           [--catalog FILE|URL]                        only the effect kinds a catalog defines
 //	worker demo [--rate 10] [--duration 10s] [--users 10] enqueue synthetic jobs
 //
 // Redis is named by REDIS_URL (or --redis-url). publish and run announce

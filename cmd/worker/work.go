@@ -10,7 +10,10 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/heraldgw/herald"
 	"github.com/heraldgw/herald/internal/jobs"
@@ -31,13 +34,21 @@ func runWorker(ctx context.Context, args []string, getenv func(string) string, s
 	fs.IntVar(&cfg.Concurrency, "concurrency", 1, "jobs processed at once")
 	fs.DurationVar(&cfg.ClaimAfter, "claim-after", 30*time.Second, "take over a job another worker left unacknowledged this long")
 	fs.DurationVar(&cfg.Block, "block", 2*time.Second, "longest wait for new jobs per read; bounds shutdown time")
-	work := fs.Duration("work", 500*time.Millisecond, "time one (simulated) effect takes to render")
+	work := fs.Duration("work", 500*time.Millisecond, "time one (simulated) effect takes to render, without --catalog")
+	var cf catalogFlags
+	fs.StringVar(&cf.source, "catalog", "", "effect catalog, a file path or http(s) URL: a JSON list of effect definitions; jobs of other kinds are dropped, and each takes its definition's durationMs")
+	fs.DurationVar(&cf.fresh, "catalog-fresh", 30*time.Second, "how long a loaded catalog is used as it is")
+	fs.DurationVar(&cf.stale, "catalog-stale", 5*time.Minute, "how long after --catalog-fresh it is still used while it is reloaded in the background")
+	fs.DurationVar(&cf.check, "catalog-check", 10*time.Second, "how often the catalog source is read to notice a change sooner; 0: never")
 	resultBase := fs.String("result-base", "https://cdn.example/results/", "results are at {result-base}{userEffectId}.png")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
 	if cfg.Concurrency < 1 || cfg.ClaimAfter <= 0 || cfg.Block <= 0 || *work < 0 {
 		return fmt.Errorf("%w: run: --concurrency, --claim-after and --block must be positive, --work not negative", errUsage)
+	}
+	if cf.fresh <= 0 || cf.stale <= 0 || cf.check < 0 {
+		return fmt.Errorf("%w: run: --catalog-fresh and --catalog-stale must be positive, --catalog-check not negative", errUsage)
 	}
 	if cfg.Name == "" {
 		host, err := os.Hostname()
@@ -63,9 +74,24 @@ func runWorker(ctx context.Context, args []string, getenv func(string) string, s
 	}
 
 	w := &worker{pub: pub, work: *work, resultBase: *resultBase, log: log}
+	if cf.source != "" {
+		catalog, err := cf.open(ctx, rdb, rf.prefix, log)
+		if err != nil {
+			return err
+		}
+		defer catalog.Close()
+		w.catalog = catalog
+		if cf.check > 0 {
+			wctx, stop := context.WithCancel(ctx)
+			var wg sync.WaitGroup
+			wg.Go(func() { catalog.Watch(wctx) })
+			defer wg.Wait()
+			defer stop()
+		}
+	}
 	q := jobs.NewQueue(rdb, rf.names())
 	log.Info("worker started", "stream", q.Stream(), "group", cfg.Group, "consumer", cfg.Name,
-		"concurrency", cfg.Concurrency, "publish_via", via)
+		"concurrency", cfg.Concurrency, "publish_via", via, "catalog", cf.source != "")
 	if err := q.Consume(ctx, cfg, w.process); err != nil {
 		return err
 	}
@@ -73,20 +99,70 @@ func runWorker(ctx context.Context, args []string, getenv func(string) string, s
 	return nil
 }
 
+// catalogFlags locate the effect catalog and say how it is cached.
+type catalogFlags struct {
+	source              string
+	fresh, stale, check time.Duration
+}
+
+// open returns the catalog, cached in rdb under Herald's key prefix, after
+// checking that it can be had: a catalog that cannot be read or parsed at
+// start stops the worker.
+func (cf *catalogFlags) open(ctx context.Context, rdb *redis.Client, prefix string, log *slog.Logger) (*jobs.CatalogCache, error) {
+	src, err := jobs.NewCatalogSource(cf.source, nil)
+	if err != nil {
+		return nil, fmt.Errorf("--catalog: %w", err)
+	}
+	catalog, err := jobs.NewCatalogCache(rdb, src, jobs.CatalogConfig{
+		Fresh:     cf.fresh,
+		Stale:     cf.stale,
+		Check:     cf.check,
+		Namespace: prefix + "herald:cache:catalog",
+		Logger:    log,
+		// The worker serves no metrics; the cache's counters stay unregistered.
+	})
+	if err != nil {
+		return nil, err
+	}
+	c, err := catalog.Catalog(ctx)
+	if err != nil {
+		catalog.Close()
+		return nil, fmt.Errorf("--catalog: %w", err)
+	}
+	log.Info("catalog loaded", "source", src.String(), "effects", len(c.Effects))
+	return catalog, nil
+}
+
 // worker processes jobs.
 type worker struct {
 	pub        herald.Publisher
-	work       time.Duration
+	work       time.Duration      // per job, without a catalog
+	catalog    *jobs.CatalogCache // nil: every kind is accepted and takes work
 	resultBase string
 	log        *slog.Logger
 }
 
-// process renders one effect (simulated: it waits w.work) and announces the
+// process renders one effect (simulated: it waits the duration of the
+// job's kind in the catalog, or w.work without one) and announces the
 // result on effect:{id} and user:{user}. The announcement carries the job's
 // idempotency key, so a job processed twice (its first worker died before
-// the ack) notifies once.
+// the ack) notifies once. A job of a kind the catalog does not define is
+// logged and acknowledged; when the catalog cannot be had at all, the job
+// is left pending for a retry.
 func (w *worker) process(ctx context.Context, j jobs.Job) error {
-	t := time.NewTimer(w.work)
+	work := w.work
+	if w.catalog != nil {
+		def, ok, err := w.catalog.Lookup(ctx, j.Kind)
+		if err != nil {
+			return fmt.Errorf("job %s: %w", j.ID, err)
+		}
+		if !ok {
+			w.log.Warn("dropping job of an unknown effect kind", "id", j.ID, "kind", j.Kind)
+			return nil
+		}
+		work = def.Duration()
+	}
+	t := time.NewTimer(work)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
