@@ -434,7 +434,12 @@ func startProcessCmd(t *testing.T, name string, cmd *exec.Cmd, env map[string]st
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		if cmd.ProcessState == nil {
+			cmd.Wait()
+		}
+	})
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil {
 		t.Fatalf("%s did not start: %v\n%s", name, err, p.logs)
@@ -481,4 +486,37 @@ func TestFaultReplicaKilled(t *testing.T) {
 		t.Fatalf("%d publishes failed", failed)
 	}
 	checkAll(t, clients, acked)
+}
+
+// TestSIGTERMDrainsAndExitsZero sends a real SIGTERM to a gateway process:
+// its sockets are closed with 1012 and it exits with status 0.
+func TestSIGTERMDrainsAndExitsZero(t *testing.T) {
+	srv := redistest.Start(t)
+	p := startProcess(t, "a", map[string]string{"REDIS_URL": srv.URL(), "HERALD_DRAIN_TIMEOUT": "300ms"})
+	r := &replica{t: t, addr: p.addr}
+	sid := r.newSession(t, "u")
+	var cls []*client
+	for range 3 {
+		c := dial(t, r.wsURL(""), bearerHeader(sid))
+		c.nextOf("welcome")
+		cls = append(cls, c)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range cls {
+		if code := c.closeCode(); code != websocket.StatusServiceRestart {
+			t.Errorf("socket %d closed with %d, want 1012", i, code)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("gateway exited with %v, want status 0\n%s", err, p.logs)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("gateway did not exit after SIGTERM")
+	}
 }
