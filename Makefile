@@ -1,22 +1,42 @@
 # Herald. The two commands a new machine needs:
 #   make run    — one gateway, single-node in memory, demo page at http://localhost:8080
-#   make test   — installs what tests need (redis-server), then go test -race ./...
+#   make test   — installs what tests need (redis-server, nginx, chromium, node), then go test -race ./...
+#                 and a short run of every fuzz target
+# And one to try the horizontal setup without Docker:
+#   make run-cluster — Redis, two replicas, the worker and nginx on loopback, page at http://127.0.0.1:8080
 
 GO ?= go
 
-.PHONY: run test deps build vet fuzz bench
+.PHONY: run run-cluster test test-web test-e2e deps build vet fuzz bench
 
 run:
 	$(GO) run ./cmd/gateway
 
+run-cluster: deps
+	./scripts/run-cluster.sh
+
 test: deps
 	$(GO) test -race -timeout 20m ./...
+	./scripts/fuzz.sh 2s
+
+# Every fuzz target for longer (FUZZTIME each); crashers land in testdata/fuzz.
+FUZZTIME ?= 2m
+fuzz:
+	./scripts/fuzz.sh $(FUZZTIME)
+
+# The browser client's unit tests alone (also part of `make test`).
+test-web:
+	node --test web/test/
+
+# The browser and deployment tests alone (also part of `make test`).
+test-e2e: deps
+	$(GO) test -race -count=1 ./e2e/
 
 deps:
 	./scripts/ensure-deps.sh
 
 build:
-	$(GO) build -o bin/ ./cmd/...
+	$(GO) build -o bin/ ./cmd/... ./deploy/probe
 
 vet:
 	$(GO) vet ./...

@@ -10,7 +10,7 @@ const LATE_AFTER_MS = 10000; // past the eta, a job without its event is marked 
 const $ = (sel) => document.querySelector(sel);
 const el = {
   session: $('#session'), state: $('#state'), node: $('#node'), reconnects: $('#reconnects'),
-  user: $('#user'), avatar: $('#user-avatar'), logout: $('#logout-btn'),
+  user: $('#user'), avatar: $('#user-avatar'), logout: $('#logout-btn'), reconnect: $('#reconnect-btn'),
   error: $('#error'), errorText: $('#error-text'), errorClose: $('#error-close'),
   loginView: $('#login-view'), loginForm: $('#login-form'), loginUser: $('#login-user'),
   loginBtn: $('#login-btn'), loginNote: $('#login-note'), devNote: $('#dev-note'),
@@ -106,9 +106,17 @@ function setConnected(open) {
   el.startMany.disabled = !open;
 }
 
-function renderState(state) {
+function renderState(state, title = '') {
   el.state.dataset.state = state;
   el.state.textContent = state;
+  el.state.title = title;
+}
+
+// flash briefly highlights an element whose value changed.
+function flash(node) {
+  node.classList.remove('flash');
+  void node.offsetWidth; // restart the animation
+  node.classList.add('flash');
 }
 
 // ---------- session ----------
@@ -133,6 +141,7 @@ function startSession(user) {
   el.session.hidden = false;
   setUser(user);
   el.node.textContent = '—';
+  delete el.node.dataset.node;
   opens = 0;
   el.reconnects.textContent = '0';
   setConnected(false);
@@ -142,8 +151,16 @@ function startSession(user) {
   h.on('state', (state, info) => onState(h, state, info));
   h.on('welcome', (f) => {
     setUser(f.user);
-    el.node.textContent = f.node || '?';
-    log('welcome', `user ${f.user} on ${f.node}, conn ${short(f.conn)}, heartbeat ${f.heartbeat}s`);
+    const before = el.node.dataset.node;
+    const node = f.node || '?';
+    el.node.textContent = node;
+    el.node.dataset.node = node;
+    if (before && before !== node) flash(el.node);
+    const moved = before && before !== node ? ` (was ${before})` : '';
+    log('welcome', `user ${f.user} on ${node}${moved}, conn ${short(f.conn)}, heartbeat ${f.heartbeat}s`);
+  });
+  h.on('resync', (channel) => {
+    log('error', `events missed on ${channel} are past the replay window; refresh to see them`);
   });
   h.on('effect.complete', (data, f) => {
     log('event', `effect.complete on ${f.channel} (id ${f.id})`);
@@ -166,16 +183,19 @@ function setUser(user) {
 
 function onState(h, state, info) {
   if (h !== client) return; // an old client's last words
-  renderState(state);
   setConnected(state === 'open');
+  el.reconnect.disabled = state !== 'open';
   switch (state) {
     case 'open':
+      renderState(state, `served by ${info.node}`);
       opens++;
       el.reconnects.textContent = String(Math.max(0, opens - 1));
-      log('state', opens > 1 ? 'open again' : 'open');
+      if (opens > 1) flash(el.reconnects);
+      log('state', opens > 1 ? `open again${info.resumed ? ', resuming where it left off' : ''}` : 'open');
       break;
     case 'reconnecting': {
       const why = info.code ? `closed ${info.code}${info.reason ? ` (${info.reason})` : ''}` : info.reason || info.error || 'failed';
+      renderState(state, `attempt ${info.attempt}, next try in ${info.delay} ms: ${why}`);
       log('state', `reconnecting in ${info.delay} ms, attempt ${info.attempt}: ${why}`);
       // A refused handshake hides its HTTP status from the page: check
       // whether the session itself is gone.
@@ -183,12 +203,14 @@ function onState(h, state, info) {
       break;
     }
     case 'closed':
+      renderState(state);
       log('state', `closed (${info.reason || 'closed'})`);
       if (info.reason === 'unauthorized' && !loggingOut) {
         endSession('Your session was revoked or has expired. Log in again.');
       }
       break;
     default:
+      renderState(state);
       log('state', state);
   }
 }
@@ -396,6 +418,11 @@ function updateCounts() {
 
 el.loginForm.addEventListener('submit', login);
 el.logout.addEventListener('click', logout);
+el.reconnect.addEventListener('click', () => {
+  if (!client) return;
+  log('info', 'dropping the socket on purpose');
+  client.reconnect();
+});
 el.errorClose.addEventListener('click', clearError);
 el.startJob.addEventListener('click', () => startJob(el.kind.value));
 el.startMany.addEventListener('click', () => KINDS.forEach((k) => startJob(k)));

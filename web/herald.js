@@ -1,115 +1,170 @@
 // Herald browser client: one WebSocket to the gateway, with reconnects,
-// heartbeats, subscriptions and per-channel de-duplication (PROTOCOL §3-4).
-// Dependency-free ES module; no work happens at import time.
+// resume, heartbeats, subscriptions and per-channel de-duplication
+// (PROTOCOL §3-5). A dependency-free ES module (types: herald.d.ts); no work
+// happens at import time. The pure parts live in herald-core.js.
 //
 //   const h = new Herald();                        // same origin, session cookie
+//   const h = new Herald({ url: 'wss://rt.example.com/ws',   // another origin:
+//     ticket: async () => (await (await fetch('/herald-ticket')).json()).ticket });
 //   h.on('state', (state, info) => …);             // connecting|open|reconnecting|closed
 //   h.on('welcome', (frame) => …);                 // {conn, user, node, heartbeat}
-//   h.on('effect.complete', (data, frame) => …);   // any event frame, by its `event`
+//   h.on('effect.complete', (data, frame) => …);   // event frames, by their `event`
 //   await h.subscribe('effect:' + id, (data, frame) => …);
+//   h.on('resync', (channel) => …);                // history lost: refetch that state
 //   h.close();
 
-const BACKOFF_BASE = 500; // ms
-const BACKOFF_CAP = 15000; // ms
-const DEFAULT_HEARTBEAT = 25; // s
+import {
+  BACKOFF, CLOSE_NORMAL, backoffDelay, restartDelay, closeAction, Cursors, Heartbeat, connectURL, defaultURL,
+} from './herald-core.js';
 
-// Close codes (PROTOCOL §4).
-const CLOSE_RESTART = 1012;
-const CLOSE_REVOKED = 4001;
+export {
+  BACKOFF, CLOSE_NORMAL, CLOSE_RESTART, CLOSE_REVOKED, backoffDelay, restartDelay, closeAction,
+  compareIds, parseId, Cursors, Heartbeat, connectURL, defaultURL,
+} from './herald-core.js';
 
-// compareIds orders event ids "{ms}-{seq}" numerically by both parts.
-export function compareIds(a, b) {
-  const [am, as] = String(a).split('-').map(Number);
-  const [bm, bs] = String(b).split('-').map(Number);
-  return am - bm || (as || 0) - (bs || 0);
-}
+const DEFAULT_HEARTBEAT = 25; // s, until the welcome frame says otherwise
+const CONNECT_TIMEOUT = 10000; // ms from opening a socket to its welcome
+const MISSED_PINGS = 2; // unanswered pings (sent every heartbeat/2) that mean a dead link
+const STABLE_AFTER = 5000; // ms a connection must last before the backoff starts over
+
+// The client's own notifications. A server event with one of these names
+// reaches the app through 'event' listeners and subscription callbacks only.
+const RESERVED = new Set(['state', 'welcome', 'subscribed', 'resync', 'error', 'event']);
+
+// Subscribe errors worth trying again (the rest drop the subscription).
+const TRANSIENT = new Set(['unavailable', 'rate_limited']);
 
 export class Herald {
   // opts.url: WebSocket URL (default ws(s)://location.host/ws, cookie auth).
-  // opts.ticket: async () => string; each connect fetches a one-time ticket
-  //   and passes it as ?ticket=. An error with status 401 stops the client.
+  // opts.ticket: () => string | Promise<string>; each connect fetches a
+  //   one-time ticket and passes it as ?ticket=. An error with status 401
+  //   stops the client ('closed', reason 'unauthorized').
+  // opts.backoff: {base, cap, restart} in ms (see BACKOFF).
+  // opts.connectTimeout: ms from opening a socket to its welcome.
   // opts.WebSocket: constructor to use instead of the global one.
+  // opts.random: () => [0,1), for tests; Math.random by default.
   constructor(opts = {}) {
     this.url = opts.url || defaultURL();
     this.ticket = opts.ticket || null;
     this.WS = opts.WebSocket || globalThis.WebSocket;
+    this.backoff = { ...BACKOFF, ...opts.backoff };
+    this.connectTimeout = opts.connectTimeout ?? CONNECT_TIMEOUT;
+    this.random = opts.random || Math.random;
+
     this.state = 'idle';
+    this.user = null; // from the welcome frame
+    this.node = null; // replica serving the socket
+    this.conn = null; // connection id
     this.heartbeat = DEFAULT_HEARTBEAT;
-    this.user = null;
+
     this.ws = null;
-    this.attempt = 0; // failed connects since the last welcome
+    this.gen = 0; // connect generation: a stale connect gives up
+    this.attempt = 0; // retries since the last stable connection
+    this.openedAt = 0;
+    this.resumeFrom = undefined; // since= of the current socket
     this.ref = 0;
     this.listeners = new Map(); // name -> Set<fn>
-    this.subs = new Map(); // channel -> {fns, ok, waiters}
-    this.refs = new Map(); // ref -> channel, for subscribe replies
-    this.lastIds = new Map(); // channel -> last delivered event id
+    this.subs = new Map(); // channel -> {fns, ok, recovered, waiters}
+    this.refs = new Map(); // ref -> {channel, since}, for subscribe replies
+    this.cursors = new Cursors();
+    this.beat = new Heartbeat(MISSED_PINGS);
     this.timers = {};
     this.stopped = false;
+    this.onOnline = () => {
+      if (this.state === 'reconnecting' && this.timers.retry) this.connectNow();
+    };
+    globalThis.addEventListener?.('online', this.onOnline);
     // Connect once the caller has had a chance to add listeners.
     queueMicrotask(() => this.stopped || this.connect());
   }
 
+  // on adds a listener and returns a function that removes it.
   on(name, fn) {
     if (!this.listeners.has(name)) this.listeners.set(name, new Set());
     this.listeners.get(name).add(fn);
-    return () => this.listeners.get(name).delete(fn);
+    return () => this.listeners.get(name)?.delete(fn);
   }
 
-  // subscribe resolves on the server's `subscribed` and rejects on its
-  // `error`; the subscription is renewed after every reconnect.
-  subscribe(channel, fn) {
+  // subscribe resolves with {channel, recovered} on the server's
+  // `subscribed` and rejects on its error (forbidden, not_found, …). The
+  // subscription is renewed after every reconnect, resuming after the last
+  // event delivered; opts.since resumes after an id the app kept.
+  subscribe(channel, fn, { since } = {}) {
+    if (this.stopped) return Promise.reject(new Error('client closed'));
+    if (since) this.cursors.set(channel, since);
     let sub = this.subs.get(channel);
     if (!sub) {
-      sub = { fns: new Set(), ok: false, waiters: [] };
+      sub = { fns: new Set(), ok: false, recovered: undefined, waiters: [] };
       this.subs.set(channel, sub);
       if (this.state === 'open') this.sendSubscribe(channel);
     }
     if (fn) sub.fns.add(fn);
-    if (sub.ok) return Promise.resolve();
-    return new Promise((resolve, reject) => sub.waiters.push({ resolve, reject }));
+    if (sub.ok) return Promise.resolve({ channel, recovered: sub.recovered });
+    const p = new Promise((resolve, reject) => sub.waiters.push({ resolve, reject }));
+    // A subscribe the app does not await must not end as an unhandled
+    // rejection; refusals also reach 'error' listeners.
+    p.catch(() => {});
+    return p;
   }
 
-  unsubscribe(channel) {
+  // unsubscribe removes fn from channel, or every callback without fn; the
+  // server subscription ends with the last one.
+  unsubscribe(channel, fn) {
     const sub = this.subs.get(channel);
     if (!sub) return;
+    if (fn) {
+      sub.fns.delete(fn);
+      if (sub.fns.size) return;
+    }
     this.subs.delete(channel);
+    this.cursors.forget(channel);
     settle(sub, new Error(`unsubscribed from ${channel}`));
     this.send({ type: 'unsubscribe', ref: ++this.ref, channel });
   }
 
+  // reconnect drops the socket and connects again shortly (jittered), to
+  // whichever replica the load balancer picks; nothing is missed.
+  reconnect() {
+    if (this.stopped) return;
+    this.teardown(CLOSE_NORMAL, 'client reconnect');
+    this.retry({ reason: 'requested' }, restartDelay(this.backoff.restart, this.random));
+  }
+
+  // close ends the client for good.
   close() {
-    if (this.state === 'closed') return;
-    this.stopped = true;
-    this.teardown(1000, 'client closed');
-    for (const sub of this.subs.values()) settle(sub, new Error('client closed'));
-    this.setState('closed', { reason: 'client' });
+    if (this.stopped) return;
+    this.stop('client');
   }
 
   // --- connection ---
 
   async connect() {
+    delete this.timers.retry;
+    if (this.stopped) return;
     if (this.state === 'idle') this.setState('connecting');
     if (!this.WS) return this.stop('no WebSocket implementation');
-    let url = this.url;
-    try {
-      const params = [];
-      if (this.ticket) params.push('ticket=' + encodeURIComponent(await this.ticket()));
-      const since = this.user && this.lastIds.get('user:' + this.user);
-      if (since) params.push('since=' + encodeURIComponent(since));
-      if (params.length) url += (url.includes('?') ? '&' : '?') + params.join('&');
-    } catch (err) {
-      if (this.stopped) return;
-      if (err && err.status === 401) return this.stop('unauthorized');
-      this.emit('error', err);
-      return this.retry({ error: String(err && err.message || err) });
+    const gen = ++this.gen;
+    let ticket;
+    if (this.ticket) {
+      try {
+        ticket = await this.ticket();
+      } catch (err) {
+        if (this.stopped || gen !== this.gen) return;
+        const info = { error: String((err && err.message) || err) };
+        if (err && err.status === 401) return this.stop('unauthorized', info);
+        this.emit('error', err);
+        return this.retry(info);
+      }
+      if (this.stopped || gen !== this.gen) return;
     }
-    if (this.stopped) return;
-    const ws = new this.WS(url);
+    this.resumeFrom = this.user ? this.cursors.since(userChannel(this.user)) : undefined;
+    const ws = new this.WS(connectURL(this.url, { ticket, since: this.resumeFrom }));
     this.ws = ws;
     let opened = false;
-    this.watch(); // also bounds a handshake that hangs
+    // Bounds a handshake or welcome that never comes.
+    this.timers.connect = setTimeout(() => this.dead(ws, 'connect timeout'), this.connectTimeout);
     ws.onopen = () => { opened = true; };
-    ws.onmessage = (m) => this.receive(m.data);
+    ws.onmessage = (m) => { if (this.ws === ws) this.receive(m.data); };
     ws.onclose = (e) => {
       if (this.ws !== ws) return;
       this.teardown();
@@ -118,31 +173,50 @@ export class Herald {
     ws.onerror = () => {}; // a close always follows
   }
 
+  connectNow() {
+    clearTimeout(this.timers.retry);
+    this.connect();
+  }
+
   closed(code, reason, opened) {
     if (this.stopped) return;
+    if (this.openedAt && Date.now() - this.openedAt >= STABLE_AFTER) this.attempt = 0;
+    this.openedAt = 0;
+    // opened: the handshake succeeded. A refused one (401, 403, 429, 503)
+    // shows as 1006 without it: the page cannot see the HTTP status.
     const info = { code, reason, opened };
-    if (code === CLOSE_REVOKED) return this.stop('unauthorized', info);
-    if (code === CLOSE_RESTART) return this.retry(info, Math.random() * 1000);
-    this.retry(info); // 1001, 1006, 4008, 4009 and the rest: back off and retry
+    switch (closeAction(code)) {
+      case 'stop': return this.stop('unauthorized', info);
+      case 'restart': return this.retry(info, restartDelay(this.backoff.restart, this.random));
+      default: return this.retry(info);
+    }
   }
 
   retry(info, delay) {
-    if (delay === undefined) {
-      delay = Math.random() * Math.min(BACKOFF_CAP, BACKOFF_BASE * 2 ** this.attempt);
-    }
+    this.gen++; // a connect still waiting for its ticket gives up
+    if (delay === undefined) delay = backoffDelay(this.attempt, this.backoff, this.random);
     this.attempt++;
     this.setState('reconnecting', { ...info, attempt: this.attempt, delay: Math.round(delay) });
     this.timers.retry = setTimeout(() => this.connect(), delay);
   }
 
+  // dead replaces a socket that stopped answering.
+  dead(ws, reason) {
+    if (this.ws !== ws || this.stopped) return;
+    this.teardown(4000, reason);
+    this.retry({ reason });
+  }
+
   stop(reason, info = {}) {
     this.stopped = true;
-    this.teardown();
-    for (const sub of this.subs.values()) settle(sub, new Error(reason));
+    this.gen++;
+    this.teardown(CLOSE_NORMAL, reason === 'client' ? 'client closed' : reason);
+    globalThis.removeEventListener?.('online', this.onOnline);
+    for (const sub of this.subs.values()) settle(sub, new Error(reason === 'client' ? 'client closed' : reason));
     this.setState('closed', { ...info, reason });
   }
 
-  // teardown drops the current socket and its timers; the socket's own
+  // teardown drops the current socket and every timer; the socket's own
   // events are ignored from here on.
   teardown(code, reason) {
     for (const t of Object.values(this.timers)) { clearTimeout(t); clearInterval(t); }
@@ -153,17 +227,7 @@ export class Herald {
     for (const sub of this.subs.values()) sub.ok = false;
     if (!ws) return;
     ws.onopen = ws.onmessage = ws.onclose = null;
-    try { ws.close(code || 1000, reason || ''); } catch { /* already closing */ }
-  }
-
-  // watch restarts the dead-link timer: no frame for 2×heartbeat and the
-  // socket is dropped and replaced.
-  watch() {
-    clearTimeout(this.timers.dead);
-    this.timers.dead = setTimeout(() => {
-      this.teardown(4000, 'heartbeat timeout');
-      this.retry({ reason: 'heartbeat timeout' });
-    }, this.heartbeat * 2000);
+    try { ws.close(code || CLOSE_NORMAL, reason || ''); } catch { /* already closing */ }
   }
 
   send(frame) {
@@ -172,9 +236,9 @@ export class Herald {
 
   sendSubscribe(channel) {
     const ref = ++this.ref;
-    this.refs.set(ref, channel);
+    const since = this.cursors.since(channel);
+    this.refs.set(ref, { channel, since });
     const frame = { type: 'subscribe', ref, channel };
-    const since = this.lastIds.get(channel);
     if (since) frame.since = since;
     this.send(frame);
   }
@@ -182,54 +246,84 @@ export class Herald {
   // --- frames ---
 
   receive(text) {
-    this.watch();
+    this.beat.seen();
     let f;
     try { f = JSON.parse(text); } catch { return; }
     switch (f.type) {
-      case 'welcome':
-        this.attempt = 0;
-        this.user = f.user;
-        this.heartbeat = f.heartbeat > 0 ? f.heartbeat : DEFAULT_HEARTBEAT;
-        this.watch();
-        this.timers.ping = setInterval(() => this.send({ type: 'ping', ref: ++this.ref }), this.heartbeat * 1000);
-        this.setState('open', { node: f.node });
-        this.emit('welcome', f);
-        for (const channel of this.subs.keys()) this.sendSubscribe(channel);
-        break;
-      case 'event':
-        this.deliver(f);
-        break;
-      case 'subscribed': {
-        const sub = this.subs.get(this.refs.get(f.ref));
-        this.refs.delete(f.ref);
-        if (sub) { sub.ok = true; settle(sub); }
-        this.emit('subscribed', f);
-        break;
-      }
-      case 'error': {
-        const channel = this.refs.get(f.ref);
-        this.refs.delete(f.ref);
-        const sub = this.subs.get(channel);
-        if (sub) {
-          this.subs.delete(channel);
-          settle(sub, Object.assign(new Error(f.message || f.code), { code: f.code, channel }));
-        }
-        this.emit('error', f);
-        break;
-      }
-      // pong and unsubscribed only keep the link alive
+      case 'welcome': return this.welcome(f);
+      case 'event': return this.deliver(f);
+      case 'subscribed': return this.subscribed(f);
+      case 'error': return this.failed(f);
+      default: // pong and unsubscribed only prove the link alive
     }
   }
 
-  deliver(f) {
-    if (f.id) {
-      const last = this.lastIds.get(f.channel);
-      if (last && compareIds(f.id, last) <= 0) return; // already delivered
-      this.lastIds.set(f.channel, f.id);
+  welcome(f) {
+    clearTimeout(this.timers.connect);
+    delete this.timers.connect;
+    if (this.user && this.user !== f.user) this.cursors.forget(userChannel(this.user));
+    this.user = f.user;
+    this.node = f.node || null;
+    this.conn = f.conn || null;
+    this.heartbeat = f.heartbeat > 0 ? f.heartbeat : DEFAULT_HEARTBEAT;
+    this.openedAt = Date.now();
+    this.beat = new Heartbeat(MISSED_PINGS);
+    const ws = this.ws;
+    this.timers.ping = setInterval(() => {
+      if (this.beat.tick() === 'dead') this.dead(ws, 'heartbeat timeout');
+      else this.send({ type: 'ping', ref: ++this.ref });
+    }, this.heartbeat * 500);
+    const resumed = this.resumeFrom !== undefined;
+    this.setState('open', { node: this.node, user: this.user, conn: this.conn, resumed });
+    this.emit('welcome', f);
+    // A welcome may say whether the personal channel's history covered the gap.
+    if (resumed && f.recovered === false) this.emit('resync', userChannel(this.user), f);
+    for (const channel of this.subs.keys()) this.sendSubscribe(channel);
+  }
+
+  subscribed(f) {
+    const req = this.refs.get(f.ref);
+    this.refs.delete(f.ref);
+    const sub = req && this.subs.get(req.channel);
+    if (sub) {
+      sub.ok = true;
+      sub.recovered = f.recovered;
+      settle(sub, null, { channel: req.channel, recovered: f.recovered });
+      if (req.since && f.recovered === false) this.emit('resync', req.channel, f);
     }
-    const sub = this.subs.get(f.channel);
+    this.emit('subscribed', f);
+  }
+
+  failed(f) {
+    const req = this.refs.get(f.ref);
+    this.refs.delete(f.ref);
+    const sub = req && this.subs.get(req.channel);
+    if (sub && TRANSIENT.has(f.code)) {
+      // Try again later on this socket; the subscription stays.
+      const ws = this.ws;
+      const t = setTimeout(() => {
+        if (this.ws === ws && this.subs.get(req.channel) === sub && !sub.ok) this.sendSubscribe(req.channel);
+      }, backoffDelay(1, this.backoff, this.random) + 250);
+      this.timers['sub:' + f.ref] = t;
+    } else if (sub) {
+      this.subs.delete(req.channel);
+      this.cursors.forget(req.channel);
+      settle(sub, Object.assign(new Error(f.message || f.code), { code: f.code, channel: req.channel }));
+    }
+    this.emit('error', f);
+  }
+
+  // deliver hands an event to the app once: events of channels the app left
+  // and events at or below the channel's cursor (a replay overlapping what
+  // arrived live) are dropped.
+  deliver(f) {
+    const ch = f.channel;
+    const sub = this.subs.get(ch);
+    if (!sub && ch !== userChannel(this.user)) return;
+    if (!this.cursors.accept(ch, f.id)) return;
     if (sub) for (const fn of sub.fns) call(fn, f.data, f);
-    this.emit(f.event, f.data, f);
+    this.emit('event', f);
+    if (!RESERVED.has(f.event)) this.emit(f.event, f.data, f);
   }
 
   setState(state, info = {}) {
@@ -243,17 +337,16 @@ export class Herald {
   }
 }
 
-function settle(sub, err) {
+function userChannel(user) {
+  return 'user:' + user;
+}
+
+function settle(sub, err, value) {
   const waiters = sub.waiters;
   sub.waiters = [];
-  for (const w of waiters) err ? w.reject(err) : w.resolve();
+  for (const w of waiters) err ? w.reject(err) : w.resolve(value);
 }
 
 function call(fn, ...args) {
   try { fn(...args); } catch (err) { console.error('herald listener failed:', err); }
-}
-
-function defaultURL() {
-  if (typeof location === 'undefined') return 'ws://localhost/ws';
-  return (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws';
 }

@@ -67,3 +67,32 @@ func TestMemoryModeEndToEnd(t *testing.T) {
 		t.Errorf("run returned %v, want nil", err)
 	}
 }
+
+func TestStaticFiles(t *testing.T) {
+	r := startReplica(t, "solo", nil)
+	get := func(path, etag string) *http.Response {
+		req, _ := http.NewRequest("GET", r.url(path), nil)
+		if etag != "" {
+			req.Header.Set("If-None-Match", etag)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	resp := get("/herald.js", "")
+	if resp.StatusCode != 200 || resp.Header.Get("Access-Control-Allow-Origin") != "*" || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/javascript") {
+		t.Fatalf("/herald.js: %d %v", resp.StatusCode, resp.Header)
+	}
+	if again := get("/herald.js", resp.Header.Get("ETag")); again.StatusCode != http.StatusNotModified {
+		t.Errorf("revalidation: %d, want 304", again.StatusCode)
+	}
+	if resp := get("/herald.d.ts", ""); !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/typescript") {
+		t.Errorf("/herald.d.ts Content-Type %q", resp.Header.Get("Content-Type"))
+	}
+	if resp := get("/", ""); resp.StatusCode != 200 || resp.Header.Get("ETag") == "" || resp.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Errorf("/: %d %v", resp.StatusCode, resp.Header)
+	}
+}

@@ -49,7 +49,7 @@ func (s *Server) routes() *echo.Echo {
 		dev.GET("/results/:file", s.handleDevResult)
 	}
 	if s.web != nil {
-		e.GET("/*", echo.WrapHandler(http.FileServerFS(s.web)))
+		e.GET("/*", echo.WrapHandler(staticHandler(s.web)))
 	}
 	return e
 }

@@ -1,0 +1,132 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/page"
+	"github.com/chromedp/chromedp"
+	"github.com/google/uuid"
+
+	"github.com/heraldgw/herald"
+)
+
+// publisher publishes through Redis with the Go package, as a worker does.
+func (c *cluster) publisher() herald.Publisher {
+	return herald.NewRedisPublisher(c.redis.Client(), herald.RedisConfig{})
+}
+
+// complete publishes an effect-complete event for user through the Go
+// package and returns the effect id and the event id on user:{user}.
+func (c *cluster) complete(ctx context.Context, p herald.Publisher, user string) (effect, userEventID string) {
+	c.t.Helper()
+	effect = uuid.NewString()
+	ids, err := herald.PublishEffectComplete(ctx, p, herald.EffectComplete{
+		UserID: user, UserEffectID: effect, ResultURL: "/dev/results/" + effect + ".svg",
+	})
+	if err != nil || len(ids) != 2 {
+		c.t.Fatalf("publish effect complete: %v %v", ids, err)
+	}
+	return effect, ids[1] // effect:{id} first, then user:{user}
+}
+
+// jobDone is the demo page's selector of a finished job card.
+func jobDone(effect string) string {
+	return fmt.Sprintf(`li.job.done[data-effect-id=%q]`, effect)
+}
+
+// TestDemoPageSurvivesReplicaKill drives the demo page through nginx in
+// front of two replicas: it shows a completion published with the Go
+// package; then the replica holding its socket is killed, and the page
+// reconnects through nginx to the other one, resuming after the last event
+// it got, and shows the completions published meanwhile and after.
+func TestDemoPageSurvivesReplicaKill(t *testing.T) {
+	c := startCluster(t, clusterOptions{})
+	b := newBrowser(t)
+	demo := b.tab("demo")
+	ctx := context.Background()
+	pub := c.publisher()
+	user := "ada-" + uuid.NewString()[:8]
+
+	demo.do("log in",
+		chromedp.Navigate(c.url("/")),
+		chromedp.WaitVisible(chromedp.CSS(`#login-user`)),
+		chromedp.SetValue(chromedp.CSS(`#login-user`), user),
+		chromedp.Click(chromedp.CSS(`#login-btn`)),
+		chromedp.WaitVisible(chromedp.CSS(`#state[data-state="open"]`)),
+	)
+	first := demo.text(`#node`)
+	if c.gateways[first] == nil {
+		t.Fatalf("#node shows %q, want a or b", first)
+	}
+	if got := demo.text(`#user`); got != user {
+		t.Errorf("#user shows %q, want %q", got, user)
+	}
+
+	// A completion published through the Go package reaches the page.
+	e1, lastSeen := c.complete(ctx, pub, user)
+	demo.waitVisible("the first completion", jobDone(e1))
+
+	// The replica holding the socket dies while the page is frozen, so the
+	// completions published "meanwhile" are certainly published before the
+	// page can reconnect anywhere.
+	demo.setLifecycle(page.SetWebLifecycleStateStateFrozen)
+	c.gateways[first].kill()
+	e2, _ := c.complete(ctx, pub, user)
+	e3, _ := c.complete(ctx, pub, user)
+	demo.setLifecycle(page.SetWebLifecycleStateStateActive)
+
+	second := c.survivor(first).node
+	demo.waitJS("the page open again on "+second, fmt.Sprintf(
+		`document.querySelector('#state').dataset.state === 'open' && `+
+			`document.querySelector('#node').textContent === %s && `+
+			`Number(document.querySelector('#reconnects').textContent) >= 1`, jsString(second)))
+
+	// The client asked to resume after the last event it had delivered.
+	wantSince := "since=" + lastSeen
+	var resumed bool
+	for _, u := range demo.sockets.all() {
+		resumed = resumed || strings.Contains(u, wantSince)
+	}
+	if !resumed {
+		t.Errorf("no reconnect asked for %s; sockets opened: %v", wantSince, demo.sockets.all())
+	}
+
+	// The next completion arrives through the surviving replica.
+	e4, _ := c.complete(ctx, pub, user)
+	demo.waitVisible("the completion after the reconnect", jobDone(e4))
+
+	// Events of a channel arrive in id order, replayed ones before live ones:
+	// once e4 is shown, e2 and e3 must be too (resume, PROTOCOL §5).
+	shown := evaluate(demo, "which completions are shown", chromedp.Evaluate[map[string]bool](fmt.Sprintf(
+		`Object.fromEntries([%s, %s].map((id) => [id, !!document.querySelector('li.job.done[data-effect-id="' + id + '"]')]))`,
+		jsString(e2), jsString(e3))))
+	if !shown[e2] || !shown[e3] {
+		t.Errorf("completions published while the page was reconnecting: shown %v, want both (resumed after %s)", shown, lastSeen)
+	}
+
+	// Each event reached the app once: the page logs every delivered event
+	// with its id.
+	lines := evaluate(demo, "read the event log", chromedp.Evaluate[[]string](
+		`[...document.querySelectorAll('#log .log-line[data-kind="event"] .log-msg')].map((e) => e.textContent)`))
+	seen := map[string]int{}
+	for _, l := range lines {
+		seen[l]++
+		if seen[l] == 2 {
+			t.Errorf("delivered twice: %s", l)
+		}
+	}
+	if len(seen) != 4 {
+		t.Errorf("event lines in the page log: %q, want one per completion (4)", lines)
+	}
+
+	// The first socket went through nginx to the replica that was killed
+	// (nginx logs a socket when it ends).
+	want := fmt.Sprintf(`" 101 origin="http://%s" sid=yes upstream=%s`, c.lbAddr, c.gateways[first].addr)
+	eventually(t, "nginx to log the socket to "+first, 5*time.Second, func() bool {
+		return strings.Contains(c.accessLog(), want)
+	})
+}

@@ -1,0 +1,177 @@
+// Type declarations of herald.js, the Herald browser client (PROTOCOL §3-5).
+
+/** Connection state: `idle` before the first connect, `closed` for good. */
+export type State = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed';
+
+/** What a `state` listener gets with the state. */
+export interface StateInfo {
+  /** `open`: the replica serving the socket (the welcome frame's `node`). */
+  node?: string | null;
+  user?: string | null;
+  conn?: string | null;
+  /** `open`: the connect asked to resume the personal channel (`?since=`). */
+  resumed?: boolean;
+  /** `reconnecting`: retries since the last stable connection. */
+  attempt?: number;
+  /** `reconnecting`: milliseconds until the next connect. */
+  delay?: number;
+  /** The WebSocket close code and reason, when a socket closed. */
+  code?: number;
+  reason?: string;
+  /** false when the handshake itself was refused (401, 403, 429, 503: the page cannot see which). */
+  opened?: boolean;
+  /** A ticket callback's failure. */
+  error?: string;
+}
+
+/** `{"type":"welcome"}` (PROTOCOL §4). */
+export interface WelcomeFrame {
+  type: 'welcome';
+  conn: string;
+  user: string;
+  node: string;
+  /** Seconds between the server's pings. */
+  heartbeat: number;
+  recovered?: boolean;
+}
+
+/** `{"type":"event"}`: one published event. */
+export interface EventFrame<T = unknown> {
+  type: 'event';
+  channel: string;
+  /** `{ms}-{seq}`, increasing per channel. */
+  id: string;
+  event: string;
+  data: T;
+  /** Milliseconds since the epoch. */
+  ts: number;
+}
+
+export interface SubscribedFrame {
+  type: 'subscribed';
+  ref: number;
+  channel: string;
+  /** false: the history no longer covered what was missed; refetch the state. */
+  recovered?: boolean;
+}
+
+export interface ErrorFrame {
+  type: 'error';
+  ref?: number;
+  code: 'forbidden' | 'bad_request' | 'not_found' | 'rate_limited' | 'unavailable' | string;
+  message: string;
+}
+
+/** The `data` of an `effect.complete` event: the classic job-complete JSON. */
+export interface EffectComplete {
+  userEffectId: string;
+  resultUrl: string;
+  /** Milliseconds since the epoch. */
+  timestamp: number;
+  userId?: string;
+  [field: string]: unknown;
+}
+
+/** Reconnect timing, in milliseconds. */
+export interface Backoff {
+  /** Ceiling of the first retry's delay. */
+  base: number;
+  /** No ceiling grows past this. */
+  cap: number;
+  /** After a 1012 (server restart), reconnect within this. */
+  restart: number;
+}
+
+export interface HeraldOptions {
+  /** WebSocket URL; default `ws(s)://location.host/ws` (session cookie). */
+  url?: string;
+  /**
+   * Fetches a one-time ticket (`POST /api/tickets` done by your backend)
+   * before every connect, for pages on another origin. Throw an error with
+   * `status: 401` to stop the client.
+   */
+  ticket?: () => string | Promise<string>;
+  backoff?: Partial<Backoff>;
+  /** Milliseconds from opening a socket to its welcome; default 10000. */
+  connectTimeout?: number;
+  /** A WebSocket constructor to use instead of the global one. */
+  WebSocket?: { new (url: string): WebSocket };
+  /** Returns a number in [0, 1); default Math.random. */
+  random?: () => number;
+}
+
+export type EventListener<T = unknown> = (data: T, frame: EventFrame<T>) => void;
+
+export interface SubscribeResult {
+  channel: string;
+  recovered?: boolean;
+}
+
+export class Herald {
+  constructor(opts?: HeraldOptions);
+
+  readonly state: State;
+  /** From the welcome frame; null before the first one. */
+  readonly user: string | null;
+  readonly node: string | null;
+  readonly conn: string | null;
+  /** Seconds between the server's pings, from the welcome frame. */
+  readonly heartbeat: number;
+
+  on(name: 'state', fn: (state: State, info: StateInfo) => void): () => void;
+  on(name: 'welcome', fn: (frame: WelcomeFrame) => void): () => void;
+  on(name: 'subscribed', fn: (frame: SubscribedFrame) => void): () => void;
+  /** The history no longer covered a gap on channel: refetch its state. */
+  on(name: 'resync', fn: (channel: string, frame: SubscribedFrame | WelcomeFrame) => void): () => void;
+  /** Error frames from the server and ticket callback failures. */
+  on(name: 'error', fn: (err: ErrorFrame | Error) => void): () => void;
+  /** Every event delivered, whatever its name. */
+  on(name: 'event', fn: (frame: EventFrame) => void): () => void;
+  on(name: 'effect.complete', fn: EventListener<EffectComplete>): () => void;
+  /** Events by their `event` name (except the reserved names above). */
+  on<T = unknown>(name: string, fn: EventListener<T>): () => void;
+
+  /**
+   * Subscribes to a channel (`effect:{id}`, `public:{name}`); renewed after
+   * every reconnect, resuming after the last event delivered. Rejects with an
+   * Error carrying `code` (forbidden, not_found, bad_request) when refused.
+   */
+  subscribe<T = unknown>(channel: string, fn?: EventListener<T>, opts?: { since?: string }): Promise<SubscribeResult>;
+  /** Removes fn, or every callback of channel; the last one ends the subscription. */
+  unsubscribe(channel: string, fn?: EventListener<any>): void;
+  /** Drops the socket and connects again shortly, to any replica. */
+  reconnect(): void;
+  /** Ends the client for good. */
+  close(): void;
+}
+
+export const CLOSE_NORMAL: 1000;
+export const CLOSE_RESTART: 1012;
+export const CLOSE_REVOKED: 4001;
+export const BACKOFF: Readonly<Backoff>;
+
+/** Full-jitter delay before retry `attempt` (0-based): uniform in [0, min(cap, base·2^attempt)). */
+export function backoffDelay(attempt: number, backoff?: Partial<Backoff>, random?: () => number): number;
+/** Delay after a 1012: uniform in [0, spread). */
+export function restartDelay(spread?: number, random?: () => number): number;
+export function closeAction(code: number): 'stop' | 'restart' | 'backoff';
+export function parseId(id: string): [number, number] | null;
+/** Orders event ids `{ms}-{seq}`: negative when a is older. */
+export function compareIds(a: string, b: string): number;
+export function connectURL(base: string, params?: { ticket?: string; since?: string }): string;
+export function defaultURL(loc?: { protocol: string; host: string }): string;
+
+/** Per-channel id of the newest event delivered: the resume point and the de-duplication filter. */
+export class Cursors {
+  accept(channel: string, id?: string | null): boolean;
+  since(channel: string): string | undefined;
+  set(channel: string, id: string): void;
+  forget(channel: string): void;
+}
+
+/** Counts unanswered pings: `tick()` says `dead` after `missed` in a row. */
+export class Heartbeat {
+  constructor(missed?: number);
+  seen(): void;
+  tick(): 'ping' | 'dead';
+}

@@ -1,0 +1,373 @@
+// Tests of the Herald client's reconnect and resume bookkeeping against a
+// fake WebSocket and a fake clock: node --test web/test/
+// Plain node:test and node:assert only (Node 18 and later): no mock timers,
+// no hooks.
+import { test as nodeTest } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { Herald } from '../herald.js';
+
+// FakeSocket records what the client sends; the test plays the server.
+class FakeSocket {
+  static all = [];
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    this.sent = [];
+    this.closedWith = null;
+    FakeSocket.all.push(this);
+  }
+  send(text) { this.sent.push(JSON.parse(text)); }
+  close(code, reason) { this.closedWith = { code, reason }; this.readyState = 3; }
+  // server side
+  open() { this.readyState = 1; this.onopen?.({}); }
+  frame(f) { this.onmessage?.({ data: JSON.stringify(f) }); }
+  welcome(node = 'a', user = '42', heartbeat = 25) {
+    this.open();
+    this.frame({ type: 'welcome', conn: 'c-' + FakeSocket.all.length, user, node, heartbeat });
+  }
+  event(channel, id, event = 'effect.complete', data = { id }) {
+    this.frame({ type: 'event', channel, id, event, data, ts: 0 });
+  }
+  drop(code = 1006, reason = '') { this.readyState = 3; this.onclose?.({ code, reason }); }
+}
+const latest = () => FakeSocket.all.at(-1);
+
+// FakeClock stands in for setTimeout, setInterval and Date.now while a test
+// runs; tick(ms) moves time and runs what falls due, in order.
+class FakeClock {
+  now = 1_700_000_000_000;
+  seq = 0;
+  timers = new Map(); // id -> {at, fn, every}
+  saved = null;
+
+  install() {
+    const g = globalThis;
+    this.saved = [g.setTimeout, g.clearTimeout, g.setInterval, g.clearInterval, Date.now];
+    g.setTimeout = (fn, ms = 0) => this.add(fn, ms, 0);
+    g.setInterval = (fn, ms = 0) => this.add(fn, ms, Math.max(1, ms));
+    g.clearTimeout = g.clearInterval = (id) => { this.timers.delete(id); };
+    Date.now = () => this.now;
+  }
+
+  uninstall() {
+    const g = globalThis;
+    [g.setTimeout, g.clearTimeout, g.setInterval, g.clearInterval, Date.now] = this.saved;
+  }
+
+  add(fn, ms, every) {
+    const id = ++this.seq;
+    this.timers.set(id, { at: this.now + Math.max(0, Number(ms) || 0), fn, every });
+    return id;
+  }
+
+  tick(ms) {
+    const end = this.now + ms;
+    for (;;) {
+      let next = null;
+      for (const [id, t] of this.timers) {
+        if (t.at <= end && (!next || t.at < next[1].at)) next = [id, t];
+      }
+      if (!next) break;
+      const [id, t] = next;
+      this.now = t.at;
+      if (t.every) t.at += t.every;
+      else this.timers.delete(id);
+      t.fn();
+    }
+    this.now = end;
+  }
+}
+
+let clock;
+let clients;
+
+// test runs fn with a fresh fake clock and closes the clients it made.
+function test(name, fn) {
+  nodeTest(name, async () => {
+    FakeSocket.all = [];
+    clients = [];
+    clock = new FakeClock();
+    clock.install();
+    try {
+      await fn();
+    } finally {
+      try {
+        clients.forEach((h) => h.close());
+      } finally {
+        clock.uninstall();
+      }
+    }
+  });
+}
+
+// client starts a Herald on the fake socket; random is fixed so delays are known.
+async function client(opts = {}) {
+  const h = new Herald({ url: 'ws://gw/ws', WebSocket: FakeSocket, random: () => 0.5, ...opts });
+  clients.push(h);
+  const states = [];
+  h.on('state', (s, info) => states.push([s, info]));
+  const got = [];
+  h.on('event', (f) => got.push(f.channel + ' ' + f.id));
+  await flush();
+  return { h, states, got };
+}
+
+// flush lets queued microtasks (the deferred connect, ticket promises) run.
+const flush = async () => { for (let i = 0; i < 5; i++) await Promise.resolve(); };
+
+test('connects, greets, delivers events by name and once per id', async () => {
+  const { h, states, got } = await client();
+  const ws = latest();
+  assert.equal(ws.url, 'ws://gw/ws');
+  const byName = [];
+  h.on('effect.complete', (data) => byName.push(data.id));
+  ws.welcome('a', '42');
+  assert.equal(h.state, 'open');
+  assert.equal(h.node, 'a');
+  ws.event('user:42', '10-0');
+  ws.event('user:42', '10-0');
+  ws.event('user:42', '9-0');
+  ws.event('user:42', '11-0');
+  assert.deepEqual(got, ['user:42 10-0', 'user:42 11-0']);
+  assert.deepEqual(byName, ['10-0', '11-0']);
+  assert.deepEqual(states.map((s) => s[0]), ['connecting', 'open']);
+});
+
+test('reconnects with backoff and resumes every channel after its last id', async () => {
+  const { h, states, got } = await client();
+  let ws = latest();
+  ws.welcome('a');
+  const effect = [];
+  const sub = h.subscribe('effect:e1', (d, f) => effect.push(f.id));
+  assert.deepEqual(ws.sent.at(-1), { type: 'subscribe', ref: ws.sent.at(-1).ref, channel: 'effect:e1' });
+  ws.frame({ type: 'subscribed', ref: ws.sent.at(-1).ref, channel: 'effect:e1' });
+  assert.deepEqual(await sub, { channel: 'effect:e1', recovered: undefined });
+  ws.event('user:42', '100-0');
+  ws.event('effect:e1', '200-3');
+
+  ws.drop(1006);
+  const [state, info] = states.at(-1);
+  assert.equal(state, 'reconnecting');
+  assert.equal(info.attempt, 1);
+  assert.equal(info.delay, 250, 'first retry: half of base 500 with random 0.5');
+  assert.equal(FakeSocket.all.length, 1, 'no connect before the delay');
+  clock.tick(250);
+  await flush();
+  ws = latest();
+  assert.equal(FakeSocket.all.length, 2);
+  assert.equal(ws.url, 'ws://gw/ws?since=100-0', 'personal channel resumes on connect');
+  ws.welcome('b');
+  assert.equal(h.node, 'b');
+  const resub = ws.sent.find((f) => f.type === 'subscribe');
+  assert.equal(resub.channel, 'effect:e1');
+  assert.equal(resub.since, '200-3', 'each channel resumes after its own last id');
+  ws.frame({ type: 'subscribed', ref: resub.ref, channel: 'effect:e1', recovered: true });
+  // The replay overlaps what was delivered: only the new events reach the app.
+  ws.event('user:42', '100-0');
+  ws.event('user:42', '101-0');
+  ws.event('effect:e1', '200-3');
+  ws.event('effect:e1', '201-0');
+  assert.deepEqual(got, ['user:42 100-0', 'effect:e1 200-3', 'user:42 101-0', 'effect:e1 201-0']);
+  assert.deepEqual(effect, ['200-3', '201-0']);
+  assert.equal(states.at(-1)[1].resumed, true);
+});
+
+test('backoff grows while connects fail and starts over after a stable connection', async () => {
+  const { states } = await client({ backoff: { base: 100, cap: 1000 } });
+  const delays = [];
+  for (let i = 0; i < 6; i++) {
+    latest().drop(1006); // refused handshake
+    delays.push(states.at(-1)[1].delay);
+    clock.tick(states.at(-1)[1].delay);
+    await flush();
+  }
+  assert.deepEqual(delays, [50, 100, 200, 400, 500, 500], 'half the ceiling each time, capped');
+  latest().welcome();
+  clock.tick(6000); // stable for a while
+  latest().drop(1006);
+  assert.equal(states.at(-1)[1].delay, 50, 'back to the first step');
+  assert.equal(states.at(-1)[1].attempt, 1);
+});
+
+test('1012 reconnects promptly with jitter, even after failures', async () => {
+  const { states } = await client({ backoff: { base: 1000, cap: 30000, restart: 800 } });
+  for (let i = 0; i < 4; i++) {
+    latest().drop(1006);
+    clock.tick(states.at(-1)[1].delay);
+    await flush();
+  }
+  latest().welcome();
+  latest().drop(1012, 'server restart');
+  const [state, info] = states.at(-1);
+  assert.equal(state, 'reconnecting');
+  assert.equal(info.code, 1012);
+  assert.equal(info.delay, 400, 'within the restart spread, not the grown backoff');
+});
+
+test('4001 stops for good and reports why', async () => {
+  const { h, states } = await client();
+  latest().welcome();
+  const pending = h.subscribe('effect:e2');
+  latest().drop(4001, 'session revoked');
+  assert.equal(h.state, 'closed');
+  assert.equal(states.at(-1)[1].reason, 'unauthorized');
+  assert.equal(states.at(-1)[1].code, 4001);
+  await assert.rejects(pending, /unauthorized/);
+  clock.tick(60000);
+  await flush();
+  assert.equal(FakeSocket.all.length, 1, 'never reconnects');
+});
+
+test('a dead link is found by missed heartbeats and replaced', async () => {
+  const { h, states } = await client();
+  const ws = latest();
+  ws.welcome('a', '42', 10); // pings every 5 s
+  clock.tick(5000);
+  assert.deepEqual(ws.sent.at(-1).type, 'ping');
+  ws.frame({ type: 'pong', ref: ws.sent.at(-1).ref });
+  clock.tick(5000);
+  clock.tick(5000);
+  assert.equal(h.state, 'open', 'one unanswered ping is not yet dead');
+  clock.tick(5000);
+  assert.equal(h.state, 'reconnecting');
+  assert.equal(states.at(-1)[1].reason, 'heartbeat timeout');
+  assert.equal(ws.closedWith.code, 4000);
+});
+
+test('a handshake without a welcome times out', async () => {
+  const { h } = await client({ connectTimeout: 3000 });
+  latest().open();
+  clock.tick(3000);
+  assert.equal(h.state, 'reconnecting');
+});
+
+test('ticket: fetched for every connect, 401 stops', async () => {
+  let n = 0;
+  const { h } = await client({
+    ticket: async () => {
+      n++;
+      if (n === 3) throw Object.assign(new Error('no session'), { status: 401 });
+      return 't' + n;
+    },
+  });
+  assert.equal(latest().url, 'ws://gw/ws?ticket=t1');
+  latest().welcome();
+  latest().event('user:42', '5-0');
+  latest().drop(1001);
+  clock.tick(1000);
+  await flush();
+  assert.equal(latest().url, 'ws://gw/ws?ticket=t2&since=5-0');
+  latest().drop(1006);
+  clock.tick(1000);
+  await flush();
+  assert.equal(h.state, 'closed');
+  assert.equal(FakeSocket.all.length, 2);
+});
+
+test('subscribe errors: refused ones reject and drop, unavailable retries', async () => {
+  const { h } = await client();
+  const ws = latest();
+  ws.welcome();
+  const refused = h.subscribe('effect:other');
+  const f1 = ws.sent.at(-1);
+  ws.frame({ type: 'error', ref: f1.ref, code: 'forbidden', message: 'not yours' });
+  await assert.rejects(refused, (err) => err.code === 'forbidden');
+  const later = h.subscribe('effect:busy');
+  const f2 = ws.sent.at(-1);
+  ws.frame({ type: 'error', ref: f2.ref, code: 'unavailable', message: 'try again' });
+  clock.tick(2000);
+  const f3 = ws.sent.at(-1);
+  assert.equal(f3.channel, 'effect:busy');
+  assert.notEqual(f3.ref, f2.ref);
+  ws.frame({ type: 'subscribed', ref: f3.ref, channel: 'effect:busy', recovered: true });
+  assert.deepEqual(await later, { channel: 'effect:busy', recovered: true });
+});
+
+test('resync is reported when a resumed subscription lost history', async () => {
+  const { h } = await client();
+  let ws = latest();
+  ws.welcome();
+  const resyncs = [];
+  h.on('resync', (ch) => resyncs.push(ch));
+  h.subscribe('effect:e3');
+  ws.frame({ type: 'subscribed', ref: ws.sent.at(-1).ref, channel: 'effect:e3', recovered: false });
+  assert.deepEqual(resyncs, [], 'a fresh subscribe has nothing to recover');
+  ws.event('effect:e3', '7-0');
+  ws.drop(1006);
+  clock.tick(1000);
+  await flush();
+  ws = latest();
+  ws.welcome();
+  const sub = ws.sent.find((f) => f.type === 'subscribe');
+  assert.equal(sub.since, '7-0');
+  ws.frame({ type: 'subscribed', ref: sub.ref, channel: 'effect:e3', recovered: false });
+  assert.deepEqual(resyncs, ['effect:e3']);
+});
+
+test('resync is reported when the personal channel could not be resumed', async () => {
+  const { h } = await client();
+  let ws = latest();
+  ws.welcome('a', '42');
+  const resyncs = [];
+  h.on('resync', (ch) => resyncs.push(ch));
+  ws.event('user:42', '3-0');
+  ws.drop(1006);
+  clock.tick(1000);
+  await flush();
+  ws = latest();
+  assert.equal(ws.url, 'ws://gw/ws?since=3-0');
+  ws.open();
+  ws.frame({ type: 'welcome', conn: 'c2', user: '42', node: 'b', heartbeat: 25, recovered: false });
+  assert.deepEqual(resyncs, ['user:42']);
+});
+
+test('unsubscribe: events in flight are dropped, a later subscribe starts fresh', async () => {
+  const { h, got } = await client();
+  const ws = latest();
+  ws.welcome();
+  const a = () => {};
+  const b = () => {};
+  h.subscribe('public:news', a);
+  h.subscribe('public:news', b);
+  ws.frame({ type: 'subscribed', ref: ws.sent.at(-1).ref, channel: 'public:news' });
+  ws.event('public:news', '1-0');
+  h.unsubscribe('public:news', a);
+  assert.notEqual(ws.sent.at(-1).type, 'unsubscribe', 'b still listens');
+  h.unsubscribe('public:news', b);
+  assert.equal(ws.sent.at(-1).type, 'unsubscribe');
+  ws.event('public:news', '2-0');
+  assert.deepEqual(got, ['public:news 1-0']);
+  h.subscribe('public:news');
+  assert.equal(ws.sent.at(-1).since, undefined);
+});
+
+test('reserved names never reach event-name listeners', async () => {
+  const { h, got } = await client();
+  const ws = latest();
+  const states = [];
+  h.on('state', (s) => states.push(s));
+  ws.welcome();
+  ws.event('user:42', '1-0', 'state', { evil: true });
+  assert.deepEqual(states, ['open']);
+  assert.deepEqual(got, ['user:42 1-0'], "still delivered to 'event'");
+});
+
+test('reconnect() moves to a new socket promptly; close() ends everything', async () => {
+  const { h, states } = await client();
+  const first = latest();
+  first.welcome('a');
+  h.reconnect();
+  assert.equal(first.closedWith.code, 1000);
+  assert.equal(states.at(-1)[1].delay, 500, 'restart spread 1000 × 0.5');
+  clock.tick(500);
+  await flush();
+  latest().welcome('b');
+  assert.equal(h.node, 'b');
+  h.close();
+  assert.equal(h.state, 'closed');
+  assert.equal(latest().closedWith.code, 1000);
+  clock.tick(60000);
+  await flush();
+  assert.equal(FakeSocket.all.length, 2);
+});
