@@ -74,8 +74,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			slots, err = ratelimit.NewMemoryConcurrency(slotsCfg)
 		}
 	} else {
-		opt, err := redis.ParseURL(cfg.RedisURL)
-		if err != nil {
+		var opt *redis.Options
+		if opt, err = redis.ParseURL(cfg.RedisURL); err != nil {
 			return fmt.Errorf("REDIS_URL: %w", err)
 		}
 		rdb = redis.NewClient(opt)
@@ -147,8 +147,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	cancel()
 	stopBg()
 	err = g.Wait()
+	b.Close() // no more deliveries into the hub
 	h.Close()
-	b.Close()
 	closeRedis(rdb)
 	log.Info("stopped")
 	return err

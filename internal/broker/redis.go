@@ -151,7 +151,8 @@ type redisSub struct {
 }
 
 // maxPending bounds the frames one channel buffers during a refill; past
-// it the oldest are dropped, and the history read still covers them.
+// it they are dropped and the history is read again from the last
+// delivered id, which covers them.
 const maxPending = 10000
 
 type redisCounters struct {

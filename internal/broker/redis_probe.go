@@ -71,21 +71,24 @@ func (b *Redis) sawProbe(seq uint64) bool {
 // again on it by the reconciler, live frames wait meanwhile, and once a
 // channel's resubscription is confirmed its history after the last
 // delivered id is refilled, as after a reconnect.
+//
+// Close may run at the same time: whichever of the two sees the other
+// closes both connections (Close closes b.ps; replace closes the old one,
+// and the new one too when Close came first).
 func (b *Redis) replace() {
 	ps := b.rdb.Subscribe(b.ctx)
 	msgs := ps.ChannelWithSubscriptions(redis.WithChannelSize(b.opts.ReceiveBuffer))
-	select {
-	case b.swapped <- msgs: // the delivery loop now reads the new connection
-	case <-b.ctx.Done():
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
 		ps.Close()
 		return
 	}
-	b.mu.Lock()
 	old := b.ps
 	b.ps = ps
 	for name, s := range b.subs {
 		if s.refs == 0 {
-			delete(b.subs, name) // was only waiting for its UNSUBSCRIBE
+			b.dropSubLocked(name, s) // was only waiting for its UNSUBSCRIBE
 			continue
 		}
 		s.round = 0
@@ -101,6 +104,10 @@ func (b *Redis) replace() {
 	}
 	b.mu.Unlock()
 	b.stats.replacements.Add(1)
-	old.Close()
 	b.wake()
+	select {
+	case b.swapped <- msgs: // the delivery loop now reads the new connection
+	case <-b.ctx.Done(): // Close closes the new one (b.ps)
+	}
+	old.Close()
 }

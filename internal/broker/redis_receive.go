@@ -48,6 +48,8 @@ func (b *Redis) receive() {
 				continue
 			case msgs = <-b.swapped:
 				continue
+			case <-b.ctx.Done():
+				return
 			}
 		}
 		if !ok {
@@ -106,7 +108,18 @@ func (b *Redis) deliver(m *redis.Message) {
 	if s.refilling {
 		s.pending = append(s.pending, Event{ID: id, Frame: frame})
 		if len(s.pending) > maxPending {
-			s.pending = s.pending[1:]
+			// Too much waits: drop it all and read history again from the
+			// last delivered id, which covers every dropped frame. (A sub
+			// still waiting for its resubscription reads it once that is
+			// confirmed anyway.)
+			s.pending = nil
+			if !s.waitSub {
+				s.gen++
+				b.toRefill[m.Channel] = struct{}{}
+				b.mu.Unlock()
+				b.wakeRefill()
+				return
+			}
 		}
 		b.mu.Unlock()
 		return

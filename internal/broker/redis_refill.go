@@ -42,6 +42,11 @@ func (b *Redis) markRefill(channels []string) {
 		b.toRefill[name] = struct{}{}
 	}
 	b.mu.Unlock()
+	b.wakeRefill()
+}
+
+// wakeRefill makes the refiller look at toRefill soon, without blocking.
+func (b *Redis) wakeRefill() {
 	select {
 	case b.refill <- struct{}{}:
 	default:
@@ -72,7 +77,9 @@ func (b *Redis) refiller() {
 		b.mu.Lock()
 		var jobs []refillJob
 		for name := range b.toRefill {
-			if s := b.subs[name]; s != nil && s.refilling {
+			// A sub waiting for its resubscription after a replacement is
+			// refilled once that is confirmed, not before.
+			if s := b.subs[name]; s != nil && s.refilling && !s.waitSub {
 				jobs = append(jobs, refillJob{name: name, channel: s.channel, since: s.lastID, gen: s.gen})
 			}
 		}
@@ -115,7 +122,7 @@ func (b *Redis) refiller() {
 func (b *Redis) applyRefill(r refillResult) {
 	b.mu.Lock()
 	s := b.subs[r.name]
-	if s == nil || !s.refilling || s.gen != r.gen || s.refs == 0 || b.closed {
+	if s == nil || !s.refilling || s.waitSub || s.gen != r.gen || s.refs == 0 || b.closed {
 		b.mu.Unlock()
 		return // unsubscribed meanwhile, or a newer refill is on its way
 	}

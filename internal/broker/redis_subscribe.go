@@ -71,7 +71,8 @@ func (b *Redis) Subscribe(ctx context.Context, channels ...string) error {
 		return nil
 	case <-ctx.Done():
 		b.Unsubscribe(channels...)
-		return fmt.Errorf("subscribe %d channel(s), first %q: %w", len(channels), channels[0], ctx.Err())
+		// No channel names: an effect id is a capability, kept out of logs.
+		return fmt.Errorf("subscribe %d channel(s): %w", len(channels), ctx.Err())
 	case <-b.done:
 		return ErrClosed
 	}
@@ -97,7 +98,7 @@ func (b *Redis) Unsubscribe(channels ...string) {
 		if s.round == 0 {
 			// Never sent (and not in flight: the reconciler numbers what it
 			// sends), so there is nothing to undo in Redis.
-			delete(b.subs, name)
+			b.dropSubLocked(name, s)
 			continue
 		}
 		b.dirty[name] = struct{}{}
@@ -179,7 +180,7 @@ func (b *Redis) round(resync bool) error {
 			adds = append(adds, name)
 		case s.refs == 0 && s.round != 0:
 			removes = append(removes, name)
-			delete(b.subs, name)
+			b.dropSubLocked(name, s)
 		}
 	}
 	clear(b.dirty)
@@ -216,7 +217,7 @@ func (b *Redis) round(resync bool) error {
 				s := b.subs[name]
 				s.round = 0
 				if s.refs == 0 {
-					delete(b.subs, name)
+					b.dropSubLocked(name, s)
 				} else {
 					b.dirty[name] = struct{}{}
 				}
@@ -284,4 +285,13 @@ func (b *Redis) confirmRound(r uint64) {
 		default:
 		}
 	}
+}
+
+// dropSubLocked forgets a sub, keeping the count of subs awaiting a refill
+// after a replacement right.
+func (b *Redis) dropSubLocked(name string, s *redisSub) {
+	if s.waitSub {
+		b.awaiting--
+	}
+	delete(b.subs, name)
 }

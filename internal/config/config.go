@@ -117,7 +117,12 @@ func settings() []setting {
 			return nil
 		}},
 		{"HERALD_CONNECT_LIMIT", "30", "WebSocket connects per client IP per window", intSetting(func(c *Config) *int { return &c.ConnectLimit }, 1)},
-		{"HERALD_CONNECT_WINDOW", "10s", "sliding window of the connect limit", durSetting(func(c *Config) *time.Duration { return &c.ConnectWindow })},
+		{"HERALD_CONNECT_WINDOW", "10s", "sliding window of the connect limit", func(c *Config, v string) error {
+			if d, err := time.ParseDuration(v); err == nil && d < time.Millisecond {
+				return errors.New("want at least 1ms")
+			}
+			return durSetting(func(c *Config) *time.Duration { return &c.ConnectWindow })(c, v)
+		}},
 		{"HERALD_MAX_CONNS", "", "sockets this replica accepts before 503; default from the open-file limit", func(c *Config, v string) error {
 			if v == "" {
 				c.MaxConns = defaultMaxConns()

@@ -46,6 +46,7 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"HERALD_SESSION_COOKIE", "a b"},
 		{"HERALD_CONNECT_LIMIT", "0"},
 		{"HERALD_CONNECT_WINDOW", "soon"},
+		{"HERALD_CONNECT_WINDOW", "500us"},
 		{"HERALD_MAX_CONNS", "-1"},
 		{"HERALD_MAX_CONNS_PER_USER", "x"},
 		{"HERALD_CLIENT_MSG_RATE", "-2"},

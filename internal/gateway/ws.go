@@ -66,7 +66,11 @@ func (s *Server) handleWS(c echo.Context) error {
 		return s.refuse(c, errUnavailable(err))
 	}
 
-	// Origin was checked in admit; the library's own check would differ.
+	// Counted before the hijack, so that a Drain waiting for handlers
+	// cannot miss this one.
+	s.wg.Add(1)
+	defer s.wg.Done()
+	// Origin was checked in refuseEarly; the library's own check would differ.
 	ws, err := websocket.Accept(c.Response(), r, &websocket.AcceptOptions{
 		InsecureSkipVerify: true,
 		CompressionMode:    websocket.CompressionDisabled,
@@ -77,9 +81,6 @@ func (s *Server) handleWS(c echo.Context) error {
 		return nil // Accept answered the client itself
 	}
 	ws.SetReadLimit(readLimit + 1) // our own check answers 1008 first
-
-	s.wg.Add(1)
-	defer s.wg.Done()
 	s.serveSocket(ws, sess, userChannel, since)
 	return nil
 }
@@ -186,30 +187,29 @@ func (s *Server) serveSocket(ws *websocket.Conn, sess session.Session, userChann
 	defer s.live.release(hash)
 
 	conn, err := s.hub.Add(uuid.NewString(), sess.UserID, hash, wsTransport{ws})
-	if err != nil { // draining began after admit
+	if err != nil { // draining began after refuseEarly
 		s.broker.Unsubscribe(userChannel)
 		ws.Close(websocket.StatusServiceRestart, "server restart")
 		return
 	}
 	s.metrics.Connects.Inc()
-	subscribe := s.hub.Subscribe
-	if since != "" {
-		subscribe = s.hub.SubscribeResume
-	}
-	if _, err := subscribe(conn, userChannel); err != nil {
-		s.broker.Unsubscribe(userChannel)
-	}
 	defer func() {
 		s.broker.Unsubscribe(s.hub.Remove(conn)...)
 		ws.CloseNow()
 	}()
-
 	welcome := func(recovered string) []byte {
 		return welcomeFrame(conn.ID, sess.UserID, s.cfg.Node, s.heartbeatSeconds(), recovered)
 	}
+	// The welcome goes first: before the personal channel's first event,
+	// and, on a resume, before its missed events (Resume queues it).
+	subscribe := s.hub.SubscribeResume
 	if since == "" {
 		conn.Send(welcome(""))
-	} else {
+		subscribe = s.hub.Subscribe
+	}
+	if _, err := subscribe(conn, userChannel); err != nil {
+		s.broker.Unsubscribe(userChannel) // the reference taken before the upgrade
+	} else if since != "" {
 		s.resume(s.ctx, conn, userChannel, since, func(recovered bool) []byte {
 			return welcome(strconv.FormatBool(recovered))
 		})

@@ -16,16 +16,17 @@ type Conn struct {
 	t   Transport
 	hub *Hub
 
-	mu        sync.Mutex
-	queue     [][]byte // frames waiting for the writer; guarded by mu
-	backlog   [][]byte // frames a resume put before queue, outside its limits; guarded by mu
-	pending   int      // bytes in queue; guarded by mu
-	writing   bool     // a writer goroutine runs; guarded by mu
-	closeCode int      // non-zero once a close was requested; guarded by mu
-	reason    string   // close reason; guarded by mu
-	closed    bool     // no more frames are accepted; guarded by mu
-	removed   bool     // Remove ran; guarded by mu
-	channels  []string // subscribed channels; guarded by mu
+	mu           sync.Mutex
+	queue        [][]byte // frames waiting for the writer; guarded by mu
+	backlog      [][]byte // frames a resume put before queue, outside its limits; guarded by mu
+	backlogBytes int      // bytes in backlog; guarded by mu
+	pending      int      // bytes in queue; guarded by mu
+	writing      bool     // a writer goroutine runs; guarded by mu
+	closeCode    int      // non-zero once a close was requested; guarded by mu
+	reason       string   // close reason; guarded by mu
+	closed       bool     // no more frames are accepted; guarded by mu
+	removed      bool     // Remove ran; guarded by mu
+	channels     []string // subscribed channels; guarded by mu
 	// buffering holds, per channel being resumed, the live frames that
 	// arrive until Resume; nil when no resume is under way. skip holds, per
 	// channel just resumed, which live frames the resume already sent, until
@@ -116,16 +117,21 @@ func (c *Conn) Resume(channel string, first []byte, missed []Frame, seen func(id
 	if c.closed || c.closeCode != 0 {
 		return
 	}
-	// The reply and the missed frames go to the backlog, which the queue's
-	// limits do not cover: their number is bounded by the history window,
-	// and a long gap must not make the resume itself a slow consumer.
-	c.backlog = append(c.backlog, c.queue...)
-	c.queue, c.pending = c.queue[:0], 0
+	// The reply and the missed frames go to the backlog, written before the
+	// queue and outside its limits: a long gap (bounded by the history
+	// window) must not make the resume itself a slow consumer. Only one
+	// large resume may wait at a time: a client stacking them is slow.
+	if c.backlogBytes > c.hub.cfg.QueueBytes {
+		c.overflowLocked()
+		return
+	}
 	if first != nil {
 		c.backlog = append(c.backlog, first)
+		c.backlogBytes += len(first)
 	}
 	for _, f := range missed {
 		c.backlog = append(c.backlog, f.Frame)
+		c.backlogBytes += len(f.Frame)
 	}
 	c.startWriterLocked()
 	for _, f := range held {
@@ -133,14 +139,13 @@ func (c *Conn) Resume(channel string, first []byte, missed []Frame, seen func(id
 			return
 		}
 	}
-	// Pub/sub may still bring frames the history read already returned:
-	// drop them until the first newer one.
-	if len(missed) > 0 {
-		if c.skip == nil {
-			c.skip = make(map[string]func(string) bool)
-		}
-		c.skip[channel] = seen
+	// Pub/sub may still bring frames the client already has (from the
+	// history read, or from before its since): drop them until the first
+	// newer one.
+	if c.skip == nil {
+		c.skip = make(map[string]func(string) bool)
 	}
+	c.skip[channel] = seen
 }
 
 func (c *Conn) sendLocked(frame []byte) bool {
@@ -181,7 +186,7 @@ func (c *Conn) Closing() bool {
 // goroutine of its own: the writer may be stuck on the very socket that
 // cannot keep up, and closing the transport is what unblocks it.
 func (c *Conn) overflowLocked() {
-	c.queue, c.backlog, c.pending, c.buffering = nil, nil, 0, nil
+	c.queue, c.backlog, c.pending, c.backlogBytes, c.buffering = nil, nil, 0, 0, nil
 	c.closeCode, c.reason = CloseSlowConsumer, "slow consumer"
 	c.closed = true
 	h := c.hub
@@ -221,7 +226,7 @@ func (c *Conn) writeLoop() {
 		c.mu.Lock()
 		if len(c.backlog) > 0 {
 			batch = append(c.backlog, c.queue...)
-			c.backlog, c.queue = nil, nil
+			c.backlog, c.queue, c.backlogBytes = nil, nil, 0
 		} else {
 			batch, c.queue = c.queue, batch[:0]
 		}
@@ -243,24 +248,43 @@ func (c *Conn) writeLoop() {
 			return
 		}
 		c.mu.Unlock()
-		for i, f := range batch {
-			ctx, cancel := context.WithTimeout(h.ctx, h.cfg.WriteTimeout)
-			err := c.t.Write(ctx, f)
-			cancel()
-			batch[i] = nil
-			if err != nil {
-				c.fail()
-				return
-			}
+		if !c.writeBatch(batch) {
+			c.fail()
+			return
 		}
 	}
+}
+
+// framesPerDeadline is how many frames share one write deadline: a fresh
+// context per frame would cost four allocations per frame per recipient.
+const framesPerDeadline = 32
+
+// writeBatch writes frames in order and reports whether all went out. Each
+// group of framesPerDeadline frames shares one WriteTimeout deadline.
+func (c *Conn) writeBatch(batch [][]byte) bool {
+	h := c.hub
+	var ctx context.Context
+	cancel := func() {}
+	defer func() { cancel() }()
+	for i, f := range batch {
+		if i%framesPerDeadline == 0 {
+			cancel()
+			ctx, cancel = context.WithTimeout(h.ctx, h.cfg.WriteTimeout)
+		}
+		err := c.t.Write(ctx, f)
+		batch[i] = nil
+		if err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // fail drops the socket after a failed write or ping.
 func (c *Conn) fail() {
 	c.mu.Lock()
 	c.closed = true
-	c.queue, c.backlog, c.pending = nil, nil, 0
+	c.queue, c.backlog, c.pending, c.backlogBytes = nil, nil, 0, 0
 	c.writing = false
 	c.mu.Unlock()
 	c.shut(false, 0, "")
@@ -280,7 +304,7 @@ func (c *Conn) ping() {
 		}
 		c.mu.Lock()
 		c.closed = true
-		c.queue, c.backlog, c.pending = nil, nil, 0
+		c.queue, c.backlog, c.pending, c.backlogBytes = nil, nil, 0, 0
 		c.mu.Unlock()
 		c.shut(false, 0, "")
 	}

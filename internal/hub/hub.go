@@ -170,7 +170,7 @@ func (h *Hub) Remove(c *Conn) []string {
 	}
 	c.removed = true
 	c.closed = true // nothing more is queued or written
-	c.queue, c.backlog, c.pending = nil, nil, 0
+	c.queue, c.backlog, c.pending, c.backlogBytes = nil, nil, 0, 0
 	chans := c.channels
 	c.channels = nil
 	c.mu.Unlock()

@@ -287,3 +287,38 @@ func TestResumeSendsMissedThenHeldThenLive(t *testing.T) {
 		}
 	}
 }
+
+// A resume that finds nothing missed still drops a live frame the client
+// already has, arriving late through pub/sub.
+func TestResumeWithNothingMissedDropsLateDuplicates(t *testing.T) {
+	h := newHub(t, Config{})
+	p := newPipe(8)
+	c := add(t, h, "1", p)
+	h.SubscribeResume(c, "user:1")
+	c.Resume("user:1", []byte("welcome"), nil, func(id string) bool { return id <= "5" })
+	h.Broadcast("user:1", "5", []byte("dup5"))
+	h.Broadcast("user:1", "6", []byte("live6"))
+	for _, want := range []string{"welcome", "live6"} {
+		if got := string(p.next(t)); got != want {
+			t.Fatalf("got %q, want %q", got, want)
+		}
+	}
+}
+
+// A client that stacks resumes while its backlog is still large is a slow
+// consumer.
+func TestStackedResumesAreASlowConsumer(t *testing.T) {
+	h := newHub(t, Config{QueueBytes: 100})
+	p := newPipe(0)
+	p.stall()
+	c := add(t, h, "1", p)
+	big := []Frame{{"1", make([]byte, 80)}, {"2", make([]byte, 80)}}
+	for i := range 4 {
+		ch := fmt.Sprintf("public:%d", i)
+		h.SubscribeResume(c, ch)
+		c.Resume(ch, nil, big, func(string) bool { return false })
+	}
+	if code := p.closeCode(t); code != CloseSlowConsumer {
+		t.Errorf("close %d, want %d", code, CloseSlowConsumer)
+	}
+}

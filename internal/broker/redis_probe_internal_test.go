@@ -1,0 +1,35 @@
+package broker
+
+import (
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/heraldgw/herald/internal/events"
+	"github.com/heraldgw/herald/internal/redistest"
+)
+
+// Close and a connection replacement at the same moment: Close must
+// return, whichever wins, and leave no connection open.
+func TestCloseDuringReplace(t *testing.T) {
+	rdb := redistest.Start(t).Client()
+	names := events.Names{Prefix: "r:"}
+	for i := range 40 {
+		b := NewRedis(rdb, events.NewRedisLog(rdb, names, 0, 0), names, func(string, string, []byte) {},
+			slog.New(slog.DiscardHandler), RedisOptions{ProbeInterval: time.Hour})
+		deadline := time.Now().Add(5 * time.Second)
+		for !b.probeSubscribed() && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond) // polling readiness, not synchronising
+		}
+		start := make(chan struct{})
+		go func() { <-start; b.replace() }()
+		closed := make(chan struct{})
+		go func() { <-start; b.Close(); close(closed) }()
+		close(start)
+		select {
+		case <-closed:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("run %d: Close hung while a replacement ran", i)
+		}
+	}
+}
