@@ -56,32 +56,40 @@ func (s *Server) handleWS(c echo.Context) error {
 			s.log.Warn("socket slot not released; its lease will expire", "err", err)
 		}
 	}
-	defer release()
 
 	userChannel := events.UserChannel(sess.UserID)
 	ctx, cancel := context.WithTimeout(r.Context(), subscribeTimeout)
 	err = s.broker.Subscribe(ctx, userChannel)
 	cancel()
 	if err != nil {
+		release()
 		return s.refuse(c, errUnavailable(err))
 	}
 
 	// Counted before the hijack, so that a Drain waiting for handlers
 	// cannot miss this one.
 	s.wg.Add(1)
-	defer s.wg.Done()
 	// Origin was checked in refuseEarly; the library's own check would differ.
 	ws, err := websocket.Accept(c.Response(), r, &websocket.AcceptOptions{
 		InsecureSkipVerify: true,
 		CompressionMode:    websocket.CompressionDisabled,
 	})
 	if err != nil {
+		s.wg.Done()
+		release()
 		s.broker.Unsubscribe(userChannel)
 		s.log.Debug("upgrade failed", "err", err)
 		return nil // Accept answered the client itself
 	}
 	ws.SetReadLimit(readLimit + 1) // our own check answers 1008 first
-	s.serveSocket(ws, sess, userChannel, since)
+	// The socket's life goes on in a goroutine of its own, and the request
+	// goroutine returns: its stack, grown deep through net/http and echo,
+	// would otherwise stay with every idle socket.
+	go func() {
+		defer s.wg.Done()
+		defer release()
+		s.serveSocket(ws, sess, userChannel, since)
+	}()
 	return nil
 }
 
