@@ -263,19 +263,17 @@ const framesPerDeadline = 32
 // group of framesPerDeadline frames shares one WriteTimeout deadline.
 func (c *Conn) writeBatch(batch [][]byte) bool {
 	h := c.hub
-	var ctx context.Context
-	cancel := func() {}
-	defer func() { cancel() }()
-	for i, f := range batch {
-		if i%framesPerDeadline == 0 {
-			cancel()
-			ctx, cancel = context.WithTimeout(h.ctx, h.cfg.WriteTimeout)
+	for start := 0; start < len(batch); start += framesPerDeadline {
+		ctx, cancel := context.WithTimeout(h.ctx, h.cfg.WriteTimeout)
+		for i := start; i < min(start+framesPerDeadline, len(batch)); i++ {
+			err := c.t.Write(ctx, batch[i])
+			batch[i] = nil
+			if err != nil {
+				cancel()
+				return false
+			}
 		}
-		err := c.t.Write(ctx, f)
-		batch[i] = nil
-		if err != nil {
-			return false
-		}
+		cancel()
 	}
 	return true
 }
