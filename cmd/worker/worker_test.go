@@ -68,28 +68,7 @@ func runOK(t *testing.T, getenv func(string) string, args ...string) string {
 // and waits for run to return nil.
 func startWorker(t *testing.T, getenv func(string) string, args ...string) (stop func()) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(t.Context())
-	var stderr syncBuffer
-	errc := make(chan error, 1)
-	go func() { errc <- run(ctx, append([]string{"run"}, args...), getenv, io.Discard, &stderr) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-errc:
-				if err != nil {
-					t.Errorf("worker run: %v\nstderr:\n%s", err, stderr.String())
-				}
-			case <-time.After(10 * time.Second):
-				t.Errorf("worker run did not return within 10s of cancel")
-			}
-			if t.Failed() {
-				t.Logf("worker log:\n%s", stderr.String())
-			}
-		})
-	}
-	t.Cleanup(stop)
+	stop, _ = startWorkerLog(t, getenv, args...)
 	return stop
 }
 
