@@ -102,9 +102,10 @@ func ApplyPublishOptions(opts ...PublishOption) PublishOptions {
 // That makes a retry after a timeout or a crash safe, as long as the key
 // names the thing being published and not the attempt: a job id, a request
 // id. Keys live in the Redis the gateways share, one space for all
-// publishers, so namespace them ("job:{id}"). A repeat is not compared with the first
-// call: with other content it also returns the first ids (with a different
-// number of messages it fails).
+// publishers, so namespace them ("job:{id}"). A repeat must go to the same
+// channels with the same event names; its data may differ (a re-run job's
+// new timestamp) and is not published. A repeat to other channels or of
+// other events fails with [ErrIdempotencyConflict].
 //
 // A key is 1 to 200 characters of printable ASCII without spaces; other
 // keys fail the call before anything is sent. An empty key means none.
@@ -119,6 +120,11 @@ func IdempotencyKey(key string) PublishOption {
 // maxIdemKeyLen bounds idempotency keys, which become part of a Redis key
 // and an HTTP header.
 const maxIdemKeyLen = 200
+
+// ErrIdempotencyConflict is returned (or matched by errors.Is, for an
+// [APIError] from the HTTP API) when an idempotency key was already used
+// for a publish to other channels or of other events.
+var ErrIdempotencyConflict = events.ErrIdempotencyConflict
 
 // ErrNoMessages is returned by PublishBatch when given no messages.
 var ErrNoMessages = errors.New("herald: no messages to publish")

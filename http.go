@@ -83,6 +83,13 @@ type APIError struct {
 	Field string
 }
 
+// Is reports whether the API refused an idempotency key reused for other
+// channels or events, so that errors.Is(err, ErrIdempotencyConflict) works
+// for both publishers.
+func (e *APIError) Is(target error) bool {
+	return target == ErrIdempotencyConflict && e.Code == "idempotency_conflict"
+}
+
 func (e *APIError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "herald: gateway answered %d", e.Status)

@@ -442,6 +442,10 @@ func TestPublishAPI(t *testing.T) {
 	if st != 202 || st2 != 202 || body["id"] != body2["id"] {
 		t.Errorf("idempotent publish: %d %v then %d %v, want the same id", st, body, st2, body2)
 	}
+	st3, body3 := r.api(t, "POST", "/api/publish", testAPIKey, map[string]any{"channel": "user:2", "event": "e"}, "Idempotency-Key", "k1")
+	if e, _ := body3["error"].(map[string]any); st3 != 422 || e["code"] != "idempotency_conflict" {
+		t.Errorf("key reused for another channel: %d %v, want 422 idempotency_conflict", st3, body3)
+	}
 }
 
 func TestNoLeaksAfterClientsLeave(t *testing.T) {

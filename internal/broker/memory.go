@@ -45,8 +45,9 @@ type memChannel struct {
 
 // memIdem remembers the ids of a publish made with an idempotency key.
 type memIdem struct {
-	ids     []string
-	expires time.Time
+	fingerprint string
+	ids         []string
+	expires     time.Time
 }
 
 // Event is one published event as kept in a channel's history: its id and
@@ -102,8 +103,8 @@ func (m *Memory) Publish(ctx context.Context, idemKey string, pubs ...events.Pub
 	m.maybeSweepLocked(now)
 	if idemKey != "" {
 		if prev, ok := m.idem[idemKey]; ok && now.Before(prev.expires) {
-			if len(prev.ids) != len(pubs) {
-				return nil, fmt.Errorf("publish: idempotency key reused for %d event(s), got %d ids", len(pubs), len(prev.ids))
+			if prev.fingerprint != events.Fingerprint(pubs) {
+				return nil, events.ErrIdempotencyConflict
 			}
 			return append([]string(nil), prev.ids...), nil
 		}
@@ -125,7 +126,7 @@ func (m *Memory) Publish(ctx context.Context, idemKey string, pubs ...events.Pub
 		}
 	}
 	if idemKey != "" {
-		m.idem[idemKey] = memIdem{ids: ids, expires: now.Add(m.ttl)}
+		m.idem[idemKey] = memIdem{ids: ids, fingerprint: events.Fingerprint(pubs), expires: now.Add(m.ttl)}
 	}
 	return append([]string(nil), ids...), nil
 }

@@ -3,6 +3,8 @@ package events
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -44,12 +46,17 @@ end
 // returns the ids, all in one atomic step. With an idempotency key it first
 // returns the ids of an earlier run with the same key, publishing nothing.
 //
+// The idempotency key keeps the call's fingerprint with its ids: a repeat
+// to other channels or of other events is refused (IDEMCONFLICT) rather
+// than silently answered with the ids of something else.
+//
 // KEYS[2i-1], KEYS[2i]  history stream and its lost key, per publication;
 // KEYS[2n+1]            idempotency key when ARGV[3] > 0
 // ARGV[1]               history size
 // ARGV[2]               history ttl, ms
 // ARGV[3]               idempotency ttl, ms (0: no key)
-// ARGV[4+4i…]           per publication: pub/sub channel, channel, event, data
+// ARGV[4]               the call's fingerprint (Fingerprint)
+// ARGV[5+4i…]           per publication: pub/sub channel, channel, event, data
 //
 // The frame it builds must stay byte-identical to AppendFrame (tested).
 var publishScript = redis.NewScript(trimLua + `
@@ -59,8 +66,12 @@ if idem > 0 then
   n = n - 1
   local prev = redis.call('GET', KEYS[n + 1])
   if prev then
+    local fp, list = string.match(prev, '^(%S+) (.*)$')
+    if fp ~= ARGV[4] then
+      return redis.error_reply('IDEMCONFLICT idempotency key already used for other content')
+    end
     local ids = {}
-    for id in string.gmatch(prev, '[^,]+') do ids[#ids + 1] = id end
+    for id in string.gmatch(list, '[^,]+') do ids[#ids + 1] = id end
     return ids
   end
 end
@@ -69,7 +80,7 @@ local maxlen = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local ids = {}
 for i = 1, n do
-  local a = 4 + (i - 1) * 4
+  local a = 5 + (i - 1) * 4
   local stream, lost = KEYS[2 * i - 1], KEYS[2 * i]
   local id = redis.call('XADD', stream, '*', 'e', ARGV[a + 2], 'd', ARGV[a + 3])
   local ms = string.match(id, '^(%d+)')
@@ -80,7 +91,7 @@ for i = 1, n do
   ids[i] = id
 end
 if idem > 0 then
-  redis.call('SET', KEYS[2 * n + 1], table.concat(ids, ','), 'PX', idem)
+  redis.call('SET', KEYS[2 * n + 1], ARGV[4] .. ' ' .. table.concat(ids, ','), 'PX', idem)
 end
 return ids
 `)
@@ -217,6 +228,29 @@ func AutoKey() string {
 	return AutoKeyPrefix + hex.EncodeToString(b[:])
 }
 
+// ErrIdempotencyConflict is returned when an idempotency key already served
+// a publish to other channels or of other events: retrying is safe, reusing
+// a key for something else is a mistake, and answering it with the first
+// call's ids would silently lose the new events.
+var ErrIdempotencyConflict = errors.New("idempotency key already used for other channels or events")
+
+// Fingerprint identifies what a publish call is about, for idempotency: its
+// channels and event names, in order. The data is left out on purpose: a
+// retry may carry data that differs in detail (a re-run job's completion
+// time), and it is the first call's data that was published.
+func Fingerprint(pubs []Publication) string {
+	h := sha256.New()
+	for _, p := range pubs {
+		for _, part := range []string{p.Channel, p.Event} {
+			var n [8]byte
+			binary.BigEndian.PutUint64(n[:], uint64(len(part)))
+			h.Write(n[:])
+			h.Write([]byte(part))
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
 // ErrNoPublications is returned by Append when given nothing to publish.
 var ErrNoPublications = errors.New("no publications")
 
@@ -240,7 +274,7 @@ func (l *RedisLog) Append(ctx context.Context, idemKey string, pubs ...Publicati
 	if strings.HasPrefix(idemKey, AutoKeyPrefix) {
 		idemTTL = AutoKeyTTL.Milliseconds()
 	}
-	args = append(args, l.size, l.ttl.Milliseconds(), idemTTL)
+	args = append(args, l.size, l.ttl.Milliseconds(), idemTTL, Fingerprint(pubs))
 	for _, p := range pubs {
 		if err := p.Validate(); err != nil {
 			return nil, err
@@ -250,6 +284,9 @@ func (l *RedisLog) Append(ctx context.Context, idemKey string, pubs ...Publicati
 	}
 	keys = append(keys, l.names.Idempotency(idemKey))
 	res, err := publishScript.Run(ctx, l.rdb, keys, args...).StringSlice()
+	if redis.HasErrorPrefix(err, "IDEMCONFLICT") {
+		return nil, ErrIdempotencyConflict
+	}
 	if err != nil {
 		// No channel name here: effect ids are capabilities, kept out of logs.
 		return nil, fmt.Errorf("publish %d event(s): %w", len(pubs), err)

@@ -56,6 +56,9 @@ func toAPIError(err error) *apiError {
 		return errBadRequest(fe.Field, fe.Error())
 	case errors.As(err, &mbe):
 		return errTooLarge
+	case errors.Is(err, events.ErrIdempotencyConflict):
+		return &apiError{Status: http.StatusUnprocessableEntity, Code: "idempotency_conflict", Field: "Idempotency-Key",
+			Message: "this Idempotency-Key was already used for a publish to other channels or of other events"}
 	case errors.Is(err, session.ErrNotFound), errors.Is(err, session.ErrExpired):
 		return errUnauthorized
 	}

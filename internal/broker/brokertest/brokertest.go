@@ -308,6 +308,16 @@ func testIdempotency(t *testing.T, start starter) {
 	if other[0] == first[0] {
 		t.Errorf("another key returned the same id %s", other[0])
 	}
+	// The same key for other channels or events is a mistake, not a retry:
+	// refused. Other data is a retry (a re-run job's new timestamp).
+	if ids, err := b.Publish(context.Background(), key, pub(x, "e", `1`), pub(y, "e", `3`)); err != nil || !slices.Equal(ids, first) {
+		t.Errorf("same key, same channels, other data: %v, %v; want the first ids", ids, err)
+	}
+	for _, changed := range [][]events.Publication{{pubs[0]}, {pub(x, "e", `1`), pub(y, "other", `2`)}} {
+		if ids, err := b.Publish(context.Background(), key, changed...); !errors.Is(err, events.ErrIdempotencyConflict) {
+			t.Errorf("same key, other content: %v, %v; want ErrIdempotencyConflict", ids, err)
+		}
+	}
 	fs := mark(t, b, rec, marker)
 	if nx, ny := count(fs, x), count(fs, y); nx != 2 || ny != 1 {
 		t.Errorf("got %d frames on x and %d on y, want 2 and 1", nx, ny)
