@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -71,7 +73,7 @@ func TestWorkerCatalog(t *testing.T) {
 	write(`[{"kind":"blur","label":"Blur","durationMs":5,"params":{"radius":2}}]`)
 	q := jobs.NewQueue(rdb, events.Names{})
 	stop, log := startWorkerLog(t, env("REDIS_URL", srv.URL()), "--name", "w", "--work", "1h", "--block", "20ms",
-		"--catalog", file, "--catalog-check", "20ms")
+		"--catalog", file, "--catalog-check", "20ms", "--metrics-addr", "127.0.0.1:0")
 
 	enqueue := func(kind, effect string) {
 		t.Helper()
@@ -101,6 +103,21 @@ func TestWorkerCatalog(t *testing.T) {
 	enqueue("glow", "e-glow-2")
 	waitFor(t, "glow job announced", func() bool { return len(history(t, rdb, "effect:e-glow-2")) == 1 })
 	waitFor(t, "all jobs acknowledged", acked(3))
+
+	// The catalog cache's counters are served with --metrics-addr.
+	m := regexp.MustCompile(`msg="serving metrics" addr=(\S+)`).FindStringSubmatch(log.String())
+	if m == nil {
+		t.Fatalf("no metrics address in the log:\n%s", log.String())
+	}
+	resp, err := http.Get("http://" + m[1] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), `herald_cache_loads_total{cache="catalog"}`) {
+		t.Errorf("/metrics lacks the catalog cache's counters:\n%s", body)
+	}
 	stop()
 
 	// The catalog was cached under Herald's own keys, tagged "catalog".

@@ -7,12 +7,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/heraldgw/herald"
@@ -40,6 +45,7 @@ func runWorker(ctx context.Context, args []string, getenv func(string) string, s
 	fs.DurationVar(&cf.fresh, "catalog-fresh", 30*time.Second, "how long a loaded catalog is used as it is")
 	fs.DurationVar(&cf.stale, "catalog-stale", 5*time.Minute, "how long after --catalog-fresh it is still used while it is reloaded in the background")
 	fs.DurationVar(&cf.check, "catalog-check", 10*time.Second, "how often the catalog source is read to notice a change sooner; 0: never")
+	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus metrics (the catalog cache's counters, Go runtime) at http://ADDR/metrics; empty: off")
 	resultBase := fs.String("result-base", "https://cdn.example/results/", "results are at {result-base}{userEffectId}.png")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
@@ -73,9 +79,19 @@ func runWorker(ctx context.Context, args []string, getenv func(string) string, s
 		return err
 	}
 
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if *metricsAddr != "" {
+		stop, err := serveMetrics(*metricsAddr, reg, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+
 	w := &worker{pub: pub, work: *work, resultBase: *resultBase, log: log}
 	if cf.source != "" {
-		catalog, err := cf.open(ctx, rdb, rf.prefix, log)
+		catalog, err := cf.open(ctx, rdb, rf.prefix, reg, log)
 		if err != nil {
 			return err
 		}
@@ -108,18 +124,18 @@ type catalogFlags struct {
 // open returns the catalog, cached in rdb under Herald's key prefix, after
 // checking that it can be had: a catalog that cannot be read or parsed at
 // start stops the worker.
-func (cf *catalogFlags) open(ctx context.Context, rdb *redis.Client, prefix string, log *slog.Logger) (*jobs.CatalogCache, error) {
+func (cf *catalogFlags) open(ctx context.Context, rdb *redis.Client, prefix string, reg prometheus.Registerer, log *slog.Logger) (*jobs.CatalogCache, error) {
 	src, err := jobs.NewCatalogSource(cf.source, nil)
 	if err != nil {
 		return nil, fmt.Errorf("--catalog: %w", err)
 	}
 	catalog, err := jobs.NewCatalogCache(rdb, src, jobs.CatalogConfig{
-		Fresh:     cf.fresh,
-		Stale:     cf.stale,
-		Check:     cf.check,
-		Namespace: prefix + "herald:cache:catalog",
-		Logger:    log,
-		// The worker serves no metrics; the cache's counters stay unregistered.
+		Fresh:      cf.fresh,
+		Stale:      cf.stale,
+		Check:      cf.check,
+		Namespace:  prefix + "herald:cache:catalog",
+		Logger:     log,
+		Registerer: reg,
 	})
 	if err != nil {
 		return nil, err
@@ -193,4 +209,29 @@ func (w *worker) process(ctx context.Context, j jobs.Job) error {
 
 func (w *worker) resultURL(j jobs.Job) string {
 	return w.resultBase + url.PathEscape(j.Effect) + ".png"
+}
+
+// serveMetrics serves reg at http://addr/metrics until stop is called.
+func serveMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	log.Info("serving metrics", "addr", ln.Addr().String())
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-done
+	}, nil
 }
