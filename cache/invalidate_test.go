@@ -109,9 +109,13 @@ func TestInvalidateTagsUnderConcurrentWrites(t *testing.T) {
 func scanAll(t testing.TB, rdb *redis.Client, match string) []string {
 	t.Helper()
 	var all []string
+	seen := map[string]bool{} // SCAN may return a key twice, when the keyspace is rehashed
 	iter := rdb.Scan(ctxT(t), 0, match, 1000).Iterator()
 	for iter.Next(ctxT(t)) {
-		all = append(all, iter.Val())
+		if k := iter.Val(); !seen[k] {
+			seen[k] = true
+			all = append(all, k)
+		}
 	}
 	if err := iter.Err(); err != nil {
 		t.Fatalf("SCAN %s: %v", match, err)
