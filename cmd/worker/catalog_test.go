@@ -168,7 +168,9 @@ func scanKeys(t *testing.T, rdb *redis.Client, match string) []string {
 	var keys []string
 	iter := rdb.Scan(ctxT(t), 0, match, 100).Iterator()
 	for iter.Next(ctxT(t)) {
-		keys = append(keys, iter.Val())
+		if k := iter.Val(); !slices.Contains(keys, k) { // SCAN may repeat a key
+			keys = append(keys, k)
+		}
 	}
 	if err := iter.Err(); err != nil {
 		t.Fatal(err)
