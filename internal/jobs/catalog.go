@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -218,7 +219,13 @@ type CatalogCache struct {
 	key   string
 	cfg   CatalogConfig
 	log   *slog.Logger
+
+	lastCheck atomic.Int64 // unix ns of the last source check forced by an unknown kind
 }
+
+// unknownKindRecheck bounds how often a job of an unknown kind makes the
+// worker read the catalog source, so a flood of bad jobs cannot hammer it.
+const unknownKindRecheck = time.Second
 
 // NewCatalogCache returns the catalog of src, cached in rdb.
 func NewCatalogCache(rdb redis.UniversalClient, src *CatalogSource, cfg CatalogConfig) (*CatalogCache, error) {
@@ -254,10 +261,28 @@ func (cc *CatalogCache) Catalog(ctx context.Context) (Catalog, error) {
 }
 
 // Lookup returns the definition of kind; ok is false when the catalog has
-// no such kind. An error means the catalog could not be had at all.
+// no such kind. An error means the catalog could not be had at all. A kind
+// the cached catalog lacks may have just been added to the source: before
+// answering "unknown", Lookup checks the source (at most once a second)
+// and, when it changed, looks again in the new catalog.
 func (cc *CatalogCache) Lookup(ctx context.Context, kind string) (e Effect, ok bool, err error) {
 	c, err := cc.Catalog(ctx)
 	if err != nil {
+		return Effect{}, false, err
+	}
+	if e, ok = c.Lookup(kind); ok {
+		return e, true, nil
+	}
+	now := time.Now().UnixNano()
+	last := cc.lastCheck.Load()
+	if now-last < int64(unknownKindRecheck) || !cc.lastCheck.CompareAndSwap(last, now) {
+		return Effect{}, false, nil
+	}
+	changed, err := cc.CheckSource(ctx)
+	if err != nil || !changed {
+		return Effect{}, false, err
+	}
+	if c, err = cc.Catalog(ctx); err != nil {
 		return Effect{}, false, err
 	}
 	e, ok = c.Lookup(kind)

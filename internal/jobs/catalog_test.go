@@ -209,3 +209,35 @@ func TestCatalogWatch(t *testing.T) {
 		t.Fatal("Watch did not return after cancel")
 	}
 }
+
+// A kind just added to the source is found at once, though the cached
+// catalog is fresh and lacks it: an unknown kind makes Lookup check the
+// source before answering.
+func TestLookupFindsAKindJustAdded(t *testing.T) {
+	rdb := redistest.Start(t).Client()
+	path := filepath.Join(t.TempDir(), "catalog.json")
+	if err := os.WriteFile(path, []byte(`[{"kind":"blur"}]`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	src, err := jobs.NewCatalogSource(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := jobs.NewCatalogCache(rdb, src, jobs.CatalogConfig{Fresh: time.Hour, Stale: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	if _, ok, err := cc.Lookup(ctxT(t), "blur"); !ok || err != nil {
+		t.Fatalf("Lookup(blur) = %v, %v", ok, err)
+	}
+	if err := os.WriteFile(path, []byte(`[{"kind":"blur"},{"kind":"sharpen"}]`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := cc.Lookup(ctxT(t), "sharpen"); !ok || err != nil {
+		t.Fatalf("Lookup(sharpen) after the source gained it = %v, %v; want found", ok, err)
+	}
+	if _, ok, err := cc.Lookup(ctxT(t), "nonesuch"); ok || err != nil {
+		t.Errorf("Lookup(nonesuch) = %v, %v; want not found", ok, err)
+	}
+}

@@ -39,8 +39,10 @@ type Job struct {
 }
 
 // IdempotencyKey is the key under which a job's completion is published,
-// "job:{ID}", so that a job handled twice is announced once.
-func (j Job) IdempotencyKey() string { return "job:" + j.ID }
+// "effect:{Effect}": a job handled twice is announced once, and so is an
+// effect enqueued twice (an app retrying, or go-redis retrying an XADD
+// whose reply was lost, adds a second entry with another id).
+func (j Job) IdempotencyKey() string { return "effect:" + j.Effect }
 
 // Queue is the job stream of one Herald (one key prefix). It is safe for
 // concurrent use.
@@ -199,14 +201,17 @@ func (c *consumer) ensureGroup(ctx context.Context) error {
 
 // recoverOwn handles the jobs already pending for this consumer's name,
 // oldest first, before any loop starts (so none of them is handled twice
-// here). Jobs whose handler fails stay pending and are skipped.
+// here). Jobs whose handler fails stay pending and are skipped. It reads
+// one job at a time, like the loops: reading a pending job resets its idle
+// time, which must not run out (letting another consumer claim it) while
+// the job waits behind others here.
 func (c *consumer) recoverOwn(ctx context.Context) {
 	after := "0"
 	for ctx.Err() == nil {
 		res, err := c.q.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
 			Group: c.cfg.Group, Consumer: c.cfg.Name,
 			Streams: []string{c.q.stream, after},
-			Count:   100,
+			Count:   1,
 			Block:   -1, // history only: never blocks
 		}).Result()
 		if err != nil {

@@ -125,7 +125,7 @@ func TestEnqueueConsume(t *testing.T) {
 		}
 	}
 	waitFor(t, "all acked", func() bool { return pending(t, rdb, q, "workers") == 0 })
-	if k := (jobs.Job{ID: "1-2"}).IdempotencyKey(); k != "job:1-2" {
+	if k := (jobs.Job{ID: "1-2", Effect: "e-9"}).IdempotencyKey(); k != "effect:e-9" {
 		t.Errorf("IdempotencyKey: got %q", k)
 	}
 }
@@ -260,6 +260,6 @@ func TestConsumeNeedsName(t *testing.T) {
 }
 
 func ExampleJob_IdempotencyKey() {
-	fmt.Println(jobs.Job{ID: "1732600000000-0"}.IdempotencyKey())
-	// Output: job:1732600000000-0
+	fmt.Println(jobs.Job{ID: "1732600000000-0", Effect: "3f2c"}.IdempotencyKey())
+	// Output: effect:3f2c
 }
