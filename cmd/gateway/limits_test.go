@@ -141,9 +141,9 @@ func TestClientMessageRate(t *testing.T) {
 		cl.send("ping", "")
 		cl.nextOf("pong")
 	}
-	cl.send("ping", "")
-	if f := cl.next(); f.str("type") != "error" || f.str("code") != "rate_limited" {
-		t.Fatalf("over the rate: %v, want error rate_limited", f)
+	ref := cl.send("ping", "")
+	if f := cl.next(); f.str("type") != "error" || f.str("code") != "rate_limited" || int(f["ref"].(float64)) != ref {
+		t.Fatalf("over the rate: %v, want error rate_limited with ref %d", f, ref)
 	}
 	for range 15 { // a client that keeps going
 		if err := cl.c.Write(context.Background(), websocket.MessageText, []byte(`{"type":"ping"}`)); err != nil {

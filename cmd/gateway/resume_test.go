@@ -42,7 +42,21 @@ func TestResume(t *testing.T) {
 			}
 			sid := r.newSession(t, "u")
 
+			// A client that drops before its first event resumes from the
+			// welcome's last id and misses nothing.
 			cl := dial(t, r.wsURL(""), bearerHeader(sid))
+			w := cl.nextOf("welcome")
+			if w.str("last") == "" {
+				t.Fatalf("welcome %v lacks last", w)
+			}
+			cl.c.CloseNow()
+			early := r.publish(t, "user:u", "n", -1)
+			cl = dial(t, r.wsURL("?since="+w.str("last")), bearerHeader(sid))
+			cl.nextOf("welcome")
+			equalIDs(t, "published while the first socket was gone", cl.eventIDs(1), []string{early})
+			cl.c.CloseNow()
+
+			cl = dial(t, r.wsURL(""), bearerHeader(sid))
 			cl.nextOf("welcome")
 			first := r.publish(t, "user:u", "n", 0)
 			equalIDs(t, "live", cl.eventIDs(1), []string{first})

@@ -50,6 +50,12 @@ type Broker interface {
 	// caller missed events it cannot get back.
 	History(ctx context.Context, channel, since string) (evs []Event, complete bool, err error)
 
+	// Last returns the newest event id this replica knows for a channel it
+	// receives: the last one delivered, or the newest in history when the
+	// subscription began. "" when it does not receive the channel. A client
+	// that starts from it and resumes with it as since misses nothing.
+	Last(channel string) string
+
 	// Ping reports whether the shared backend is reachable.
 	Ping(ctx context.Context) error
 

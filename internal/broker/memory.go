@@ -226,6 +226,18 @@ func (m *Memory) History(ctx context.Context, channel, since string) (evs []Even
 	return evs, complete, nil
 }
 
+// Last returns the newest id assigned on channel, "0-0" for a channel that
+// has none yet, "" when channel has no local reference.
+func (m *Memory) Last(channel string) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c := m.chans[channel]
+	if c == nil || c.refs == 0 {
+		return ""
+	}
+	return events.FormatID(c.lastMS, c.lastSeq)
+}
+
 // Subscribe adds one reference to each channel. It returns at once: a frame
 // published after it returns is delivered.
 func (m *Memory) Subscribe(ctx context.Context, channels ...string) error {

@@ -239,6 +239,18 @@ func (b *Redis) History(ctx context.Context, channel, since string) ([]Event, bo
 	return b.log.Range(ctx, channel, since)
 }
 
+// Last returns the newest id delivered on channel, or the history's newest
+// when the subscription began; "" when channel has no local reference.
+func (b *Redis) Last(channel string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.subs[b.names.PubSub(channel)]
+	if s == nil || s.refs == 0 {
+		return ""
+	}
+	return s.lastID
+}
+
 // Ping sends PING to Redis.
 func (b *Redis) Ping(ctx context.Context) error {
 	if b.isClosed() {

@@ -42,7 +42,7 @@ type client struct {
 
 // allow spends a token for one client frame. Over the rate the frame is
 // answered rate_limited; a client that keeps going is closed with 4008.
-func (cl *client) allow() bool {
+func (cl *client) allow(ref int64) bool {
 	if cl.limiter == nil {
 		cl.limiter = rate.NewLimiter(rate.Limit(cl.s.cfg.ClientMsgRate), cl.s.cfg.ClientMsgBurst)
 	}
@@ -54,7 +54,7 @@ func (cl *client) allow() bool {
 		cl.conn.Close(hub.CloseRateLimited, "message rate exceeded")
 		return false
 	}
-	cl.fail(0, codeRateLimited, "too many messages, slow down")
+	cl.fail(ref, codeRateLimited, "too many messages, slow down")
 	return false
 }
 
@@ -99,7 +99,7 @@ func (cl *client) readLoop(ctx context.Context, ws *websocket.Conn) {
 			return
 		case typ != websocket.MessageText:
 			cl.badFrame(0, "frames must be JSON text")
-		case cl.allow():
+		default:
 			cl.handle(ctx, buf.Bytes())
 		}
 		bufPool.Put(buf)
@@ -128,13 +128,18 @@ func decodeFrame(b []byte) (inbound, error) {
 func (cl *client) handle(ctx context.Context, b []byte) {
 	in, err := decodeFrame(b)
 	if err != nil {
-		cl.badFrame(0, err.Error())
+		if cl.allow(0) {
+			cl.badFrame(0, err.Error())
+		}
+		return
+	}
+	if !cl.allow(in.Ref) {
 		return
 	}
 	switch in.Type {
 	case "ping":
 		cl.bad = 0
-		cl.send(appendReply(nil, "pong", in.Ref, "", ""))
+		cl.send(appendReply(nil, "pong", in.Ref, "", "", ""))
 	case "subscribe":
 		cl.subscribe(ctx, in)
 	case "unsubscribe":
@@ -194,7 +199,7 @@ func (cl *client) subscribe(ctx context.Context, in inbound) {
 	}
 	if !added {
 		// This connection already receives the channel, gap-free.
-		cl.send(appendReply(nil, "subscribed", in.Ref, in.Channel, "true"))
+		cl.send(appendReply(nil, "subscribed", in.Ref, in.Channel, "true", cl.s.broker.Last(in.Channel)))
 		return
 	}
 	sctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
@@ -207,11 +212,11 @@ func (cl *client) subscribe(ctx context.Context, in inbound) {
 		return
 	}
 	if in.Since == "" {
-		cl.send(appendReply(nil, "subscribed", in.Ref, in.Channel, "true"))
+		cl.send(appendReply(nil, "subscribed", in.Ref, in.Channel, "true", cl.s.broker.Last(in.Channel)))
 		return
 	}
 	cl.s.resume(ctx, cl.conn, in.Channel, in.Since, func(recovered bool) []byte {
-		return appendReply(nil, "subscribed", in.Ref, in.Channel, strconv.FormatBool(recovered))
+		return appendReply(nil, "subscribed", in.Ref, in.Channel, strconv.FormatBool(recovered), "")
 	})
 }
 
@@ -252,7 +257,7 @@ func (cl *client) unsubscribe(in inbound) {
 	if cl.s.hub.Unsubscribe(cl.conn, in.Channel) {
 		cl.s.broker.Unsubscribe(in.Channel)
 	}
-	cl.send(appendReply(nil, "unsubscribed", in.Ref, in.Channel, ""))
+	cl.send(appendReply(nil, "unsubscribed", in.Ref, in.Channel, "", ""))
 }
 
 // Server frames. Channel names are validated and codes are constants, so
@@ -260,7 +265,7 @@ func (cl *client) unsubscribe(in inbound) {
 
 // welcomeFrame builds the welcome; recovered is "true", "false" or ""
 // (absent: no ?since= was asked for).
-func welcomeFrame(conn, user, node string, heartbeat int, recovered string) []byte {
+func welcomeFrame(conn, user, node string, heartbeat int, recovered, last string) []byte {
 	b, _ := json.Marshal(struct {
 		Type      string `json:"type"`
 		Conn      string `json:"conn"`
@@ -268,7 +273,8 @@ func welcomeFrame(conn, user, node string, heartbeat int, recovered string) []by
 		Node      string `json:"node"`
 		Heartbeat int    `json:"heartbeat"`
 		Recovered *bool  `json:"recovered,omitempty"`
-	}{"welcome", conn, user, node, heartbeat, parseBool(recovered)})
+		Last      string `json:"last,omitempty"`
+	}{"welcome", conn, user, node, heartbeat, parseBool(recovered), last})
 	return b
 }
 
@@ -281,8 +287,10 @@ func parseBool(s string) *bool {
 }
 
 // appendReply appends a subscribed, unsubscribed or pong frame; recovered
-// is "true", "false" or "" (absent).
-func appendReply(dst []byte, typ string, ref int64, channel, recovered string) []byte {
+// is "true", "false" or "" (absent); last, when not empty, is the newest
+// event id of the channel before this subscription, for the client to
+// resume from should it reconnect before any event arrives.
+func appendReply(dst []byte, typ string, ref int64, channel, recovered, last string) []byte {
 	dst = append(dst, `{"type":"`...)
 	dst = append(dst, typ...)
 	dst = append(dst, `","ref":`...)
@@ -295,6 +303,11 @@ func appendReply(dst []byte, typ string, ref int64, channel, recovered string) [
 	if recovered != "" {
 		dst = append(dst, `,"recovered":`...)
 		dst = append(dst, recovered...)
+	}
+	if last != "" { // an event id: digits and a dash, nothing to escape
+		dst = append(dst, `,"last":"`...)
+		dst = append(dst, last...)
+		dst = append(dst, '"')
 	}
 	return append(dst, '}')
 }

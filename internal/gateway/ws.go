@@ -206,7 +206,11 @@ func (s *Server) serveSocket(ws *websocket.Conn, sess session.Session, userChann
 		ws.CloseNow()
 	}()
 	welcome := func(recovered string) []byte {
-		return welcomeFrame(conn.ID, sess.UserID, s.cfg.Node, s.heartbeatSeconds(), recovered)
+		last := ""
+		if recovered == "" { // a resume's missed events carry their own ids
+			last = s.broker.Last(userChannel)
+		}
+		return welcomeFrame(conn.ID, sess.UserID, s.cfg.Node, s.heartbeatSeconds(), recovered, last)
 	}
 	// The welcome goes first: before the personal channel's first event,
 	// and, on a resume, before its missed events (Resume queues it).
