@@ -177,7 +177,11 @@ type Cache[V any] struct {
 	lock  string // prefix of lock keys
 	tag   string // prefix of tag sets
 
-	flights singleflight.Group // misses being loaded, by key
+	flights singleflight.Group // misses being loaded, by epoch and key
+	// epoch grows with every Delete, Set and invalidation: a caller that
+	// comes after one never joins a load that started before it (that
+	// load's value is not stored, and must not be handed out either).
+	epoch atomic.Uint64
 
 	done   context.Context // cancelled by Close; stops loads and refreshes
 	cancel context.CancelFunc
@@ -294,6 +298,7 @@ func (c *Cache[V]) Set(ctx context.Context, key string, v V, ttl time.Duration, 
 		return fmt.Errorf("cache %s: set: ttl %v is not positive", c.cfg.Name, ttl)
 	}
 	o := collect(opts)
+	c.epoch.Add(1)
 	if _, err := c.store(ctx, key, v, ttl+o.stale, "", o.tags); err != nil {
 		return fmt.Errorf("cache %s: set: %w", c.cfg.Name, err)
 	}
@@ -332,7 +337,7 @@ func (c *Cache[V]) read(ctx context.Context, key string, window time.Duration) (
 		}
 		if err != nil {
 			c.redisFailed(ctx, "read", key, err)
-			return zero, fresh, fmt.Errorf("read %s: %w", k, err)
+			return zero, fresh, fmt.Errorf("read %s: %w", c.logKey(key), err)
 		}
 		raw = b
 	} else {
@@ -348,7 +353,7 @@ func (c *Cache[V]) read(ctx context.Context, key string, window time.Duration) (
 		}
 		if err != nil {
 			c.redisFailed(ctx, "read", key, err)
-			return zero, fresh, fmt.Errorf("read %s: %w", k, err)
+			return zero, fresh, fmt.Errorf("read %s: %w", c.logKey(key), err)
 		}
 		raw, _ = get.Bytes()
 		// -1: no expiry (never stale); -2: expired just after the GET.

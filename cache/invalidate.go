@@ -16,6 +16,7 @@ func (c *Cache[V]) Delete(ctx context.Context, keys ...string) (int, error) {
 	if c.isClosed() {
 		return 0, ErrClosed
 	}
+	c.epoch.Add(1)
 	if len(keys) == 0 {
 		return 0, nil
 	}
@@ -45,6 +46,7 @@ func (c *Cache[V]) InvalidateTags(ctx context.Context, tags ...string) (int, err
 	if c.isClosed() {
 		return 0, ErrClosed
 	}
+	c.epoch.Add(1)
 	if len(tags) == 0 {
 		return 0, nil
 	}
@@ -71,6 +73,7 @@ func (c *Cache[V]) InvalidatePattern(ctx context.Context, pattern string) (int, 
 	if c.isClosed() {
 		return 0, ErrClosed
 	}
+	c.epoch.Add(1)
 	// One SCAN finds entries ({ns}:v:…) and locks ({ns}:l:…) alike.
 	match := globEscape(c.cfg.Namespace) + ":[vl]:" + pattern
 	removed := 0

@@ -272,3 +272,36 @@ func pings(t *testing.T, addr string, work func()) latencies {
 	wg.Wait()
 	return got
 }
+
+// A GetOrLoad that starts after Delete returned never joins a load that
+// read the source before the Delete: it loads the new value itself.
+func TestGetOrLoadAfterDeleteDoesNotJoinAnOlderLoad(t *testing.T) {
+	rdb := redistest.Start(t).Client()
+	c, _ := newCache(t, rdb, cache.Config[string]{Name: "flight"})
+	ctx := ctxT(t)
+	var source atomic.Value
+	source.Store("v1")
+	read, release := make(chan struct{}), make(chan struct{})
+	var first atomic.Bool
+	load := func(context.Context) (string, error) {
+		v := source.Load().(string)
+		if first.CompareAndSwap(false, true) {
+			close(read)
+			<-release // the first load holds its old value until released
+		}
+		return v, nil
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); c.GetOrLoad(ctx, "k", time.Minute, load) }()
+	<-read
+	source.Store("v2") // the writer updates the source, then invalidates
+	if _, err := c.Delete(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	v, err := c.GetOrLoad(ctx, "k", time.Minute, load)
+	close(release)
+	<-done
+	if err != nil || v != "v2" {
+		t.Fatalf("GetOrLoad after Delete = %q, %v; want v2", v, err)
+	}
+}

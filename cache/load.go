@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -63,7 +64,8 @@ func (c *Cache[V]) GetOrLoad(ctx context.Context, key string, ttl time.Duration,
 		return zero, ctx.Err()
 	}
 	c.m.misses.Inc() // not found, or Redis failed (counted in read)
-	ch := c.flights.DoChan(key, func() (any, error) {
+	flight := strconv.FormatUint(c.epoch.Load(), 10) + "\x00" + key
+	ch := c.flights.DoChan(flight, func() (any, error) {
 		if !c.enter() {
 			return nil, ErrClosed
 		}
@@ -225,7 +227,7 @@ func (c *Cache[V]) claim(ctx context.Context, key, token string, stale time.Dura
 	res, err := claimScript.Run(ctx, c.rdb, keys, token, ms(c.cfg.LockTTL), window,
 		ms(c.cfg.LoadTimeout+c.cfg.LockTTL)).Slice()
 	if err != nil {
-		return 0, "", fmt.Errorf("claim %s: %w", c.lockKey(key), err)
+		return 0, "", fmt.Errorf("claim %s: %w", c.logKey(key), err)
 	}
 	status, _ = res[0].(int64)
 	if status == claimPresent && len(res) > 1 {
@@ -248,7 +250,7 @@ func (c *Cache[V]) store(ctx context.Context, key string, v V, ttl time.Duration
 	n, err := putScript.Run(ctx, c.rdb, keys, b, ms(ttl), token).Int()
 	if err != nil {
 		c.redisFailed(ctx, "store", key, err)
-		return false, fmt.Errorf("store %s: %w", c.RedisKey(key), err)
+		return false, fmt.Errorf("store %s: %w", c.logKey(key), err)
 	}
 	if n == 0 && c.log.Enabled(ctx, slog.LevelDebug) {
 		c.log.Debug("cache: load revoked by an invalidation or outlived its lock; not stored", "key", c.logKey(key))

@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -82,9 +83,13 @@ func (c *Concurrency) Renew(ctx context.Context) error {
 	}
 	ttl := c.cfg.LeaseTTL.Milliseconds()
 	var lost []string
+	var errs []error
 	pipe := c.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, 0, min(len(byUser), renewBatch))
-	flush := func() error {
+	// Every batch is sent even when one fails: a single bad key (one
+	// user's set overwritten with another type) must not leave the leases
+	// of every user in later batches unrenewed.
+	flush := func() {
 		_, err := pipe.Exec(ctx)
 		for _, cmd := range cmds {
 			gone, cerr := cmd.StringSlice()
@@ -94,23 +99,22 @@ func (c *Concurrency) Renew(ctx context.Context) error {
 		}
 		cmds = cmds[:0]
 		if err != nil {
-			return fmt.Errorf("ratelimit: renew leases: %w", err)
+			errs = append(errs, err)
 		}
-		return nil
 	}
 	for user, members := range byUser {
 		args := append([]any{ttl}, members...)
 		cmds = append(cmds, renewScript.EvalSha(ctx, pipe, []string{c.Key(user)}, args...))
 		if len(cmds) == renewBatch {
-			if err := flush(); err != nil {
-				c.forget(lost)
-				return err
-			}
+			flush()
 		}
 	}
-	err := flush()
+	flush()
 	c.forget(lost)
-	return err
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("ratelimit: renew leases: %w", err)
+	}
+	return nil
 }
 
 // forget stops renewing lost leases and logs how many there were. A lease

@@ -2,6 +2,7 @@ package ratelimit_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -136,5 +137,46 @@ func TestConcurrencyKeys(t *testing.T) {
 	}
 	if n := rdb.Exists(ctx, "p1:herald:conns:42").Val(); n != 0 {
 		t.Fatalf("key still exists after the last Release")
+	}
+}
+
+// One user's key that the renewal script cannot handle must not keep the
+// leases of every other user from being renewed.
+func TestRenewSurvivesOneBadKey(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	ctx := context.Background()
+	c, err := ratelimit.NewConcurrency(rdb, ratelimit.ConcurrencyConfig{LeaseTTL: time.Minute}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const users = 2000
+	for i := range users {
+		if _, _, err := c.Acquire(ctx, fmt.Sprint("u", i), 5); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rdb.Set(ctx, c.Key("u7"), "x", 0) // one bad key (WRONGTYPE inside the script)
+	before := map[int]float64{}
+	for i := range users {
+		z := rdb.ZRangeWithScores(ctx, c.Key(fmt.Sprint("u", i)), 0, 0).Val()
+		if len(z) == 1 {
+			before[i] = z[0].Score
+		}
+	}
+	time.Sleep(20 * time.Millisecond) // so that a renewed lease gets a later expiry
+	err = c.Renew(ctx)
+	notRenewed := 0
+	for i, s := range before {
+		z := rdb.ZRangeWithScores(ctx, c.Key(fmt.Sprint("u", i)), 0, 0).Val()
+		if len(z) == 1 && z[0].Score == s {
+			notRenewed++
+		}
+	}
+	if err == nil {
+		t.Error("Renew with a bad key: got nil error, want it reported")
+	}
+	if notRenewed > 0 {
+		t.Fatalf("%d healthy users' leases were not renewed because of one bad key", notRenewed)
 	}
 }
