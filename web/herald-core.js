@@ -1,5 +1,6 @@
 // Herald client core: the pure parts of herald.js (backoff, close-code
-// policy, event-id order, per-channel resume bookkeeping, heartbeats, URLs).
+// policy, event-id order, per-channel resume bookkeeping, heartbeats, send
+// pacing, URLs).
 // No I/O, no timers, no globals: each piece is unit-tested under Node
 // (web/test/*.test.mjs). herald.js re-exports what apps may want.
 
@@ -7,6 +8,7 @@
 export const CLOSE_NORMAL = 1000;
 export const CLOSE_RESTART = 1012; // server restart: reconnect to any replica, with jitter
 export const CLOSE_REVOKED = 4001; // session expired or revoked: stop
+export const CLOSE_RATE_LIMITED = 4008; // the client sent too fast: it slows down
 
 // Defaults of the reconnect policy, in milliseconds.
 export const BACKOFF = Object.freeze({
@@ -62,9 +64,15 @@ export function compareIds(a, b) {
 // the `since` of the next resume, and the filter that hands each event to the
 // app at most once (ids increase per channel, so anything at or below the
 // cursor was delivered already, or is older than what was).
+//
+// Before the first event of a channel, the server's `last` (welcome,
+// subscribed) seeds the resume point, so a reconnect before that first event
+// still resumes. A seed is not a filter: an event at or below it that arrives
+// afterwards (in flight when the server read its `last`) is still new.
 export class Cursors {
   constructor() {
-    this.last = new Map(); // channel -> event id
+    this.last = new Map(); // channel -> id of the newest event delivered
+    this.seeds = new Map(); // channel -> the server's newest id when the channel had no cursor
   }
 
   // accept records id on channel and reports whether the event is new.
@@ -77,9 +85,13 @@ export class Cursors {
     return true;
   }
 
-  // since is the id to resume channel from, or undefined (nothing seen yet).
+  // since is the id to resume channel from, or undefined (nothing known):
+  // the newer of the last event delivered and the seed.
   since(channel) {
-    return this.last.get(channel);
+    const last = this.last.get(channel);
+    const seed = this.seeds.get(channel);
+    if (last === undefined || seed === undefined) return last ?? seed;
+    return compareIds(seed, last) > 0 ? seed : last;
   }
 
   // set starts channel from a known id (an app that stored it), unless a
@@ -90,9 +102,16 @@ export class Cursors {
     if (last === undefined || compareIds(id, last) > 0) this.last.set(channel, String(id));
   }
 
+  // seed gives channel a resume point from the server's `last`, only when it
+  // has none yet: a cursor never moves back and is never overwritten.
+  seed(channel, id) {
+    if (id && this.since(channel) === undefined) this.seeds.set(channel, String(id));
+  }
+
   // forget drops channel: a later subscribe starts fresh.
   forget(channel) {
     this.last.delete(channel);
+    this.seeds.delete(channel);
   }
 }
 
@@ -115,6 +134,47 @@ export class Heartbeat {
     if (this.unanswered >= this.missed) return 'dead';
     this.unanswered++;
     return 'ping';
+  }
+}
+
+// Default pace of the client's frames: below the server's defaults
+// (HERALD_CLIENT_MSG_RATE 10/s, HERALD_CLIENT_MSG_BURST 20), which answers
+// frames over its rate with rate_limited and closes with 4008 after ten.
+export const SEND_RATE = 8; // frames per second
+export const SEND_BURST = 15;
+
+// TokenBucket paces frames: up to `burst` at once, then `rate` a second. The
+// time (ms) is passed in.
+export class TokenBucket {
+  constructor(rate = SEND_RATE, burst = SEND_BURST, now = 0) {
+    this.rate = rate > 0 ? rate : SEND_RATE;
+    this.burst = burst >= 1 ? Math.floor(burst) : SEND_BURST;
+    this.tokens = this.burst;
+    this.at = now;
+  }
+
+  // take spends a token and returns 0, or returns the ms until one is there
+  // (spending nothing).
+  take(now) {
+    this.refill(now);
+    if (this.tokens >= 1 - 1e-9) {
+      this.tokens = Math.max(0, this.tokens - 1);
+      return 0;
+    }
+    return Math.max(1, Math.ceil(((1 - this.tokens) * 1000) / this.rate));
+  }
+
+  // empty spends every token, as the server's bucket is when it refuses a
+  // frame for rate.
+  empty(now) {
+    this.refill(now);
+    this.tokens = 0;
+  }
+
+  refill(now) {
+    const elapsed = Math.max(0, now - this.at); // a clock set back adds nothing
+    this.tokens = Math.min(this.burst, this.tokens + (elapsed * this.rate) / 1000);
+    this.at = now;
   }
 }
 

@@ -17,10 +17,14 @@ export interface StateInfo {
   delay?: number;
   /** The WebSocket close code and reason, when a socket closed. */
   code?: number;
+  /**
+   * Also why the client stopped (`closed`): `client` (close()), `unauthorized`,
+   * `invalid url`, `no WebSocket implementation`.
+   */
   reason?: string;
   /** false when the handshake itself was refused (401, 403, 429, 503: the page cannot see which). */
   opened?: boolean;
-  /** A ticket callback's failure. */
+  /** A ticket callback's failure (or `ticket timeout`), or the WebSocket constructor's. */
   error?: string;
 }
 
@@ -32,7 +36,10 @@ export interface WelcomeFrame {
   node: string;
   /** Seconds between the server's pings. */
   heartbeat: number;
+  /** Present when the connect asked to resume (`?since=`). */
   recovered?: boolean;
+  /** Without `?since=`: the personal channel's newest event id, the client's resume point until an event comes. */
+  last?: string;
 }
 
 /** `{"type":"event"}`: one published event. */
@@ -53,6 +60,8 @@ export interface SubscribedFrame {
   channel: string;
   /** false: the history no longer covered what was missed; refetch the state. */
   recovered?: boolean;
+  /** Without `since`: the channel's newest event id, the client's resume point until an event comes. */
+  last?: string;
 }
 
 export interface ErrorFrame {
@@ -92,8 +101,18 @@ export interface HeraldOptions {
    */
   ticket?: () => string | Promise<string>;
   backoff?: Partial<Backoff>;
-  /** Milliseconds from opening a socket to its welcome; default 10000. */
+  /** Milliseconds for a ticket, and from opening a socket to its welcome; default 10000. */
   connectTimeout?: number;
+  /**
+   * Frames the client sends per second, at most; default 8. Keep it below
+   * the server's `HERALD_CLIENT_MSG_RATE` (default 10).
+   */
+  sendRate?: number;
+  /**
+   * Frames the client sends at once, at most; default 15 (server:
+   * `HERALD_CLIENT_MSG_BURST`, 20). A close 4008 (too fast) halves both.
+   */
+  sendBurst?: number;
   /** A WebSocket constructor to use instead of the global one. */
   WebSocket?: { new (url: string): WebSocket };
   /** Returns a number in [0, 1); default Math.random. */
@@ -133,8 +152,11 @@ export class Herald {
 
   /**
    * Subscribes to a channel (`effect:{id}`, `public:{name}`); renewed after
-   * every reconnect, resuming after the last event delivered. Rejects with an
-   * Error carrying `code` (forbidden, not_found, bad_request) when refused.
+   * every reconnect, resuming after the last event delivered (or, before the
+   * first, after the channel's newest event when it was subscribed). Rejects
+   * with an Error carrying `code` (forbidden, not_found, bad_request) when
+   * refused; `unavailable` and `rate_limited` are asked again, the promise
+   * pending until the answer.
    */
   subscribe<T = unknown>(channel: string, fn?: EventListener<T>, opts?: { since?: string }): Promise<SubscribeResult>;
   /** Removes fn, or every callback of channel; the last one ends the subscription. */
@@ -148,6 +170,7 @@ export class Herald {
 export const CLOSE_NORMAL: 1000;
 export const CLOSE_RESTART: 1012;
 export const CLOSE_REVOKED: 4001;
+export const CLOSE_RATE_LIMITED: 4008;
 export const BACKOFF: Readonly<Backoff>;
 
 /** Full-jitter delay before retry `attempt` (0-based): uniform in [0, min(cap, base·2^attempt)). */
@@ -164,8 +187,11 @@ export function defaultURL(loc?: { protocol: string; host: string }): string;
 /** Per-channel id of the newest event delivered: the resume point and the de-duplication filter. */
 export class Cursors {
   accept(channel: string, id?: string | null): boolean;
+  /** The newer of the last id delivered and the seed. */
   since(channel: string): string | undefined;
   set(channel: string, id: string): void;
+  /** A resume point from the server's `last`, kept only when channel has none yet; not a filter. */
+  seed(channel: string, id?: string | null): void;
   forget(channel: string): void;
 }
 

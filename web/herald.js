@@ -1,6 +1,6 @@
 // Herald browser client: one WebSocket to the gateway, with reconnects,
-// resume, heartbeats, subscriptions and per-channel de-duplication
-// (PROTOCOL §3-5). A dependency-free ES module (types: herald.d.ts); no work
+// resume, heartbeats, subscriptions, paced sends and per-channel
+// de-duplication (PROTOCOL §3-5). A dependency-free ES module (types: herald.d.ts); no work
 // happens at import time. The pure parts live in herald-core.js.
 //
 //   const h = new Herald();                        // same origin, session cookie
@@ -14,16 +14,17 @@
 //   h.close();
 
 import {
-  BACKOFF, CLOSE_NORMAL, backoffDelay, restartDelay, closeAction, Cursors, Heartbeat, connectURL, defaultURL,
+  BACKOFF, CLOSE_NORMAL, CLOSE_RATE_LIMITED, SEND_RATE, SEND_BURST, backoffDelay, restartDelay, closeAction, Cursors, Heartbeat,
+  TokenBucket, connectURL, defaultURL,
 } from './herald-core.js';
 
 export {
-  BACKOFF, CLOSE_NORMAL, CLOSE_RESTART, CLOSE_REVOKED, backoffDelay, restartDelay, closeAction,
+  BACKOFF, CLOSE_NORMAL, CLOSE_RESTART, CLOSE_REVOKED, CLOSE_RATE_LIMITED, backoffDelay, restartDelay, closeAction,
   compareIds, parseId, Cursors, Heartbeat, connectURL, defaultURL,
 } from './herald-core.js';
 
 const DEFAULT_HEARTBEAT = 25; // s, until the welcome frame says otherwise
-const CONNECT_TIMEOUT = 10000; // ms from opening a socket to its welcome
+const CONNECT_TIMEOUT = 10000; // ms for a ticket, and from opening a socket to its welcome
 const MISSED_PINGS = 2; // unanswered pings (sent every heartbeat/2) that mean a dead link
 const STABLE_AFTER = 5000; // ms a connection must last before the backoff starts over
 
@@ -31,16 +32,21 @@ const STABLE_AFTER = 5000; // ms a connection must last before the backoff start
 // reaches the app through 'event' listeners and subscription callbacks only.
 const RESERVED = new Set(['state', 'welcome', 'subscribed', 'resync', 'error', 'event']);
 
-// Subscribe errors worth trying again (the rest drop the subscription).
+// Errors worth asking again for (the rest drop the subscription).
 const TRANSIENT = new Set(['unavailable', 'rate_limited']);
 
 export class Herald {
-  // opts.url: WebSocket URL (default ws(s)://location.host/ws, cookie auth).
+  // opts.url: WebSocket URL (default ws(s)://location.host/ws, cookie auth);
+  //   one the WebSocket refuses as malformed stops the client ('closed',
+  //   reason 'invalid url').
   // opts.ticket: () => string | Promise<string>; each connect fetches a
   //   one-time ticket and passes it as ?ticket=. An error with status 401
   //   stops the client ('closed', reason 'unauthorized').
   // opts.backoff: {base, cap, restart} in ms (see BACKOFF).
-  // opts.connectTimeout: ms from opening a socket to its welcome.
+  // opts.connectTimeout: ms for a ticket, and from opening a socket to its
+  //   welcome.
+  // opts.sendRate, opts.sendBurst: pace of the frames sent (per second, and
+  //   at once); keep them below the server's HERALD_CLIENT_MSG_RATE/BURST.
   // opts.WebSocket: constructor to use instead of the global one.
   // opts.random: () => [0,1), for tests; Math.random by default.
   constructor(opts = {}) {
@@ -50,6 +56,8 @@ export class Herald {
     this.backoff = { ...BACKOFF, ...opts.backoff };
     this.connectTimeout = opts.connectTimeout ?? CONNECT_TIMEOUT;
     this.random = opts.random || Math.random;
+    this.sendRate = opts.sendRate ?? SEND_RATE;
+    this.sendBurst = opts.sendBurst ?? SEND_BURST;
 
     this.state = 'idle';
     this.user = null; // from the welcome frame
@@ -63,9 +71,11 @@ export class Herald {
     this.openedAt = 0;
     this.resumeFrom = undefined; // since= of the current socket
     this.ref = 0;
+    this.outbox = []; // frames waiting for the bucket (of the current socket)
+    this.bucket = null;
     this.listeners = new Map(); // name -> Set<fn>
-    this.subs = new Map(); // channel -> {fns, ok, recovered, waiters}
-    this.refs = new Map(); // ref -> {channel, since}, for subscribe replies
+    this.subs = new Map(); // channel -> {channel, fns, ok, recovered, waiters}
+    this.refs = new Map(); // ref -> {frame, sub}: a request awaiting its answer
     this.cursors = new Cursors();
     this.beat = new Heartbeat(MISSED_PINGS);
     this.timers = {};
@@ -94,9 +104,9 @@ export class Herald {
     if (since) this.cursors.set(channel, since);
     let sub = this.subs.get(channel);
     if (!sub) {
-      sub = { fns: new Set(), ok: false, recovered: undefined, waiters: [] };
+      sub = { channel, fns: new Set(), ok: false, recovered: undefined, waiters: [] };
       this.subs.set(channel, sub);
-      if (this.state === 'open') this.sendSubscribe(channel);
+      if (this.state === 'open') this.sendSubscribe(sub);
     }
     if (fn) sub.fns.add(fn);
     if (sub.ok) return Promise.resolve({ channel, recovered: sub.recovered });
@@ -119,7 +129,10 @@ export class Herald {
     this.subs.delete(channel);
     this.cursors.forget(channel);
     settle(sub, new Error(`unsubscribed from ${channel}`));
-    this.send({ type: 'unsubscribe', ref: ++this.ref, channel });
+    // A subscribe still queued never reached the server: drop it instead.
+    const queued = this.outbox.findIndex((f) => f.type === 'subscribe' && f.channel === channel);
+    if (queued >= 0) this.refs.delete(this.outbox.splice(queued, 1)[0].ref);
+    else this.request({ type: 'unsubscribe', ref: ++this.ref, channel });
   }
 
   // reconnect drops the socket and connects again shortly (jittered), to
@@ -147,7 +160,7 @@ export class Herald {
     let ticket;
     if (this.ticket) {
       try {
-        ticket = await this.ticket();
+        ticket = await this.fetchTicket();
       } catch (err) {
         if (this.stopped || gen !== this.gen) return;
         const info = { error: String((err && err.message) || err) };
@@ -158,8 +171,18 @@ export class Herald {
       if (this.stopped || gen !== this.gen) return;
     }
     this.resumeFrom = this.user ? this.cursors.since(userChannel(this.user)) : undefined;
-    const ws = new this.WS(connectURL(this.url, { ticket, since: this.resumeFrom }));
+    let ws;
+    try {
+      ws = new this.WS(connectURL(this.url, { ticket, since: this.resumeFrom }));
+    } catch (err) {
+      // A malformed URL (SyntaxError) stays malformed; anything else may pass.
+      const info = { error: String((err && err.message) || err) };
+      if (err && err.name === 'SyntaxError') return this.stop('invalid url', info);
+      this.emit('error', err);
+      return this.retry(info);
+    }
     this.ws = ws;
+    this.bucket = new TokenBucket(this.sendRate, this.sendBurst, Date.now()); // per socket, like the server's
     let opened = false;
     // Bounds a handshake or welcome that never comes.
     this.timers.connect = setTimeout(() => this.dead(ws, 'connect timeout'), this.connectTimeout);
@@ -173,6 +196,15 @@ export class Herald {
     ws.onerror = () => {}; // a close always follows
   }
 
+  // fetchTicket calls opts.ticket, giving up after connectTimeout.
+  fetchTicket() {
+    let timer;
+    return new Promise((resolve, reject) => {
+      timer = this.timers.connect = setTimeout(() => reject(new Error('ticket timeout')), this.connectTimeout);
+      Promise.resolve().then(() => this.ticket()).then(resolve, reject);
+    }).finally(() => clearTimeout(timer));
+  }
+
   connectNow() {
     clearTimeout(this.timers.retry);
     this.connect();
@@ -180,11 +212,15 @@ export class Herald {
 
   closed(code, reason, opened) {
     if (this.stopped) return;
-    if (this.openedAt && Date.now() - this.openedAt >= STABLE_AFTER) this.attempt = 0;
-    this.openedAt = 0;
     // opened: the handshake succeeded. A refused one (401, 403, 429, 503)
     // shows as 1006 without it: the page cannot see the HTTP status.
     const info = { code, reason, opened };
+    if (code === CLOSE_RATE_LIMITED) {
+      // The server allows less than we sent (a lower HERALD_CLIENT_MSG_RATE):
+      // halve the pace for good.
+      this.sendRate = Math.max(1, this.sendRate / 2);
+      this.sendBurst = Math.max(1, Math.floor(this.sendBurst / 2));
+    }
     switch (closeAction(code)) {
       case 'stop': return this.stop('unauthorized', info);
       case 'restart': return this.retry(info, restartDelay(this.backoff.restart, this.random));
@@ -216,13 +252,17 @@ export class Herald {
     this.setState('closed', { ...info, reason });
   }
 
-  // teardown drops the current socket and every timer; the socket's own
-  // events are ignored from here on.
+  // teardown drops the current socket, its queued frames and every timer;
+  // the socket's own events are ignored from here on. A socket that lasted
+  // makes the backoff start over.
   teardown(code, reason) {
     for (const t of Object.values(this.timers)) { clearTimeout(t); clearInterval(t); }
     this.timers = {};
+    if (this.openedAt && Date.now() - this.openedAt >= STABLE_AFTER) this.attempt = 0;
+    this.openedAt = 0;
     const ws = this.ws;
     this.ws = null;
+    this.outbox = [];
     this.refs.clear();
     for (const sub of this.subs.values()) sub.ok = false;
     if (!ws) return;
@@ -230,17 +270,45 @@ export class Herald {
     try { ws.close(code || CLOSE_NORMAL, reason || ''); } catch { /* already closing */ }
   }
 
+  // send queues a frame for the open socket. Frames leave in order, paced by
+  // the bucket, so the server never has to refuse one for rate.
   send(frame) {
-    if (this.ws && this.ws.readyState === 1) this.ws.send(JSON.stringify(frame));
+    if (!this.ws || this.ws.readyState !== 1) return;
+    this.outbox.push(frame);
+    this.flush();
   }
 
-  sendSubscribe(channel) {
-    const ref = ++this.ref;
-    const since = this.cursors.since(channel);
-    this.refs.set(ref, { channel, since });
-    const frame = { type: 'subscribe', ref, channel };
-    if (since) frame.since = since;
+  flush() {
+    while (this.outbox.length && !this.timers.flush && this.ws?.readyState === 1) {
+      const wait = this.bucket.take(Date.now());
+      if (wait) {
+        this.timers.flush = setTimeout(() => { delete this.timers.flush; this.flush(); }, wait);
+        return;
+      }
+      this.ws.send(JSON.stringify(this.outbox.shift()));
+    }
+  }
+
+  // request sends a frame whose answer matters (subscribe, unsubscribe).
+  request(frame, sub) {
+    this.refs.set(frame.ref, { frame, sub });
     this.send(frame);
+  }
+
+  sendSubscribe(sub) {
+    const frame = { type: 'subscribe', ref: ++this.ref, channel: sub.channel };
+    const since = this.cursors.since(sub.channel);
+    if (since) frame.since = since;
+    this.request(frame, sub);
+  }
+
+  // askAgain repeats a request that was refused for now, unless it is moot.
+  askAgain({ frame, sub }) {
+    if (sub) {
+      if (this.subs.get(sub.channel) === sub && !sub.ok) this.sendSubscribe(sub);
+    } else if (!this.subs.has(frame.channel)) {
+      this.request({ ...frame, ref: ++this.ref });
+    }
   }
 
   // --- frames ---
@@ -254,7 +322,8 @@ export class Herald {
       case 'event': return this.deliver(f);
       case 'subscribed': return this.subscribed(f);
       case 'error': return this.failed(f);
-      default: // pong and unsubscribed only prove the link alive
+      case 'unsubscribed': this.refs.delete(f.ref); return;
+      default: // a pong only proves the link alive
     }
   }
 
@@ -267,29 +336,40 @@ export class Herald {
     this.conn = f.conn || null;
     this.heartbeat = f.heartbeat > 0 ? f.heartbeat : DEFAULT_HEARTBEAT;
     this.openedAt = Date.now();
+    // Without ?since= the welcome names the personal channel's newest id.
+    this.cursors.seed(userChannel(this.user), f.last);
     this.beat = new Heartbeat(MISSED_PINGS);
     const ws = this.ws;
     this.timers.ping = setInterval(() => {
       if (this.beat.tick() === 'dead') this.dead(ws, 'heartbeat timeout');
-      else this.send({ type: 'ping', ref: ++this.ref });
+      // Queued frames get answers too: a ping only when nothing waits.
+      else if (!this.outbox.length) this.send({ type: 'ping', ref: ++this.ref });
     }, this.heartbeat * 500);
     const resumed = this.resumeFrom !== undefined;
     this.setState('open', { node: this.node, user: this.user, conn: this.conn, resumed });
     this.emit('welcome', f);
     // A welcome may say whether the personal channel's history covered the gap.
     if (resumed && f.recovered === false) this.emit('resync', userChannel(this.user), f);
-    for (const channel of this.subs.keys()) this.sendSubscribe(channel);
+    for (const sub of this.subs.values()) this.sendSubscribe(sub);
+  }
+
+  // current is the subscription a reply is for, if the app still has it: a
+  // late reply to an abandoned subscribe of the same channel is not.
+  current(req) {
+    const sub = req && req.sub;
+    return sub && this.subs.get(sub.channel) === sub ? sub : null;
   }
 
   subscribed(f) {
     const req = this.refs.get(f.ref);
     this.refs.delete(f.ref);
-    const sub = req && this.subs.get(req.channel);
+    const sub = this.current(req);
     if (sub) {
+      this.cursors.seed(sub.channel, f.last); // resume from here if no event comes before a reconnect
       sub.ok = true;
       sub.recovered = f.recovered;
-      settle(sub, null, { channel: req.channel, recovered: f.recovered });
-      if (req.since && f.recovered === false) this.emit('resync', req.channel, f);
+      settle(sub, null, { channel: sub.channel, recovered: f.recovered });
+      if (req.frame.since && f.recovered === false) this.emit('resync', sub.channel, f);
     }
     this.emit('subscribed', f);
   }
@@ -297,18 +377,22 @@ export class Herald {
   failed(f) {
     const req = this.refs.get(f.ref);
     this.refs.delete(f.ref);
-    const sub = req && this.subs.get(req.channel);
-    if (sub && TRANSIENT.has(f.code)) {
-      // Try again later on this socket; the subscription stays.
+    // The server's bucket is empty: ours starts again from empty too.
+    if (f.code === 'rate_limited') this.bucket?.empty(Date.now());
+    const sub = this.current(req);
+    if (req && TRANSIENT.has(f.code)) {
+      // Ask again later on this socket (through the queue); a subscription
+      // stays, its promise pending until a real answer.
+      const key = 'again:' + f.ref;
       const ws = this.ws;
-      const t = setTimeout(() => {
-        if (this.ws === ws && this.subs.get(req.channel) === sub && !sub.ok) this.sendSubscribe(req.channel);
+      this.timers[key] = setTimeout(() => {
+        delete this.timers[key];
+        if (this.ws === ws) this.askAgain(req);
       }, backoffDelay(1, this.backoff, this.random) + 250);
-      this.timers['sub:' + f.ref] = t;
     } else if (sub) {
-      this.subs.delete(req.channel);
-      this.cursors.forget(req.channel);
-      settle(sub, Object.assign(new Error(f.message || f.code), { code: f.code, channel: req.channel }));
+      this.subs.delete(sub.channel);
+      this.cursors.forget(sub.channel);
+      settle(sub, Object.assign(new Error(f.message || f.code), { code: f.code, channel: sub.channel }));
     }
     this.emit('error', f);
   }

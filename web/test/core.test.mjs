@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 
 import {
   BACKOFF, backoffDelay, restartDelay, closeAction, compareIds, parseId, Cursors, Heartbeat,
-  connectURL, defaultURL,
+  TokenBucket, SEND_RATE, SEND_BURST, connectURL, defaultURL,
 } from '../herald-core.js';
 
 const fixed = (x) => () => x;
@@ -95,6 +95,70 @@ test('cursors: set keeps the newest, forget starts over', () => {
   assert.ok(c.accept('effect:x', '1-0'));
   c.set('effect:x', '');
   assert.equal(c.since('effect:x'), '1-0');
+});
+
+test('cursors: a seed is the resume point until an event comes, never a filter', () => {
+  const c = new Cursors();
+  c.seed('user:1', '50-0');
+  assert.equal(c.since('user:1'), '50-0', 'no event yet: resume from the seed');
+  c.seed('user:1', '60-0');
+  assert.equal(c.since('user:1'), '50-0', 'a channel with a resume point keeps it');
+  // Events in flight when the server read its last arrive after it.
+  assert.ok(c.accept('user:1', '49-0'), 'an event below the seed is new');
+  assert.equal(c.since('user:1'), '50-0', 'the resume point never moves back');
+  assert.ok(c.accept('user:1', '50-0'), 'so is one at the seed');
+  assert.ok(c.accept('user:1', '51-0'));
+  assert.equal(c.since('user:1'), '51-0');
+  assert.ok(!c.accept('user:1', '51-0'));
+
+  c.accept('effect:x', '10-0');
+  c.seed('effect:x', '99-0');
+  assert.equal(c.since('effect:x'), '10-0', 'a delivered cursor is never overwritten');
+  c.set('public:a', '7-0');
+  c.seed('public:a', '3-0');
+  assert.equal(c.since('public:a'), '7-0', 'nor is an app-given one');
+
+  c.seed('public:b', undefined);
+  c.seed('public:b', '');
+  assert.equal(c.since('public:b'), undefined, 'no last: nothing');
+  c.seed('public:b', '0-0');
+  assert.equal(c.since('public:b'), '0-0', 'an empty channel resumes from its start');
+  c.forget('public:b');
+  assert.equal(c.since('public:b'), undefined);
+});
+
+test('token bucket: a burst, then the rate, never more', () => {
+  assert.ok(SEND_RATE < 10 && SEND_BURST < 20, 'below the server defaults');
+  const b = new TokenBucket(8, 15, 1000);
+  for (let i = 0; i < 15; i++) assert.equal(b.take(1000), 0, `burst frame ${i}`);
+  assert.equal(b.take(1000), 125, 'then one every 1000/8 ms');
+  assert.equal(b.take(1060), 65, 'a wait spends nothing');
+  assert.equal(b.take(1125), 0);
+  assert.equal(b.take(1125), 125);
+  // Sending whenever allowed for 10 s: never more than burst + rate·t.
+  const sent = [];
+  for (let now = 2000; now < 12000; now++) if (b.take(now) === 0) sent.push(now);
+  for (const t of sent) {
+    const inFirst = sent.filter((s) => s <= t).length;
+    assert.ok(inFirst <= 15 + ((t - 1125) * 8) / 1000 + 1e-9, `${inFirst} frames by ${t}`);
+  }
+  assert.ok(sent.length >= 80 - 1 && sent.length <= 80 + 15, `${sent.length} frames in 10 s`);
+});
+
+test('token bucket: idle time refills up to the burst only; empty and bad input', () => {
+  const b = new TokenBucket(10, 3, 0);
+  for (let i = 0; i < 3; i++) b.take(0);
+  assert.equal(b.take(60_000) + b.take(60_000) + b.take(60_000), 0, 'a minute idle: the burst again');
+  assert.ok(b.take(60_000) > 0, 'but no more');
+  b.empty(120_000);
+  assert.equal(b.take(120_000), 100, 'emptied: wait for the next token');
+  const back = new TokenBucket(10, 1, 5000);
+  back.take(5000);
+  assert.equal(back.take(1000), 100, 'a clock set back adds nothing, and freezes nothing');
+  assert.equal(back.take(1100), 0);
+  const odd = new TokenBucket(0, -1, 0);
+  assert.equal(odd.rate, SEND_RATE);
+  assert.equal(odd.burst, SEND_BURST);
 });
 
 test('heartbeat: dead after the missed pings in a row, alive on any frame', () => {
