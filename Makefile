@@ -1,7 +1,7 @@
 # Herald. The two commands a new machine needs:
 #   make run    — one gateway, single-node in memory, demo page at http://localhost:8080
-#   make test   — installs what tests need (redis-server, nginx, chromium, node), then go test -race ./...
-#                 and a short run of every fuzz target
+#   make test   — installs what tests need (redis-server, nginx, chromium, node, gcc for -race), then
+#                 go test -race -count=1 ./... and a short run of every fuzz target
 # And one to try the horizontal setup without Docker:
 #   make run-cluster — Redis, two replicas, the worker and nginx on loopback, page at http://127.0.0.1:8080
 
@@ -15,8 +15,12 @@ run:
 run-cluster: deps
 	./scripts/run-cluster.sh
 
+# -count=1: never a cached pass. go test caches a package's result by the Go
+# files and the files its tests open, but the e2e tests build the binaries
+# with a child `go build` and the web tests run node on .mjs files, neither
+# of which go test tracks: a cached pass there could hide a change.
 test: deps
-	$(GO) test -race -timeout 20m ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
 	./scripts/fuzz.sh 2s
 
 # Every fuzz target for longer (FUZZTIME each); crashers land in testdata/fuzz.

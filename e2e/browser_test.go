@@ -20,6 +20,12 @@ import (
 // make some slow, none of them should take this long.
 const stepTimeout = 20 * time.Second
 
+// browserStartTimeout bounds the browser's start, which chromedp does not
+// (it waits as long as the context it starts with, which must outlive the
+// test): a Chromium that hangs fails the test here, not at go test's
+// -timeout with every test's goroutines dumped.
+const browserStartTimeout = 60 * time.Second
+
 // browser is one headless Chromium with a fresh profile, closed when the
 // test ends.
 type browser struct {
@@ -33,7 +39,14 @@ type browser struct {
 func newBrowser(t *testing.T) *browser {
 	t.Helper()
 	exe := need(t, "chromium", "chromium-browser", "google-chrome")
+	// What the browser prints, for the failure message and the artifacts.
+	logPath := filepath.Join(t.TempDir(), "chromium.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.CombinedOutput(logFile),
 		chromedp.ExecPath(exe),
 		chromedp.UserDataDir(t.TempDir()),
 		chromedp.NoSandbox, // root in CI and containers
@@ -47,14 +60,39 @@ func newBrowser(t *testing.T) *browser {
 	)
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancel := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
-	if err := chromedp.Do(ctx); err != nil { // starts the browser, with no timeout
+	stop := func() {
 		cancel()
-		cancelAlloc()
-		t.Fatalf("start %s: %v", exe, err)
+		cancelAlloc() // kills the browser and waits for it
+		logFile.Close()
+	}
+	// The first Do starts the browser and binds it to the context it gets,
+	// so that context has no deadline: a timer bounds the start instead.
+	started := make(chan error, 1)
+	go func() { started <- chromedp.Do(ctx) }()
+	select {
+	case err := <-started:
+		if err != nil {
+			stop()
+			keepLog(t, logPath)
+			t.Fatalf("start %s: %v", exe, err) // err holds what it printed
+		}
+	case <-time.After(browserStartTimeout):
+		// Kill it. Bounded too: the test fails either way, and the browser
+		// dies with the test binary (chromedp sets Pdeathsig).
+		done := make(chan struct{})
+		go func() { stop(); <-started; close(done) }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+		}
+		keepLog(t, logPath)
+		t.Fatalf("%s did not start within %v; it printed:\n%s", exe, browserStartTimeout, tail(logPath))
 	}
 	t.Cleanup(func() {
-		cancel()
-		cancelAlloc()
+		stop()
+		if t.Failed() {
+			keepLog(t, logPath)
+		}
 	})
 	return &browser{t: t, ctx: ctx}
 }

@@ -3,7 +3,9 @@ package e2e
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -47,7 +49,57 @@ type composeService struct {
 	Healthcheck     *composeHealthcheck          `yaml:"healthcheck"`
 	Restart         string                       `yaml:"restart"`
 	StopGracePeriod string                       `yaml:"stop_grace_period"`
-	Networks        []string                     `yaml:"networks"`
+	Networks        serviceNetworks              `yaml:"networks"`
+}
+
+// serviceNetworks are the networks of a service, by name, from either form
+// compose takes: a list of names, or a map of names to settings.
+type serviceNetworks map[string]serviceNetwork
+
+type serviceNetwork struct {
+	IPv4Address string `yaml:"ipv4_address"`
+}
+
+// UnmarshalYAML reads both forms. Node.Decode does not refuse unknown keys
+// as the file's decoder does, so the map form checks its keys itself.
+func (ns *serviceNetworks) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	*ns = serviceNetworks{}
+	switch n.Kind {
+	case yaml.SequenceNode:
+		var names []string
+		if err := n.Decode(&names); err != nil {
+			return err
+		}
+		for _, name := range names {
+			(*ns)[name] = serviceNetwork{}
+		}
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			name, v := n.Content[i].Value, n.Content[i+1]
+			var sn serviceNetwork
+			switch {
+			case v.Kind == yaml.MappingNode:
+				for j := 0; j+1 < len(v.Content); j += 2 {
+					if k := v.Content[j]; k.Value != "ipv4_address" {
+						return fmt.Errorf("line %d: network %s: unknown key %q", k.Line, name, k.Value)
+					}
+				}
+				if err := v.Decode(&sn); err != nil {
+					return err
+				}
+			case v.Kind == yaml.ScalarNode && v.Tag == "!!null":
+			default:
+				return fmt.Errorf("line %d: network %s: want a map of settings", v.Line, name)
+			}
+			(*ns)[name] = sn
+		}
+	default:
+		return fmt.Errorf("line %d: networks: want a list or a map", n.Line)
+	}
+	return nil
 }
 
 type composeDependency struct {
@@ -65,7 +117,9 @@ type composeHealthcheck struct {
 type composeNetwork struct {
 	IPAM struct {
 		Config []struct {
-			Subnet string `yaml:"subnet"`
+			Subnet  string `yaml:"subnet"`
+			Gateway string `yaml:"gateway"`
+			IPRange string `yaml:"ip_range"`
 		} `yaml:"config"`
 	} `yaml:"ipam"`
 }
@@ -173,7 +227,7 @@ func TestComposeMatchesCode(t *testing.T) {
 				t.Errorf("service %s depends on unknown service %s", name, dep)
 			}
 		}
-		for _, n := range s.Networks {
+		for n := range s.Networks {
 			if _, ok := f.Networks[n]; !ok {
 				t.Errorf("service %s: unknown network %s", name, n)
 			}
@@ -296,8 +350,9 @@ func checkGatewayService(t *testing.T, name string, s composeService) {
 }
 
 // checkNginxService: nginx mounts the template the browser tests run, fills
-// exactly its placeholders, points at every gateway replica, and sits on a
-// network the gateways trust for X-Forwarded-For.
+// exactly its placeholders, points at every gateway replica, and has a fixed
+// address on the gateways' network, the only one they trust for
+// X-Forwarded-For, which the template sets rather than appends to.
 func checkNginxService(t *testing.T, f composeFile, gateways map[string]composeService) {
 	var name string
 	for n, s := range f.Services {
@@ -381,31 +436,114 @@ func checkNginxService(t *testing.T, f composeFile, gateways map[string]composeS
 		t.Errorf("nginx listens on %s but publishes %v", listen, s.Ports)
 	}
 
-	// The gateways believe X-Forwarded-For from nginx's networks only.
-	for gname, g := range gateways {
-		var trusted []netip.Prefix
-		for _, c := range strings.Split(g.Environment["HERALD_TRUSTED_PROXIES"], ",") {
-			if p, err := netip.ParsePrefix(strings.TrimSpace(c)); err == nil {
-				trusted = append(trusted, p)
-			}
-		}
-		for _, n := range s.Networks {
-			cfg := f.Networks[n].IPAM.Config
-			if len(cfg) == 0 {
-				t.Errorf("network %s of nginx has no fixed subnet for HERALD_TRUSTED_PROXIES", n)
-				continue
-			}
-			subnet, err := netip.ParsePrefix(cfg[0].Subnet)
-			if err != nil {
-				t.Errorf("network %s: %v", n, err)
-				continue
-			}
-			if !slices.ContainsFunc(trusted, func(p netip.Prefix) bool { return p.Bits() <= subnet.Bits() && p.Contains(subnet.Addr()) }) {
-				t.Errorf("service %s: HERALD_TRUSTED_PROXIES %v does not cover nginx's network %s (%s)", gname, trusted, n, subnet)
-			}
-			if !slices.Contains(g.Networks, n) {
+	// The gateways believe X-Forwarded-For from nginx alone: from its fixed
+	// address on each network it shares with them, not from the network's
+	// subnet, which holds the bridge gateway, the peer nginx sees for every
+	// client that comes in through docker-proxy. And nginx, the edge,
+	// replaces the header a client sent rather than appending to it.
+	checkForwardedFor(t, string(tmpl))
+	nginxAddrs := map[netip.Addr]string{} // nginx's fixed addresses, to their network
+	for n, sn := range s.Networks {
+		for gname, g := range gateways {
+			if _, ok := g.Networks[n]; !ok {
 				t.Errorf("service %s is not on nginx's network %s", gname, n)
 			}
+		}
+		if a, ok := fixedAddress(t, f, name, n, sn); ok {
+			nginxAddrs[a] = n
+		}
+	}
+	for gname, g := range gateways {
+		raw := strings.TrimSpace(g.Environment["HERALD_TRUSTED_PROXIES"])
+		if raw == "" {
+			t.Errorf("service %s: no HERALD_TRUSTED_PROXIES: the gateway would take every client for nginx", gname)
+			continue
+		}
+		for _, c := range strings.Split(raw, ",") {
+			c = strings.TrimSpace(c)
+			p, err := netip.ParsePrefix(c)
+			if err != nil {
+				a, aerr := netip.ParseAddr(c)
+				if aerr != nil {
+					t.Errorf("service %s: HERALD_TRUSTED_PROXIES: %q is not a CIDR", gname, c)
+					continue
+				}
+				p = netip.PrefixFrom(a, a.BitLen())
+			}
+			if n, ok := nginxAddrs[p.Addr()]; !ok || !p.IsSingleIP() {
+				t.Errorf("service %s: HERALD_TRUSTED_PROXIES has %s, want only nginx's own address (%v): "+
+					"a client connecting from another address there could forge X-Forwarded-For", gname, p, slices.Collect(maps.Keys(nginxAddrs)))
+			} else if _, on := g.Networks[n]; !on {
+				t.Errorf("service %s trusts nginx's address %s on network %s, which it is not on", gname, p.Addr(), n)
+			}
+		}
+	}
+}
+
+// fixedAddress checks nginx's ipv4_address on network n: set, in the
+// network's subnet, neither its network address nor its gateway (the bridge
+// gateway is where clients coming in through docker-proxy connect from),
+// and outside the ip_range Docker hands addresses out from, so no container
+// that starts before nginx can take it.
+func fixedAddress(t *testing.T, f composeFile, service, n string, sn serviceNetwork) (netip.Addr, bool) {
+	t.Helper()
+	if sn.IPv4Address == "" {
+		t.Errorf("service %s: no ipv4_address on network %s, which the gateways' HERALD_TRUSTED_PROXIES needs", service, n)
+		return netip.Addr{}, false
+	}
+	addr, err := netip.ParseAddr(sn.IPv4Address)
+	if err != nil {
+		t.Errorf("service %s: network %s: ipv4_address: %v", service, n, err)
+		return netip.Addr{}, false
+	}
+	cfg := f.Networks[n].IPAM.Config
+	if len(cfg) == 0 {
+		t.Errorf("network %s has no fixed subnet for nginx's ipv4_address", n)
+		return addr, true
+	}
+	subnet, err := netip.ParsePrefix(cfg[0].Subnet)
+	if err != nil {
+		t.Errorf("network %s: %v", n, err)
+		return addr, true
+	}
+	subnet = subnet.Masked()
+	gateway := subnet.Addr().Next() // Docker's default: the subnet's first host address
+	if cfg[0].Gateway != "" {
+		if gateway, err = netip.ParseAddr(cfg[0].Gateway); err != nil {
+			t.Errorf("network %s: gateway: %v", n, err)
+		}
+	}
+	switch {
+	case !subnet.Contains(addr):
+		t.Errorf("service %s: ipv4_address %s is not in network %s's subnet %s", service, addr, n, subnet)
+	case addr == subnet.Addr() || addr == gateway:
+		t.Errorf("service %s: ipv4_address %s is network %s's network or gateway address", service, addr, n)
+	}
+	if cfg[0].IPRange == "" {
+		t.Errorf("network %s: set ip_range, leaving out nginx's %s, or a container started before nginx can take it", n, addr)
+	} else if r, err := netip.ParsePrefix(cfg[0].IPRange); err != nil {
+		t.Errorf("network %s: ip_range: %v", n, err)
+	} else if r.Contains(addr) {
+		t.Errorf("network %s: ip_range %s holds nginx's %s: a container started before nginx can take it", n, r, addr)
+	} else if !subnet.Contains(r.Addr()) || r.Bits() < subnet.Bits() {
+		t.Errorf("network %s: ip_range %s is not within subnet %s", n, r, subnet)
+	}
+	return addr, true
+}
+
+// checkForwardedFor: nginx, the edge, sets X-Forwarded-For to the peer it
+// saw. Appending ($proxy_add_x_forwarded_for) would keep what the client
+// sent, and a gateway believes the rightmost untrusted entry: a client whose
+// own address is trusted would choose its address.
+func checkForwardedFor(t *testing.T, tmpl string) {
+	t.Helper()
+	sets := regexp.MustCompile(`(?mi)^\s*proxy_set_header\s+X-Forwarded-For\s+([^;]*);`).FindAllStringSubmatch(tmpl, -1)
+	if len(sets) == 0 {
+		t.Errorf("%s does not set X-Forwarded-For: the gateways would see nginx's address for every client", nginxTemplate)
+	}
+	for _, m := range sets {
+		if v := strings.TrimSpace(m[1]); v != "$remote_addr" {
+			t.Errorf("%s sets X-Forwarded-For to %s, want $remote_addr: nginx is the edge, a header the client sent must be replaced", nginxTemplate, v)
 		}
 	}
 }

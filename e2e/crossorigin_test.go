@@ -158,7 +158,13 @@ func TestCrossOriginPages(t *testing.T) {
 		if n := app.ticketsIssued(); n < 1 {
 			t.Errorf("tickets issued: %d, want ≥ 1", n)
 		}
-		for _, u := range page.sockets.all() {
+		// The page is open, so its socket was recorded (tab's listener):
+		// an empty list would check nothing.
+		sockets := page.sockets.all()
+		if len(sockets) == 0 {
+			t.Error("no socket URL recorded for the app page, which is open")
+		}
+		for _, u := range sockets {
 			if !strings.Contains(u, "ticket=") || strings.Contains(u, sid) {
 				t.Errorf("socket URL %q: want a ticket and never the session id", u)
 			}

@@ -62,6 +62,7 @@ func (s *Server) start() {
 		"--save", "", "--daemonize", "no", "--protected-mode", "yes",
 		"--logfile", filepath.Join(s.dir, "redis.log"))
 	cmd := exec.Command(s.args[0], args...)
+	dieWithTest(cmd)
 	if err := cmd.Start(); err != nil {
 		s.tb.Fatalf("start redis-server: %v", err)
 	}
