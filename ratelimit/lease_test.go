@@ -11,6 +11,7 @@ import (
 
 	"github.com/heraldgw/herald/internal/redistest"
 	"github.com/heraldgw/herald/ratelimit"
+	"github.com/heraldgw/herald/ratelimit/ratelimittest"
 )
 
 // leaseTTL stands in for the 30 s default so that a dead replica's slots
@@ -48,7 +49,7 @@ func TestConcurrencyDeadReplica(t *testing.T) {
 		t.Fatal("third slot of 2 admitted")
 	}
 	start := time.Now()
-	waitFor(t, 10*time.Second, "dead replica's slot freed", func() bool { return acquire(other).Allowed })
+	ratelimittest.WaitFor(t, 10*time.Second, "dead replica's slot freed", func() bool { return acquire(other).Allowed })
 	// Polling with refused acquires records nothing; now both remaining
 	// slots must be held by live (renewed) and other.
 	members := srv.Client().ZRange(ctx, other.Key("u"), 0, -1).Val()
@@ -60,7 +61,7 @@ func TestConcurrencyDeadReplica(t *testing.T) {
 
 	// Several TTLs later the live replica still holds its slot (other's,
 	// never renewed, has expired like dead's).
-	waitFor(t, 10*time.Second, "three lease TTLs", func() bool { return time.Since(start) > 3*leaseTTL })
+	ratelimittest.WaitFor(t, 10*time.Second, "three lease TTLs", func() bool { return time.Since(start) > 3*leaseTTL })
 	if !acquire(other).Allowed {
 		t.Fatal("other's unrenewed slot did not expire")
 	}
@@ -84,7 +85,7 @@ func TestConcurrencyLostLease(t *testing.T) {
 	if err != nil || !r.Allowed {
 		t.Fatalf("Acquire: %+v, %v", r, err)
 	}
-	waitFor(t, 10*time.Second, "a's lease expired", func() bool {
+	ratelimittest.WaitFor(t, 10*time.Second, "a's lease expired", func() bool {
 		_, r, err := b.Acquire(ctx, "u", 1)
 		if err != nil {
 			t.Fatal(err)

@@ -211,7 +211,7 @@ func TestSlidingWindowAccuracy(t *testing.T) {
 	ctx := context.Background()
 	for rep := range 20 {
 		key := fmt.Sprintf("acc-%d", rep)
-		got := concurrently(t, 300, func(i int) (ratelimit.Result, error) { return ls[i%len(ls)].Allow(ctx, key) })
+		got := ratelimittest.Concurrently(t, 300, func(i int) (ratelimit.Result, error) { return ls[i%len(ls)].Allow(ctx, key) })
 		if got != 100 {
 			t.Fatalf("repetition %d: admitted %d of 300, want 100", rep, got)
 		}
@@ -233,7 +233,7 @@ func TestTokenBucketAccuracy(t *testing.T) {
 	ctx := context.Background()
 	for rep := range 20 {
 		key := fmt.Sprintf("acc-%d", rep)
-		got := concurrently(t, 300, func(i int) (ratelimit.Result, error) { return bs[i%len(bs)].Allow(ctx, key) })
+		got := ratelimittest.Concurrently(t, 300, func(i int) (ratelimit.Result, error) { return bs[i%len(bs)].Allow(ctx, key) })
 		if got != 100 {
 			t.Fatalf("repetition %d: admitted %d of 300, want 100", rep, got)
 		}
@@ -252,7 +252,7 @@ func TestConcurrencyAccuracy(t *testing.T) {
 	ctx := context.Background()
 	for rep := range 20 {
 		user := fmt.Sprintf("acc-%d", rep)
-		got := concurrently(t, 50, func(i int) (ratelimit.Result, error) {
+		got := ratelimittest.Concurrently(t, 50, func(i int) (ratelimit.Result, error) {
 			_, r, err := cs[i%len(cs)].Acquire(ctx, user, 3)
 			return r, err
 		})

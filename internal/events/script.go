@@ -296,14 +296,3 @@ func (l *RedisLog) Append(ctx context.Context, idemKey string, pubs ...Publicati
 	}
 	return res, nil
 }
-
-// Load loads the publish script into Redis's script cache, which pipelines
-// need (EVALSHA has no EVAL fallback there). Call at start and after Redis
-// restarts.
-func (l *RedisLog) Load(ctx context.Context) error {
-	return publishScript.Load(ctx, l.rdb).Err()
-}
-
-// Size and TTL report the history window.
-func (l *RedisLog) Size() int64        { return l.size }
-func (l *RedisLog) TTL() time.Duration { return l.ttl }

@@ -112,7 +112,7 @@ func (cl *client) readLoop(ctx context.Context, ws *websocket.Conn) {
 	}
 }
 
-// DecodeFrame parses one client frame. It is strict about shape: type must
+// decodeFrame parses one client frame. It is strict about shape: type must
 // be present and ref, when present, a number.
 func decodeFrame(b []byte) (inbound, error) {
 	var in inbound

@@ -281,9 +281,3 @@ func (l *liveSessions) snapshot() []liveSession {
 	}
 	return out
 }
-
-func (l *liveSessions) len() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.m)
-}

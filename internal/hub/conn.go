@@ -55,13 +55,6 @@ func (c *Conn) shut(graceful bool, code int, reason string) {
 func (c *Conn) has(channel string) bool  { return c.index(channel) >= 0 }
 func (c *Conn) index(channel string) int { return slices.Index(c.channels, channel) }
 
-// Channels returns a copy of the channels c is subscribed to.
-func (c *Conn) Channels() []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return slices.Clone(c.channels)
-}
-
 // Frame is an event frame with its id, as held while a resume is under way.
 type Frame struct {
 	ID    string

@@ -345,14 +345,6 @@ func (h *Hub) Conns() int { return int(h.conns.Load()) }
 // Subscriptions returns the number of (connection, channel) pairs.
 func (h *Hub) Subscriptions() int { return int(h.subs.Load()) }
 
-// UserConns returns the number of connections user has on this replica.
-func (h *Hub) UserConns(user string) int {
-	s := &h.users[h.shard(user)]
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return len(s.conns[user])
-}
-
 // Channels returns the number of channels with at least one local subscriber.
 func (h *Hub) Channels() int {
 	n := 0

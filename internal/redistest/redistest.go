@@ -4,7 +4,6 @@ package redistest
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -126,6 +125,3 @@ func freePort(tb testing.TB) int {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
 }
-
-// String describes the server for test logs.
-func (s *Server) String() string { return fmt.Sprintf("redis-server %s", s.Addr) }

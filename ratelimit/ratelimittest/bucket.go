@@ -58,8 +58,8 @@ func RunTokenBucket(t *testing.T, newLimiter func(t *testing.T, cfg ratelimit.To
 		b := newLimiter(t, ratelimit.TokenBucketConfig{Rate: 50, Burst: 2})
 		for mustAllow(t, b, key).Allowed {
 		}
-		waitFor(t, 5*time.Second, "a token refilled", func() bool { return mustAllow(t, b, key).Allowed })
-		waitFor(t, 5*time.Second, "bucket full again", func() bool {
+		WaitFor(t, 5*time.Second, "a token refilled", func() bool { return mustAllow(t, b, key).Allowed })
+		WaitFor(t, 5*time.Second, "bucket full again", func() bool {
 			r, err := b.AllowN(ctx, key, 2)
 			if err != nil {
 				t.Fatalf("AllowN: %v", err)
@@ -77,7 +77,7 @@ func RunTokenBucket(t *testing.T, newLimiter func(t *testing.T, cfg ratelimit.To
 	t.Run("Concurrent", func(t *testing.T) {
 		key := keyer(t)("k")
 		b := newLimiter(t, ratelimit.TokenBucketConfig{Rate: slow, Burst: 20})
-		if got := allowedOf(t, 100, func() (ratelimit.Result, error) { return b.Allow(ctx, key) }); got != 20 {
+		if got := Concurrently(t, 100, func(int) (ratelimit.Result, error) { return b.Allow(ctx, key) }); got != 20 {
 			t.Fatalf("admitted %d of 100 concurrent requests, want 20", got)
 		}
 	})

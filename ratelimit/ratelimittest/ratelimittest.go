@@ -36,10 +36,10 @@ func keyer(t *testing.T) func(string) string {
 	return func(name string) string { return "rlt-" + id + "-" + name }
 }
 
-// waitFor calls try until it reports true, failing the test after
+// WaitFor calls try until it reports true, failing the test after
 // deadline. It is how the suites let real time pass without sleeping a
 // guessed amount.
-func waitFor(t *testing.T, deadline time.Duration, what string, try func() bool) {
+func WaitFor(t *testing.T, deadline time.Duration, what string, try func() bool) {
 	t.Helper()
 	end := time.Now().Add(deadline)
 	for !try() {
@@ -50,17 +50,18 @@ func waitFor(t *testing.T, deadline time.Duration, what string, try func() bool)
 	}
 }
 
-// allowedOf runs n calls of call at once and counts those admitted.
-func allowedOf(t *testing.T, n int, call func() (ratelimit.Result, error)) int {
+// Concurrently runs call(0), …, call(n-1) at once, released together, and
+// returns how many were admitted. An error fails the test.
+func Concurrently(t *testing.T, n int, call func(i int) (ratelimit.Result, error)) int {
 	t.Helper()
 	var allowed atomic.Int64
 	var wg sync.WaitGroup
 	start := make(chan struct{})
 	errs := make(chan error, n)
-	for range n {
+	for i := range n {
 		wg.Go(func() {
 			<-start
-			r, err := call()
+			r, err := call(i)
 			if err != nil {
 				errs <- err
 				return

@@ -79,7 +79,7 @@ func RunConcurrency(t *testing.T, newLimiter func(t *testing.T) Slots) {
 		s := newLimiter(t)
 		var mu sync.Mutex
 		var leases []ratelimit.Lease
-		got := allowedOf(t, 50, func() (ratelimit.Result, error) {
+		got := Concurrently(t, 50, func(int) (ratelimit.Result, error) {
 			l, r, err := s.Acquire(ctx, user, 3)
 			if r.Allowed {
 				mu.Lock()
@@ -94,7 +94,7 @@ func RunConcurrency(t *testing.T, newLimiter func(t *testing.T) Slots) {
 		for _, l := range leases {
 			release(t, s, l)
 		}
-		if got := allowedOf(t, 50, func() (ratelimit.Result, error) {
+		if got := Concurrently(t, 50, func(int) (ratelimit.Result, error) {
 			_, r, err := s.Acquire(ctx, user, 3)
 			return r, err
 		}); got != 3 {

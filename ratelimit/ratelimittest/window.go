@@ -49,7 +49,7 @@ func RunSlidingWindow(t *testing.T, newLimiter func(t *testing.T, cfg ratelimit.
 		mustAllow(t, l, key)
 		mustAllow(t, l, key)
 		refused := 0
-		waitFor(t, 5*time.Second, "hammering client admitted again", func() bool {
+		WaitFor(t, 5*time.Second, "hammering client admitted again", func() bool {
 			r := mustAllow(t, l, key)
 			if !r.Allowed {
 				refused++
@@ -66,7 +66,7 @@ func RunSlidingWindow(t *testing.T, newLimiter func(t *testing.T, cfg ratelimit.
 		for range 3 {
 			mustAllow(t, l, key)
 		}
-		waitFor(t, 5*time.Second, "full limit back", func() bool {
+		WaitFor(t, 5*time.Second, "full limit back", func() bool {
 			r := mustAllow(t, l, key)
 			return r.Allowed && r.Remaining == 2
 		})
@@ -74,7 +74,7 @@ func RunSlidingWindow(t *testing.T, newLimiter func(t *testing.T, cfg ratelimit.
 	t.Run("Concurrent", func(t *testing.T) {
 		key := keyer(t)("k")
 		l := newLimiter(t, ratelimit.SlidingWindowConfig{Limit: 20, Window: time.Minute})
-		if got := allowedOf(t, 100, func() (ratelimit.Result, error) { return l.Allow(ctx, key) }); got != 20 {
+		if got := Concurrently(t, 100, func(int) (ratelimit.Result, error) { return l.Allow(ctx, key) }); got != 20 {
 			t.Fatalf("admitted %d of 100 concurrent requests, want 20", got)
 		}
 	})
