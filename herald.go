@@ -117,10 +117,6 @@ func IdempotencyKey(key string) PublishOption {
 	return func(o *PublishOptions) { o.IdempotencyKey = key }
 }
 
-// maxIdemKeyLen bounds idempotency keys, which become part of a Redis key
-// and an HTTP header.
-const maxIdemKeyLen = 200
-
 // ErrIdempotencyConflict is returned (or matched by errors.Is, for an
 // [APIError] from the HTTP API) when an idempotency key was already used
 // for a publish to other channels or of other events.
@@ -187,16 +183,8 @@ func encode(msgs []Message, single bool, o PublishOptions) ([]events.Publication
 }
 
 func checkIdemKey(key string) error {
-	if key == "" {
-		return nil
-	}
-	if len(key) > maxIdemKeyLen {
-		return &FieldError{Field: "idempotencyKey", Reason: fmt.Sprintf("longer than %d characters", maxIdemKeyLen)}
-	}
-	for i := 0; i < len(key); i++ {
-		if c := key[i]; c <= ' ' || c > '~' {
-			return &FieldError{Field: "idempotencyKey", Reason: "must be printable ASCII without spaces"}
-		}
+	if err := events.CheckIdemKey(key); err != nil {
+		return &FieldError{Field: "idempotencyKey", Reason: err.Error()}
 	}
 	return nil
 }

@@ -85,14 +85,25 @@ func receive(t *testing.T, ch <-chan *redis.Message) string {
 	}
 }
 
-// history returns the entries of channel's history stream.
-func history(t *testing.T, rdb *redis.Client, channel string) []redis.XMessage {
+// history returns the events of channel's history, oldest first.
+func history(t *testing.T, rdb *redis.Client, channel string) []events.Frame {
 	t.Helper()
-	msgs, err := rdb.XRange(ctxT(t), names.History(channel), "-", "+").Result()
+	return historyOf(t, rdb, names, channel)
+}
+
+func historyOf(t *testing.T, rdb *redis.Client, names events.Names, channel string) []events.Frame {
+	t.Helper()
+	r, err := events.NewRedisLog(rdb, names, events.LogConfig{}).Range(ctxT(t), channel, "")
 	if err != nil {
-		t.Fatalf("XRANGE %s: %v", names.History(channel), err)
+		t.Fatalf("read history of %s: %v", channel, err)
 	}
-	return msgs
+	out := make([]events.Frame, len(r.Events))
+	for i, e := range r.Events {
+		if err := json.Unmarshal(e.Frame, &out[i]); err != nil {
+			t.Fatalf("history frame %s: %v", e.Frame, err)
+		}
+	}
+	return out
 }
 
 // wantFrame is the event frame of PROTOCOL §4, built by hand so the test
@@ -114,8 +125,8 @@ func checkHistory(t *testing.T, rdb *redis.Client, channel string, want ...[3]st
 	}
 	for i, w := range want { // id, event, data
 		g := got[i]
-		if g.ID != w[0] || g.Values["e"] != w[1] || g.Values["d"] != w[2] {
-			t.Errorf("history of %s [%d]: got %s e=%v d=%v, want %s e=%s d=%s", channel, i, g.ID, g.Values["e"], g.Values["d"], w[0], w[1], w[2])
+		if g.ID != w[0] || g.Event != w[1] || string(g.Data) != w[2] {
+			t.Errorf("history of %s [%d]: got %s e=%v d=%s, want %s e=%s d=%s", channel, i, g.ID, g.Event, g.Data, w[0], w[1], w[2])
 		}
 	}
 }
@@ -312,7 +323,9 @@ func testEffectComplete(t *testing.T, e env) {
 	const data = `{"userEffectId":"0b7e4c1a-9f51-4b5e-8d8c-2f0f6b3f8a11","resultUrl":"https://cdn.example/results/0b7e.png?w=1&h=2","timestamp":1732600000123,"userId":"42"}`
 	checkHistory(t, e.rdb, "effect:"+ec.UserEffectID, [3]string{ids[0], "effect.complete", data})
 	checkHistory(t, e.rdb, "user:42", [3]string{ids[1], "effect.complete", data})
-	if got, want := receive(t, effect), wantFrame(t, "effect:"+ec.UserEffectID, ids[0], "effect.complete", data); got != want {
+	// An owned effect's pub/sub message names its owner before the frame,
+	// so that gateways deliver it to the owner's sockets only.
+	if got, want := receive(t, effect), "42\n"+wantFrame(t, "effect:"+ec.UserEffectID, ids[0], "effect.complete", data); got != want {
 		t.Errorf("frame:\n got %s\nwant %s", got, want)
 	}
 	if got, want := receive(t, user), wantFrame(t, "user:42", ids[1], "effect.complete", data); got != want {
@@ -346,7 +359,7 @@ func testEffectComplete(t *testing.T, e env) {
 		t.Fatalf("zero timestamp: %v", err)
 	}
 	var c struct{ Timestamp int64 }
-	if err := json.Unmarshal([]byte(history(t, e.rdb, "effect:e-3")[0].Values["d"].(string)), &c); err != nil {
+	if err := json.Unmarshal(history(t, e.rdb, "effect:e-3")[0].Data, &c); err != nil {
 		t.Fatal(err)
 	}
 	if c.Timestamp < before || c.Timestamp > time.Now().UnixMilli() {
@@ -392,20 +405,20 @@ func TestRedisPublisherConfig(t *testing.T) {
 		ids = append(ids, id)
 	}
 	key := prefixed.History("user:9")
-	if key != "app1:herald:history:user:9" {
+	if !strings.HasPrefix(key, "app1:herald:{h") {
 		t.Fatalf("history key %q", key)
 	}
-	got, err := rdb.XRange(ctxT(t), key, "-", "+").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
+	got := historyOf(t, rdb, prefixed, "user:9")
 	if len(got) != 2 || got[0].ID != ids[1] || got[1].ID != ids[2] {
 		t.Errorf("history with size 2: got %v, want the last two of %v", got, ids)
 	}
-	// The stream outlives its window (2 × TTL) so that resumes can tell
-	// what was trimmed; its events are trimmed by age on every access.
-	if ttl := rdb.PTTL(ctxT(t), key).Val(); ttl <= time.Minute || ttl > 2*time.Minute {
-		t.Errorf("history key TTL: got %v, want (1m, 2m]", ttl)
+	// The history lives one TTL after the last publish; the channel's
+	// record of its newest id outlives it (24 h by default).
+	if ttl := rdb.PTTL(ctxT(t), key).Val(); ttl <= 0 || ttl > time.Minute {
+		t.Errorf("history key TTL: got %v, want (0, 1m]", ttl)
+	}
+	if ttl := rdb.PTTL(ctxT(t), prefixed.Record("user:9")).Val(); ttl <= time.Hour {
+		t.Errorf("record key TTL: got %v, want about a day", ttl)
 	}
 	if n := rdb.Exists(ctxT(t), names.History("user:9")).Val(); n != 0 {
 		t.Errorf("unprefixed history exists")
@@ -454,8 +467,7 @@ func TestRedisPublisherRetriesThroughARestart(t *testing.T) {
 	if err != nil {
 		t.Fatalf("publish after restart: %v", err)
 	}
-	n, err := srv.Client().XLen(ctx, "herald:history:user:r").Result()
-	if err != nil || n != 1 {
-		t.Errorf("history has %d entries (%v), want exactly 1 (id %s)", n, err, id)
+	if h := history(t, srv.Client(), "user:r"); len(h) != 1 || h[0].ID != id {
+		t.Errorf("history has %v, want exactly %s", h, id)
 	}
 }

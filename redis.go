@@ -27,9 +27,21 @@ type RedisConfig struct {
 	// HERALD_HISTORY_TTL). Zero or negative: 10 minutes.
 	HistoryTTL time.Duration
 
+	// RecordTTL is how long a channel's newest event id is remembered
+	// after its last publish, so that a resume stays exact after the
+	// history expired (the gateway's HERALD_RECORD_TTL). Zero: 24 hours.
+	RecordTTL time.Duration
+
 	// KeyPrefix is prepended to the Redis keys and pub/sub channels Herald
 	// owns ("herald:…"), when several Heralds share one Redis. Default "".
 	KeyPrefix string
+
+	// Publisher names this publisher for idempotency: keys given with
+	// [IdempotencyKey] are scoped to it, so publishers with different
+	// names never collide, and publishers that share a name (the replicas
+	// of one worker) share their keys. Same characters as an idempotency
+	// key. Default "default".
+	Publisher string
 }
 
 // RedisPublisher publishes events by writing them to the Redis that the
@@ -52,14 +64,25 @@ type RedisConfig struct {
 // of them must hash to one slot, which Herald's key names do not arrange
 // yet, so use a single-node or Sentinel Redis.
 type RedisPublisher struct {
-	log *events.RedisLog
+	log   *events.RedisLog
+	scope string
 }
 
 // NewRedisPublisher returns a publisher that writes through rdb, a single
 // node or failover client, with the history window and key prefix of cfg.
+//
+// A Publisher name that is not 1 to 200 printable ASCII characters without
+// spaces makes every call fail with a *[FieldError] for "publisher".
 func NewRedisPublisher(rdb redis.UniversalClient, cfg RedisConfig) *RedisPublisher {
 	names := events.Names{Prefix: cfg.KeyPrefix}
-	return &RedisPublisher{log: events.NewRedisLog(rdb, names, cfg.HistorySize, cfg.HistoryTTL)}
+	log := events.NewRedisLog(rdb, names, events.LogConfig{
+		HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL, RecordTTL: cfg.RecordTTL,
+	})
+	scope := ""
+	if events.CheckIdemKey(cfg.Publisher) == nil {
+		scope = events.PublisherScope(cfg.Publisher)
+	}
+	return &RedisPublisher{log: log, scope: scope}
 }
 
 // Publish publishes one event on channel and returns its event id. Invalid
@@ -85,7 +108,10 @@ func (p *RedisPublisher) publish(ctx context.Context, msgs []Message, single boo
 	if err != nil {
 		return nil, err
 	}
-	key := o.IdempotencyKey
+	if p.scope == "" {
+		return nil, &FieldError{Field: "publisher", Reason: events.ErrBadIdemKey.Error()}
+	}
+	key := events.ScopedKey(p.scope, o.IdempotencyKey)
 	if key == "" {
 		key = events.AutoKey() // the same for every attempt below
 	}

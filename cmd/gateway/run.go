@@ -39,33 +39,32 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	var h *hub.Hub
-	m := metrics.New(reg,
-		func() float64 { return float64(h.Conns()) },
-		func() float64 { return float64(h.Channels()) })
-	h = hub.New(hub.Config{OnClose: m.Closed}, log)
-	deliver := func(channel, id string, frame []byte) {
-		m.EventsDelivered.Add(float64(h.Broadcast(channel, id, frame)))
-	}
-
 	var (
+		h         *hub.Hub
+		srv       *gateway.Server
 		b         broker.Broker
 		sessions  session.Store
-		owners    gateway.Owners
 		rdb       *redis.Client
 		connects  ratelimit.Limiter
 		publishes ratelimit.Limiter
 		slots     gateway.Slots
 	)
+	m := metrics.New(reg,
+		func() float64 { return float64(h.Conns()) },
+		func() float64 { return float64(h.Channels()) })
+	// The broker delivers into the hub, which subscribes through the
+	// broker: both are built before either is used.
+	deliver := func(channel, id, owner string, frame []byte) {
+		m.EventsDelivered.Add(float64(h.Broadcast(channel, id, owner, frame)))
+	}
 	windowCfg := ratelimit.SlidingWindowConfig{Limit: cfg.ConnectLimit, Window: cfg.ConnectWindow}
 	bucketCfg := ratelimit.TokenBucketConfig{Rate: cfg.PublishRate, Burst: cfg.PublishBurst}
 	slotsCfg := ratelimit.ConcurrencyConfig{Prefix: cfg.KeyPrefix, Replica: cfg.Node}
 	if cfg.RedisURL == "" {
 		log.Info("herald starting single-node, in memory: no REDIS_URL, so nothing is shared with other replicas",
 			"addr", cfg.Addr, "dev", cfg.Dev)
-		b = broker.NewMemory(deliver, cfg.HistorySize, cfg.HistoryTTL)
+		b = broker.NewMemory(deliver, broker.MemoryConfig{HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL, RecordTTL: cfg.RecordTTL})
 		sessions = session.NewMemory(nil)
-		owners = gateway.NewMemoryOwners()
 		connects, err = ratelimit.NewMemorySlidingWindow(windowCfg, nil)
 		if err == nil {
 			publishes, err = ratelimit.NewMemoryTokenBucket(bucketCfg, nil)
@@ -81,10 +80,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		rdb = redis.NewClient(opt)
 		log.Info("herald starting with Redis", "redis", opt.Addr, "addr", cfg.Addr, "dev", cfg.Dev)
 		names := events.Names{Prefix: cfg.KeyPrefix}
-		rlog := events.NewRedisLog(rdb, names, int64(cfg.HistorySize), cfg.HistoryTTL)
-		b = broker.NewRedis(rdb, rlog, names, deliver, log, broker.RedisOptions{Classic: true})
+		rlog := events.NewRedisLog(rdb, names, events.LogConfig{
+			HistorySize: int64(cfg.HistorySize), HistoryTTL: cfg.HistoryTTL, RecordTTL: cfg.RecordTTL,
+		})
+		rb := broker.NewRedis(rdb, rlog, names, deliver, log, broker.RedisOptions{
+			Classic: true,
+			OnGap:   func(channel string) { srv.Gap(channel) },
+		})
+		metrics.RegisterBroker(reg, rb.Stats)
+		b = rb
 		sessions = session.NewRedis(rdb, names, log, nil)
-		owners = gateway.NewRedisOwners(rdb)
 		connects, err = ratelimit.NewSlidingWindow(rdb, windowCfg)
 		if err == nil {
 			publishes, err = ratelimit.NewTokenBucket(rdb, bucketCfg)
@@ -93,14 +98,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			slots, err = ratelimit.NewConcurrency(rdb, slotsCfg, log)
 		}
 	}
+	h = hub.New(hub.Config{
+		OnClose: m.Closed,
+		OnEvict: func(c *hub.Conn, channel string) { srv.Evicted(c, channel) },
+	}, b, log)
 	if err != nil {
 		b.Close()
 		closeRedis(rdb)
 		return fmt.Errorf("limits: %w", err)
 	}
 
-	srv := gateway.New(gateway.Deps{
-		Config: cfg, Hub: h, Broker: b, Sessions: sessions, Owners: owners,
+	srv = gateway.New(gateway.Deps{
+		Config: cfg, Hub: h, Broker: b, Sessions: sessions,
 		Metrics: m, Gatherer: reg, Log: log, Web: web.FS(),
 		ConnectLimiter: connects, PublishLimiter: publishes, Slots: slots,
 	})

@@ -84,24 +84,31 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func history(t *testing.T, rdb *redis.Client, channel string) []redis.XMessage {
+// history returns the events of channel's history, oldest first.
+func history(t *testing.T, rdb *redis.Client, channel string) []events.Frame {
 	t.Helper()
-	msgs, err := rdb.XRange(ctxT(t), events.Names{}.History(channel), "-", "+").Result()
+	r, err := events.NewRedisLog(rdb, events.Names{}, events.LogConfig{}).Range(ctxT(t), channel, "")
 	if err != nil {
-		t.Fatalf("XRANGE: %v", err)
+		t.Fatalf("read history: %v", err)
 	}
-	return msgs
+	out := make([]events.Frame, len(r.Events))
+	for i, e := range r.Events {
+		if err := json.Unmarshal(e.Frame, &out[i]); err != nil {
+			t.Fatalf("history frame %s: %v", e.Frame, err)
+		}
+	}
+	return out
 }
 
 // classic decodes the data of a history entry.
-func classic(t *testing.T, m redis.XMessage) events.Classic {
+func classic(t *testing.T, f events.Frame) events.Classic {
 	t.Helper()
 	var c events.Classic
-	if err := json.Unmarshal([]byte(m.Values["d"].(string)), &c); err != nil {
-		t.Fatalf("history entry %s data: %v", m.ID, err)
+	if err := json.Unmarshal(f.Data, &c); err != nil {
+		t.Fatalf("history entry %s data: %v", f.ID, err)
 	}
-	if m.Values["e"] != "effect.complete" {
-		t.Errorf("history entry %s event: got %v, want effect.complete", m.ID, m.Values["e"])
+	if f.Event != "effect.complete" {
+		t.Errorf("history entry %s event: got %v, want effect.complete", f.ID, f.Event)
 	}
 	return c
 }

@@ -31,14 +31,14 @@ func publishN(t *testing.T, m *Memory, ch string, n int) []string {
 
 func TestMemoryIDsSurviveClockStallAndJumpBack(t *testing.T) {
 	clock := &fakeClock{t: time.UnixMilli(1_732_600_000_000)}
-	m := newMemory(nil, 10, time.Minute, clock.now)
+	m := newMemory(nil, MemoryConfig{HistorySize: 10, HistoryTTL: time.Minute}, clock.now)
 	ch := "user:42"
 	ids := publishN(t, m, ch, 2) // stalled clock
 	clock.t = clock.t.Add(-5 * time.Second)
 	ids = append(ids, publishN(t, m, ch, 1)...) // clock went back
 	clock.t = clock.t.Add(time.Minute)
 	ids = append(ids, publishN(t, m, ch, 1)...)
-	want := []string{"1732600000000-0", "1732600000000-1", "1732600000000-2", "1732600055000-0"}
+	want := []string{"1732600000000-1", "1732600000000-2", "1732600000000-3", "1732600055000-0"} // a new record starts at seq 1
 	if !slices.Equal(ids, want) {
 		t.Errorf("ids %v, want %v", ids, want)
 	}
@@ -46,34 +46,40 @@ func TestMemoryIDsSurviveClockStallAndJumpBack(t *testing.T) {
 
 func TestMemoryHistoryWindow(t *testing.T) {
 	clock := &fakeClock{t: time.UnixMilli(1_000_000)}
-	m := newMemory(nil, 3, time.Minute, clock.now)
+	m := newMemory(nil, MemoryConfig{HistorySize: 3, HistoryTTL: time.Minute}, clock.now)
 	ch := "public:news"
 	ids := publishN(t, m, ch, 5)
 
-	evs, complete, _ := m.History(t.Context(), ch, ids[1])
-	if got := eventIDs(evs); !slices.Equal(got, ids[2:]) || !complete {
-		t.Errorf("History after %s = %v, %v; want %v, true", ids[1], got, complete, ids[2:])
+	r, _ := m.History(t.Context(), ch, ids[1])
+	if got := eventIDs(r.Events); !slices.Equal(got, ids[2:]) || !r.Complete {
+		t.Errorf("History after %s = %v, %v; want %v, true", ids[1], got, r.Complete, ids[2:])
 	}
-	if _, complete, _ := m.History(t.Context(), ch, ids[0]); complete {
+	if r, _ := m.History(t.Context(), ch, ids[0]); r.Complete {
 		t.Errorf("History after %s: complete, want a gap (event %s was trimmed)", ids[0], ids[1])
 	}
-	evs, _, _ = m.History(t.Context(), ch, "")
-	if want := events.AppendFrame(nil, ids[4], events.Publication{Channel: ch, Event: "e", Data: json.RawMessage("4")}); string(evs[2].Frame) != string(want) {
-		t.Errorf("stored frame %s, want %s", evs[2].Frame, want)
+	r, _ = m.History(t.Context(), ch, "")
+	if want := events.AppendFrame(nil, ids[4], events.Publication{Channel: ch, Event: "e", Data: json.RawMessage("4")}); string(r.Events[2].Frame) != string(want) {
+		t.Errorf("stored frame %s, want %s", r.Events[2].Frame, want)
 	}
 
 	clock.t = clock.t.Add(time.Minute + time.Millisecond)
-	if evs, complete, _ := m.History(t.Context(), ch, ids[4]); len(evs) != 0 || !complete {
-		t.Errorf("History after the newest id once expired = %d events, %v; want 0, true", len(evs), complete)
+	if r, _ := m.History(t.Context(), ch, ids[4]); len(r.Events) != 0 || !r.Complete {
+		t.Errorf("History after the newest id once expired = %d events, %v; want 0, true", len(r.Events), r.Complete)
 	}
-	if evs, complete, _ := m.History(t.Context(), ch, ids[3]); len(evs) != 0 || complete {
-		t.Errorf("History after %s once expired = %d events, %v; want 0, false", ids[3], len(evs), complete)
+	if r, _ := m.History(t.Context(), ch, ids[3]); len(r.Events) != 0 || r.Complete {
+		t.Errorf("History after %s once expired = %d events, %v; want 0, false", ids[3], len(r.Events), r.Complete)
+	}
+	// The record outlives the history for the record TTL, then a resume
+	// from before it is not known complete.
+	clock.t = clock.t.Add(events.DefaultRecordTTL)
+	if r, _ := m.History(t.Context(), ch, ids[4]); r.Complete {
+		t.Errorf("History after %s once the record expired: complete, want unknown (false)", ids[4])
 	}
 }
 
 func TestMemoryIdempotencyExpires(t *testing.T) {
 	clock := &fakeClock{t: time.UnixMilli(1_000_000)}
-	m := newMemory(nil, 3, time.Minute, clock.now)
+	m := newMemory(nil, MemoryConfig{HistorySize: 3, HistoryTTL: time.Minute}, clock.now)
 	p := events.Publication{Channel: "user:1", Event: "e"}
 	first, _ := m.Publish(context.Background(), "k", p)
 	again, _ := m.Publish(context.Background(), "k", p)
@@ -92,15 +98,22 @@ func TestMemoryIdempotencyExpires(t *testing.T) {
 
 func TestMemorySweepForgetsIdleChannels(t *testing.T) {
 	clock := &fakeClock{t: time.UnixMilli(1_000_000)}
-	m := newMemory(nil, 3, time.Minute, clock.now)
+	m := newMemory(nil, MemoryConfig{HistorySize: 3, HistoryTTL: time.Minute}, clock.now)
 	publishN(t, m, "public:a", 1)
 	m.Publish(context.Background(), "key", events.Publication{Channel: "public:b", Event: "e"})
 	clock.t = clock.t.Add(2 * time.Minute)
 	publishN(t, m, "public:c", 1)
 	m.mu.Lock()
+	if len(m.chans) != 3 || len(m.idem) != 0 {
+		t.Errorf("after the history TTL: %d channels and %d idempotency keys kept, want 3 records and 0", len(m.chans), len(m.idem))
+	}
+	m.mu.Unlock()
+	clock.t = clock.t.Add(events.DefaultRecordTTL)
+	publishN(t, m, "public:c", 1)
+	m.mu.Lock()
 	defer m.mu.Unlock()
-	if len(m.chans) != 1 || len(m.idem) != 0 {
-		t.Errorf("after the TTL: %d channels and %d idempotency keys kept, want 1 and 0", len(m.chans), len(m.idem))
+	if len(m.chans) != 1 {
+		t.Errorf("after the record TTL: %d channels kept, want 1", len(m.chans))
 	}
 }
 

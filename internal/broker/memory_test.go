@@ -9,6 +9,6 @@ import (
 
 func TestMemoryConformance(t *testing.T) {
 	brokertest.Run(t, func(t *testing.T, h broker.Handler) broker.Broker {
-		return broker.NewMemory(h, 0, 0)
+		return broker.NewMemory(h, broker.MemoryConfig{})
 	})
 }

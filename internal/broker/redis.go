@@ -50,6 +50,12 @@ type RedisOptions struct {
 	// connection drops. Default 1s.
 	ResyncInterval time.Duration
 
+	// OnGap, when set, is told about each channel whose refill after a
+	// reconnect found events already gone from history, or gave up after
+	// failing repeatedly: its local subscribers missed events. It is
+	// called from the delivery loop and must not block.
+	OnGap GapHandler
+
 	// ProbeInterval is how often the broker publishes a probe on a channel
 	// of its own, to find out whether its pub/sub connection still
 	// receives; ProbeTimeout is how long it waits to see the probe before
@@ -69,7 +75,9 @@ type RedisStats struct {
 	Resubscribes     uint64 // resubscriptions seen after pub/sub reconnects
 	Duplicates       uint64 // frames dropped because their id was already delivered
 	Refilled         uint64 // frames delivered from history after a reconnect
-	RefillGaps       uint64 // refills that found events already gone from history
+	RefillGaps       uint64 // refills that found events already gone from history, or gave up
+	RefillFailures   uint64 // history or baseline reads that failed (and were retried)
+	PendingDropped   uint64 // live frames dropped while a refill held too many (read again from history)
 	ClassicConverted uint64 // classic messages published as events (or found already published)
 	ClassicDropped   uint64 // classic messages dropped because the queue was full
 	ClassicInvalid   uint64 // classic messages that were not valid effect:complete JSON
@@ -80,6 +88,12 @@ type RedisStats struct {
 // Redis is the shared Broker. Publish runs events.RedisLog's atomic script;
 // delivery uses one go-redis PubSub (one connection) for all channels,
 // subscribed while they have local references.
+//
+// A channel's first Subscribe holds its frames back until Redis confirmed
+// the SUBSCRIBE and the channel's baseline (events.RedisLog.Baselines) was
+// read after that: every event after the baseline then reaches the
+// Handler, and Last answers it. The same hold-and-read closes the gap of a
+// reconnect (a refill, see redis_refill.go).
 //
 // Subscriptions are reconciled in rounds by one goroutine, which sends each
 // round's changes as one SUBSCRIBE and one UNSUBSCRIBE. The UNSUBSCRIBE
@@ -119,15 +133,14 @@ type Redis struct {
 	// Handler calls.
 	mu        sync.Mutex
 	closed    bool
-	ps        *redis.PubSub            // the current pub/sub connection
-	awaiting  int                      // subs whose refill waits for their resubscription
-	subs      map[string]*redisSub     // by pub/sub channel name
-	dirty     map[string]struct{}      // subs whose refs crossed zero or need resending
-	live      int                      // Herald channels with refs > 0
-	nextRound uint64                   // number the reconciler's next round gets
-	doneRound uint64                   // highest round whose barrier Redis confirmed
-	waits     map[uint64]chan struct{} // closed once doneRound >= key
-	toRefill  map[string]struct{}      // pub/sub names whose refill is due
+	ps        *redis.PubSub        // the current pub/sub connection
+	awaiting  map[string]*redisSub // subs with waitSub set, by pub/sub name
+	subs      map[string]*redisSub // by pub/sub channel name
+	dirty     map[string]struct{}  // subs whose refs crossed zero or need resending
+	live      int                  // Herald channels with refs > 0
+	nextRound uint64               // number the reconciler's next round gets
+	doneRound uint64               // highest round whose barrier Redis confirmed
+	toRefill  map[string]struct{}  // pub/sub names whose baseline or refill read is due
 
 	stats redisCounters
 }
@@ -139,15 +152,23 @@ type redisSub struct {
 	round   uint64 // round whose SUBSCRIBE carried it; 0 while not sent
 
 	// Delivery sequencing. lastID is the newest event id handed to the
-	// Handler, or the stream's newest id read just before the SUBSCRIBE
-	// went out: frames at or below it are duplicates. While refilling,
-	// frames received live wait in pending until the history read that
-	// fills the gap left by a reconnect has been delivered.
+	// Handler, or the channel's baseline read once its SUBSCRIBE was
+	// confirmed; "" until then. Frames at or below it are duplicates.
+	// While refilling (also while the baseline is read), frames received
+	// live wait in pending until the read has been applied.
 	lastID    string
 	refilling bool
-	waitSub   bool   // refill once this sub's resubscription is confirmed
-	gen       uint64 // refill generation: bumped by each reconnect
-	pending   []Event
+	waitSub   bool   // read the baseline or refill once this sub's (re)subscription is confirmed
+	gen       uint64 // read generation: bumped by each reconnect, discards reads in flight
+	failures  int    // consecutive failed refill reads
+	pending   []pendingFrame
+	ready     chan struct{} // closed once lastID is first set; nil for the classic and probe subs
+}
+
+// pendingFrame is a live frame held back during a refill.
+type pendingFrame struct {
+	id, owner string
+	frame     []byte
 }
 
 // maxPending bounds the frames one channel buffers during a refill; past
@@ -158,6 +179,7 @@ const maxPending = 10000
 type redisCounters struct {
 	received, delivered, ignored, resubscribes atomic.Uint64
 	duplicates, refilled, refillGaps           atomic.Uint64
+	refillFailures, pendingDropped             atomic.Uint64
 	replacements                               atomic.Uint64
 	converted, dropped, invalid, publishFailed atomic.Uint64
 }
@@ -200,8 +222,8 @@ func NewRedis(rdb redis.UniversalClient, log *events.RedisLog, names events.Name
 		subs:      make(map[string]*redisSub),
 		dirty:     make(map[string]struct{}),
 		nextRound: 1,
-		waits:     make(map[uint64]chan struct{}),
 		toRefill:  make(map[string]struct{}),
+		awaiting:  make(map[string]*redisSub),
 	}
 	b.ps = rdb.Subscribe(ctx)
 	b.msgs = b.ps.ChannelWithSubscriptions(redis.WithChannelSize(opts.ReceiveBuffer))
@@ -232,15 +254,31 @@ func (b *Redis) Publish(ctx context.Context, idemKey string, pubs ...events.Publ
 
 // History reads channel's history after since through the history script
 // (events.RedisLog.Range).
-func (b *Redis) History(ctx context.Context, channel, since string) ([]Event, bool, error) {
+func (b *Redis) History(ctx context.Context, channel, since string) (events.Replay, error) {
 	if b.isClosed() {
-		return nil, false, ErrClosed
+		return events.Replay{}, ErrClosed
 	}
 	return b.log.Range(ctx, channel, since)
 }
 
-// Last returns the newest id delivered on channel, or the history's newest
-// when the subscription began; "" when channel has no local reference.
+// Owner reads an effect's owner (events.RedisLog.Owner).
+func (b *Redis) Owner(ctx context.Context, effectID string) (string, error) {
+	if b.isClosed() {
+		return "", ErrClosed
+	}
+	return b.log.Owner(ctx, effectID)
+}
+
+// SetOwner writes the app's effect:{id}:owner key.
+func (b *Redis) SetOwner(ctx context.Context, effectID, userID string, ttl time.Duration) error {
+	if b.isClosed() {
+		return ErrClosed
+	}
+	return b.log.SetOwner(ctx, effectID, userID, ttl)
+}
+
+// Last returns the newest id delivered on channel, or its baseline when the
+// subscription began; "" when channel has no local reference.
 func (b *Redis) Last(channel string) string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -302,6 +340,8 @@ func (b *Redis) Stats() RedisStats {
 		Duplicates:       c.duplicates.Load(),
 		Refilled:         c.refilled.Load(),
 		RefillGaps:       c.refillGaps.Load(),
+		RefillFailures:   c.refillFailures.Load(),
+		PendingDropped:   c.pendingDropped.Load(),
 		ClassicConverted: c.converted.Load(),
 		ClassicDropped:   c.dropped.Load(),
 		ClassicInvalid:   c.invalid.Load(),

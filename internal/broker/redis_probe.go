@@ -93,13 +93,13 @@ func (b *Redis) replace() {
 		}
 		s.round = 0
 		b.dirty[name] = struct{}{}
-		if s.channel != "" && s.lastID != "" {
+		if s.channel != "" {
+			// Hold frames, and read the baseline or refill once the
+			// subscription on the new connection is confirmed.
 			s.refilling = true
 			s.gen++
-			if !s.waitSub {
-				s.waitSub = true
-				b.awaiting++
-			}
+			s.waitSub = true
+			b.awaiting[name] = s
 		}
 	}
 	b.mu.Unlock()

@@ -15,7 +15,7 @@ func TestCloseDuringReplace(t *testing.T) {
 	rdb := redistest.Start(t).Client()
 	names := events.Names{Prefix: "r:"}
 	for i := range 40 {
-		b := NewRedis(rdb, events.NewRedisLog(rdb, names, 0, 0), names, func(string, string, []byte) {},
+		b := NewRedis(rdb, events.NewRedisLog(rdb, names, events.LogConfig{}), names, func(string, string, string, []byte) {},
 			slog.New(slog.DiscardHandler), RedisOptions{ProbeInterval: time.Hour})
 		deadline := time.Now().Add(5 * time.Second)
 		for !b.probeSubscribed() && time.Now().Before(deadline) {

@@ -2,9 +2,8 @@ package broker
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -96,7 +95,7 @@ func (b *Redis) deliver(m *redis.Message) {
 		}
 		return
 	}
-	frame := []byte(m.Payload)
+	owner, frame := splitOwner(m.Payload)
 	id, ok := events.FrameID(frame)
 	b.mu.Lock()
 	s := b.subs[m.Channel]
@@ -106,14 +105,15 @@ func (b *Redis) deliver(m *redis.Message) {
 		return
 	}
 	if s.refilling {
-		s.pending = append(s.pending, Event{ID: id, Frame: frame})
+		s.pending = append(s.pending, pendingFrame{id: id, owner: owner, frame: frame})
 		if len(s.pending) > maxPending {
 			// Too much waits: drop it all and read history again from the
 			// last delivered id, which covers every dropped frame. (A sub
-			// still waiting for its resubscription reads it once that is
-			// confirmed anyway.)
+			// waiting for its (re)subscription reads then anyway, and a
+			// baseline read after these frames covers them too.)
+			b.stats.pendingDropped.Add(uint64(len(s.pending)))
 			s.pending = nil
-			if !s.waitSub {
+			if !s.waitSub && s.lastID != "" {
 				s.gen++
 				b.toRefill[m.Channel] = struct{}{}
 				b.mu.Unlock()
@@ -132,8 +132,20 @@ func (b *Redis) deliver(m *redis.Message) {
 	s.lastID = id
 	ch := s.channel
 	b.mu.Unlock()
-	b.h(ch, id, frame)
+	b.h(ch, id, owner, frame)
 	b.stats.delivered.Add(1)
+}
+
+// splitOwner splits a pub/sub payload into the owner of an effect's event
+// and the frame: the publish script sends "{owner}\n{frame}" for owned
+// effects, the bare frame otherwise.
+func splitOwner(payload string) (owner string, frame []byte) {
+	if len(payload) > 0 && payload[0] != '{' {
+		if o, f, ok := strings.Cut(payload, "\n"); ok {
+			return o, []byte(f)
+		}
+	}
+	return "", []byte(payload)
 }
 
 // newer reports whether id comes after last ("" is before everything).
@@ -189,9 +201,10 @@ func (b *Redis) convertClassic() {
 }
 
 // convert publishes the events a classic payload stands for. The
-// idempotency key is the payload's hash, so that of all the replicas
-// hearing the same message exactly one creates the events (the publish
-// script checks and sets the key atomically); the others get the same ids.
+// idempotency key is the payload's hash (events.ClassicKey), so that of all
+// the replicas hearing the same message exactly one creates the events
+// (the publish script checks and sets the key atomically); the others get
+// the same ids.
 func (b *Redis) convert(payload []byte) {
 	pubs, err := events.ParseClassic(payload)
 	if err != nil {
@@ -200,10 +213,9 @@ func (b *Redis) convert(payload []byte) {
 		b.logger.Warn("classic effect:complete message ignored", "err", err, "bytes", len(payload))
 		return
 	}
-	sum := sha256.Sum256(payload)
 	ctx, cancel := context.WithTimeout(b.ctx, classicTimeout)
 	defer cancel()
-	if _, err := b.log.Append(ctx, "classic:"+hex.EncodeToString(sum[:]), pubs...); err != nil {
+	if _, err := b.log.Append(ctx, events.ClassicKey(payload), pubs...); err != nil {
 		b.stats.publishFailed.Add(1)
 		if b.ctx.Err() == nil {
 			b.logger.Warn("classic effect:complete message not published", "err", err)

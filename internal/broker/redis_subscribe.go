@@ -15,10 +15,10 @@ const (
 	maxBackoff   = 2 * time.Second
 )
 
-// Subscribe adds one reference to each channel and, when a channel is new
-// or not yet confirmed, waits until Redis confirmed its subscription. When
-// ctx ends first it drops the references it added and returns ctx's error;
-// when Close comes first it returns ErrClosed.
+// Subscribe adds one reference to each channel and, when a channel is new,
+// waits until Redis confirmed its subscription and its baseline was read.
+// When ctx ends first it drops the references it added and returns ctx's
+// error; when Close comes first it returns ErrClosed.
 func (b *Redis) Subscribe(ctx context.Context, channels ...string) error {
 	if err := validChannels(channels); err != nil {
 		return err
@@ -31,51 +31,47 @@ func (b *Redis) Subscribe(ctx context.Context, channels ...string) error {
 		b.mu.Unlock()
 		return ErrClosed
 	}
-	var need uint64 // round whose confirmation proves all channels subscribed
+	var waits []chan struct{}
 	changed := false
 	for _, ch := range channels {
 		name := b.names.PubSub(ch)
 		s := b.subs[name]
 		if s == nil {
-			s = &redisSub{channel: ch}
+			// Frames wait until the baseline is read, once the SUBSCRIBE
+			// is confirmed.
+			s = &redisSub{channel: ch, refilling: true, waitSub: true, ready: make(chan struct{})}
+			b.awaiting[name] = s
 			b.subs[name] = s
 		}
 		s.refs++
 		if s.refs == 1 {
 			b.live++
 		}
-		if s.round != 0 {
-			need = max(need, s.round)
-			continue
+		if s.round == 0 {
+			b.dirty[name] = struct{}{}
+			changed = true
 		}
-		need = max(need, b.nextRound)
-		b.dirty[name] = struct{}{}
-		changed = true
-	}
-	if need <= b.doneRound {
-		b.mu.Unlock()
-		return nil
-	}
-	w := b.waits[need]
-	if w == nil {
-		w = make(chan struct{})
-		b.waits[need] = w
+		if s.lastID == "" {
+			waits = append(waits, s.ready)
+		}
 	}
 	b.mu.Unlock()
 	if changed {
 		b.wake()
 	}
 
-	select {
-	case <-w:
-		return nil
-	case <-ctx.Done():
-		b.Unsubscribe(channels...)
-		// No channel names: an effect id is a capability, kept out of logs.
-		return fmt.Errorf("subscribe %d channel(s): %w", len(channels), ctx.Err())
-	case <-b.done:
-		return ErrClosed
+	for _, w := range waits {
+		select {
+		case <-w:
+		case <-ctx.Done():
+			b.Unsubscribe(channels...)
+			// No channel names: an effect id is a capability, kept out of logs.
+			return fmt.Errorf("subscribe %d channel(s): %w", len(channels), ctx.Err())
+		case <-b.done:
+			return ErrClosed
+		}
 	}
+	return nil
 }
 
 // Unsubscribe drops one reference to each channel. A channel whose last
@@ -201,16 +197,12 @@ func (b *Redis) round(resync bool) error {
 	ps := b.ps
 	b.mu.Unlock()
 	if len(adds) > 0 {
-		err := b.readBaselines(ctx, adds)
-		if err == nil {
-			err = ps.Subscribe(ctx, adds...)
-		}
-		if err != nil {
+		if err := ps.Subscribe(ctx, adds...); err != nil {
 			// go-redis records channels as subscribed even when SUBSCRIBE
 			// failed, and a reconnect it made during the call did not
 			// include them. Roll its record back, so it never resubscribes
 			// them behind our back, and resend them in a later round; this
-			// round's barrier is not sent, so nobody waiting is released.
+			// round's barrier is not sent, so no baseline is read yet.
 			_ = ps.Unsubscribe(ctx, append(removes, adds...)...)
 			b.mu.Lock()
 			for _, name := range adds {
@@ -257,8 +249,9 @@ func (b *Redis) barrierRound(name string) (uint64, bool) {
 	return r, err == nil
 }
 
-// confirmRound records that Redis answered round r's barrier and releases
-// the Subscribe calls waiting for it or an earlier round.
+// confirmRound records that Redis answered round r's barrier, which proves
+// every channel of that round and the earlier ones subscribed, and queues
+// the baseline or refill reads that waited for that.
 func (b *Redis) confirmRound(r uint64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -266,32 +259,22 @@ func (b *Redis) confirmRound(r uint64) {
 		return
 	}
 	b.doneRound = r
-	for need, w := range b.waits {
-		if need <= r {
-			close(w)
-			delete(b.waits, need)
+	queued := false
+	for name, s := range b.awaiting { // baselines of new subs, refills after a replacement
+		if s.round != 0 && s.round <= r {
+			s.waitSub = false
+			delete(b.awaiting, name)
+			b.toRefill[name] = struct{}{}
+			queued = true
 		}
 	}
-	if b.awaiting > 0 { // after a replacement: refill what is subscribed again
-		for name, s := range b.subs {
-			if s.waitSub && s.round != 0 && s.round <= r {
-				s.waitSub = false
-				b.awaiting--
-				b.toRefill[name] = struct{}{}
-			}
-		}
-		select {
-		case b.refill <- struct{}{}:
-		default:
-		}
+	if queued {
+		b.wakeRefill()
 	}
 }
 
-// dropSubLocked forgets a sub, keeping the count of subs awaiting a refill
-// after a replacement right.
-func (b *Redis) dropSubLocked(name string, s *redisSub) {
-	if s.waitSub {
-		b.awaiting--
-	}
+// dropSubLocked forgets a sub.
+func (b *Redis) dropSubLocked(name string, _ *redisSub) {
+	delete(b.awaiting, name)
 	delete(b.subs, name)
 }

@@ -30,7 +30,7 @@ var names = events.Names{Prefix: "t:"}
 func newRedis(t *testing.T, rdb redis.UniversalClient, h broker.Handler, opts broker.RedisOptions) *broker.Redis {
 	t.Helper()
 	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	b := broker.NewRedis(rdb, events.NewRedisLog(rdb, names, 0, 0), names, h, logger, opts)
+	b := broker.NewRedis(rdb, events.NewRedisLog(rdb, names, events.LogConfig{}), names, h, logger, opts)
 	t.Cleanup(func() { b.Close() })
 	return b
 }
@@ -113,7 +113,7 @@ func TestRedisClassicIngressOncePerChannel(t *testing.T) {
 		}
 	}
 	for _, ch := range []string{userCh, effectCh} {
-		if n, err := app.XLen(ctx, names.History(ch)).Result(); err != nil || n != 1 {
+		if n, err := app.LLen(ctx, names.History(ch)).Result(); err != nil || n != 1 {
 			t.Errorf("history of %s has %d entries (%v), want 1", ch, n, err)
 		}
 	}
@@ -236,7 +236,7 @@ func TestRedisSubscribeWhileDown(t *testing.T) {
 // references subscribed.
 func TestRedisChurnLeavesRedisInStep(t *testing.T) {
 	srv := redistest.Start(t)
-	b := newRedis(t, srv.Client(), func(string, string, []byte) {}, broker.RedisOptions{})
+	b := newRedis(t, srv.Client(), func(string, string, string, []byte) {}, broker.RedisOptions{})
 	chans := []string{"public:s0", "public:s1", "public:s2"}
 	var wg sync.WaitGroup
 	for w := range 50 {
@@ -323,7 +323,7 @@ func TestRedisStaleConfirmationKeepsSubscribeWaiting(t *testing.T) {
 	srv := redistest.Start(t)
 	marker, x := "public:marker", "public:x"
 	entered, release, stop := make(chan struct{}), make(chan struct{}), make(chan struct{})
-	h := func(ch, _ string, _ []byte) {
+	h := func(ch, _, _ string, _ []byte) {
 		if ch != marker {
 			return
 		}
@@ -392,7 +392,7 @@ func TestRedisRefillAfterReconnects(t *testing.T) {
 	ch := "user:refill"
 	brokertest.MustSubscribe(t, b, ch)
 
-	pubLog := events.NewRedisLog(srv.Client(), names, 2000, time.Minute)
+	pubLog := events.NewRedisLog(srv.Client(), names, events.LogConfig{HistorySize: 2000, HistoryTTL: time.Minute})
 	admin := srv.Client()
 	const total = 1000
 	var ids []string
@@ -530,7 +530,7 @@ func TestRedisProbeReplacesASilentConnection(t *testing.T) {
 	ch := "user:silent"
 	brokertest.MustSubscribe(t, b, ch)
 
-	pubLog := events.NewRedisLog(srv.Client(), names, 1000, time.Minute)
+	pubLog := events.NewRedisLog(srv.Client(), names, events.LogConfig{HistorySize: 1000, HistoryTTL: time.Minute})
 	var ids []string
 	for i := range 300 {
 		if i == 100 {
@@ -555,5 +555,70 @@ func TestRedisProbeReplacesASilentConnection(t *testing.T) {
 	}
 	if s := b.Stats(); s.Replacements == 0 {
 		t.Errorf("Stats = %+v, want a replaced connection", s)
+	}
+}
+
+// TestRedisRefillGapIsReported: events published while the pub/sub
+// connection was silent left the (small) history window before the refill
+// could read them; the broker says so through OnGap, once, before it
+// delivers what history still holds and the live events after it.
+func TestRedisRefillGapIsReported(t *testing.T) {
+	srv := redistest.Start(t)
+	proxy := startFreezeProxy(t, srv.Addr)
+	viaProxy := redis.NewClient(&redis.Options{Addr: proxy.ln.Addr().String()})
+	t.Cleanup(func() { viaProxy.Close() })
+	rec := brokertest.NewRecorder()
+	gaps := make(chan string, 4)
+	logCfg := events.LogConfig{HistorySize: 3, HistoryTTL: time.Minute}
+	b := broker.NewRedis(viaProxy, events.NewRedisLog(viaProxy, names, logCfg), names, rec.Handle, nil, broker.RedisOptions{
+		ProbeInterval: 50 * time.Millisecond, ProbeTimeout: 200 * time.Millisecond,
+		OnGap: func(ch string) { gaps <- ch },
+	})
+	t.Cleanup(func() { b.Close() })
+	ch := "user:gap"
+	brokertest.MustSubscribe(t, b, ch)
+	pubLog := events.NewRedisLog(srv.Client(), names, logCfg)
+	publish := func(i int) string {
+		ids, err := pubLog.Append(context.Background(), "", events.Publication{Channel: ch, Event: "n", Data: []byte(strconv.Itoa(i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ids[0]
+	}
+	first := publish(0)
+	rec.WaitID(t, ch, first)
+	if n := proxy.freezePubSub(); n == 0 {
+		t.Fatal("no pub/sub connection to freeze")
+	}
+	var ids []string
+	for i := range 10 { // more than the history holds
+		ids = append(ids, publish(i+1))
+	}
+	select {
+	case got := <-gaps:
+		if got != ch {
+			t.Fatalf("gap reported on %q, want %q", got, ch)
+		}
+	case <-time.After(brokertest.WaitTimeout):
+		t.Fatal("no gap reported")
+	}
+	last := publish(99)
+	fs := rec.WaitID(t, ch, last)
+	var got []string
+	for _, f := range fs {
+		got = append(got, f.ID)
+	}
+	want := append([]string{first}, ids[len(ids)-3:]...) // what history still held
+	want = append(want, last)
+	if !slices.Equal(got, want) {
+		t.Fatalf("delivered %v, want %v", got, want)
+	}
+	if s := b.Stats(); s.RefillGaps != 1 {
+		t.Errorf("Stats.RefillGaps = %d, want 1", s.RefillGaps)
+	}
+	select {
+	case g := <-gaps:
+		t.Errorf("a second gap reported on %s", g)
+	default:
 	}
 }

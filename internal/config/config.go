@@ -37,6 +37,7 @@ type Config struct {
 	PublishBurst    int            // HERALD_PUBLISH_BURST; 1000
 	HistorySize     int            // HERALD_HISTORY_SIZE, events kept per channel; 100
 	HistoryTTL      time.Duration  // HERALD_HISTORY_TTL; 10m
+	RecordTTL       time.Duration  // HERALD_RECORD_TTL, how long a channel's newest id outlives its history; 24h, at least HistoryTTL
 	DrainTimeout    time.Duration  // HERALD_DRAIN_TIMEOUT, spread of the 1012 closes on SIGTERM; 10s
 	Dev             bool           // HERALD_DEV, demo endpoints; on without REDIS_URL, else off
 
@@ -151,6 +152,7 @@ func settings() []setting {
 		{"HERALD_PUBLISH_BURST", "1000", "burst of publish API calls per API key", intSetting(func(c *Config) *int { return &c.PublishBurst }, 1)},
 		{"HERALD_HISTORY_SIZE", "100", "events kept per channel for resume", intSetting(func(c *Config) *int { return &c.HistorySize }, 1)},
 		{"HERALD_HISTORY_TTL", "10m", "how long events are kept for resume", durSetting(func(c *Config) *time.Duration { return &c.HistoryTTL })},
+		{"HERALD_RECORD_TTL", "24h", "how long a channel's newest event id is remembered after its last publish (exact resume after the history expired); at least HERALD_HISTORY_TTL", durSetting(func(c *Config) *time.Duration { return &c.RecordTTL })},
 		{"HERALD_DRAIN_TIMEOUT", "10s", "how long a SIGTERM drain spreads its 1012 closes", durSetting(func(c *Config) *time.Duration { return &c.DrainTimeout })},
 		{"HERALD_DEV", "", "demo/dev endpoints; default on without REDIS_URL", func(c *Config, v string) error {
 			if v == "" {
@@ -176,6 +178,9 @@ func settings() []setting {
 			return c.LogLevel.UnmarshalText([]byte(v))
 		}},
 		{"HERALD_KEY_PREFIX", "", "prefix of Herald's own Redis keys", func(c *Config, v string) error {
+			if strings.ContainsAny(v, "{}") {
+				return errors.New("must not contain { or }: Herald's keys carry their own Redis Cluster hash tags")
+			}
 			c.KeyPrefix = v
 			return nil
 		}},
@@ -215,6 +220,9 @@ func Load(args []string, getenv func(string) string, stderr io.Writer) (Config, 
 		if err := s.set(&c, v); err != nil {
 			return Config{}, fmt.Errorf("%s: bad value %q: %w", s.env, redact(s.env, v), err)
 		}
+	}
+	if c.RecordTTL < c.HistoryTTL {
+		return Config{}, fmt.Errorf("HERALD_RECORD_TTL: %v is shorter than HERALD_HISTORY_TTL (%v): a channel's record must outlive its history", c.RecordTTL, c.HistoryTTL)
 	}
 	return c, nil
 }

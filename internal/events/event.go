@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // Publication is one event to publish on one channel.
@@ -26,7 +27,8 @@ func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
 
 // Validate checks a publication against PROTOCOL §2 and returns a
 // *FieldError naming the first bad field. Data may be empty (it is sent as
-// null) but must otherwise be valid JSON.
+// null) but must otherwise be valid JSON in valid UTF-8: a browser fails
+// the whole WebSocket on a text message that is not UTF-8.
 func (p Publication) Validate() error {
 	if _, _, err := ParseChannel(p.Channel); err != nil {
 		return &FieldError{Field: "channel", Reason: err.Error()}
@@ -37,7 +39,39 @@ func (p Publication) Validate() error {
 	if len(p.Data) > 0 && !json.Valid(p.Data) {
 		return &FieldError{Field: "data", Reason: "not valid JSON"}
 	}
+	if !utf8.Valid(p.Data) {
+		return &FieldError{Field: "data", Reason: "not valid UTF-8"}
+	}
 	return nil
+}
+
+// ImpliedOwner returns the user a publication on an effect channel names
+// as the effect's owner: the "userId" of its data (a string or an
+// integer), as a completion carries it. It is "" for other channels and
+// for data that names no user.
+func (p Publication) ImpliedOwner() string {
+	if kind, _, _ := ParseChannel(p.Channel); kind != KindEffect || len(p.Data) == 0 {
+		return ""
+	}
+	var d struct {
+		UserID json.RawMessage `json:"userId"`
+	}
+	if json.Unmarshal(p.Data, &d) != nil {
+		return ""
+	}
+	if user, ok := idText(d.UserID); ok && ValidName(user) {
+		return user
+	}
+	return ""
+}
+
+// Replay is what a history read returns: the retained events after an id,
+// oldest first, whether they are all that was published after it, and the
+// owner recorded for the channel (effects only; "" when none).
+type Replay struct {
+	Events   []Entry
+	Complete bool
+	Owner    string
 }
 
 // data returns the publication's data as it goes on the wire.

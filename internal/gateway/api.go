@@ -128,16 +128,17 @@ func (s *Server) handlePublishBatch(c echo.Context) error {
 }
 
 // publish sends validated publications through the broker, honouring an
-// Idempotency-Key header.
+// Idempotency-Key header in the scope of the caller's API key.
 func (s *Server) publish(c echo.Context, source string, pubs ...events.Publication) ([]string, error) {
 	if !s.Ready() {
 		return nil, errUnavailable(errors.New("not ready"))
 	}
 	key := c.Request().Header.Get("Idempotency-Key")
-	if len(key) > 200 {
-		return nil, errBadRequest("Idempotency-Key", "at most 200 characters")
+	if err := events.CheckIdemKey(key); err != nil {
+		return nil, errBadRequest("Idempotency-Key", "Idempotency-Key "+err.Error())
 	}
-	ids, err := s.broker.Publish(c.Request().Context(), key, pubs...)
+	scoped := events.ScopedKey(events.APIKeyScope(apiKey(c)), key)
+	ids, err := s.broker.Publish(c.Request().Context(), scoped, pubs...)
 	if err != nil {
 		return nil, err
 	}

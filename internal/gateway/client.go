@@ -188,37 +188,31 @@ func (cl *client) subscribe(ctx context.Context, in inbound) {
 		cl.fail(in.Ref, code, msg)
 		return
 	}
-	subscribe := cl.s.hub.Subscribe
-	if in.Since != "" {
-		subscribe = cl.s.hub.SubscribeResume
-	}
-	added, err := subscribe(cl.conn, in.Channel)
-	if err != nil {
-		cl.fail(in.Ref, codeBadRequest, "too many subscriptions")
-		return
-	}
-	if !added {
-		// This connection already receives the channel, gap-free.
-		cl.send(appendReply(nil, "subscribed", in.Ref, in.Channel, "true", cl.s.broker.Last(in.Channel)))
-		return
-	}
 	sctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
-	err = cl.s.broker.Subscribe(sctx, in.Channel)
+	err = cl.s.hub.Join(sctx, cl.conn, in.Channel, in.Since, func(j hub.Joined) []byte {
+		recovered := "true"
+		if j.Resumed {
+			recovered = strconv.FormatBool(j.Recovered)
+		}
+		return appendReply(nil, "subscribed", in.Ref, in.Channel, recovered, j.Last)
+	})
 	cancel()
-	if err != nil {
-		cl.s.hub.Unsubscribe(cl.conn, in.Channel)
+	switch {
+	case err == nil:
+	case errors.Is(err, hub.ErrTooManyChannels):
+		cl.fail(in.Ref, codeBadRequest, "too many subscriptions")
+	case errors.Is(err, hub.ErrForbidden):
+		cl.fail(in.Ref, codeForbidden, msgForbidden)
+	case errors.Is(err, hub.ErrClosed):
+	default:
 		cl.s.log.Warn("subscribe failed", "kind", events.Prefix(in.Channel), "err", err)
 		cl.fail(in.Ref, codeUnavailable, "subscribe failed, try again")
-		return
 	}
-	if in.Since == "" {
-		cl.send(appendReply(nil, "subscribed", in.Ref, in.Channel, "true", cl.s.broker.Last(in.Channel)))
-		return
-	}
-	cl.s.resume(ctx, cl.conn, in.Channel, in.Since, func(recovered bool) []byte {
-		return appendReply(nil, "subscribed", in.Ref, in.Channel, strconv.FormatBool(recovered), "")
-	})
 }
+
+// msgForbidden is the one refusal of an effect channel, whatever the
+// reason, so that a refusal never tells whether another user owns an id.
+const msgForbidden = "not allowed to subscribe to this channel"
 
 // authorize returns an error code and message when the user may not
 // subscribe the channel.
@@ -229,15 +223,13 @@ func (cl *client) authorize(ctx context.Context, kind events.Kind, id string) (c
 			return codeForbidden, "not your channel"
 		}
 	case events.KindEffect:
-		owner, err := cl.s.owners.Owner(ctx, id)
+		owner, err := cl.s.broker.Owner(ctx, id)
 		switch {
 		case err != nil:
 			cl.s.log.Warn("owner lookup failed", "err", err)
 			return codeUnavailable, "owner check failed, try again"
-		case owner != "" && owner != cl.user:
-			return codeForbidden, "effect belongs to another user"
-		case owner == "" && !isUUID(id):
-			return codeForbidden, "unowned effect ids must be UUIDs"
+		case owner != "" && owner != cl.user, owner == "" && !isUUID(id):
+			return codeForbidden, msgForbidden
 		}
 	}
 	return "", ""
@@ -254,9 +246,7 @@ func (cl *client) unsubscribe(in inbound) {
 		return
 	}
 	cl.bad = 0
-	if cl.s.hub.Unsubscribe(cl.conn, in.Channel) {
-		cl.s.broker.Unsubscribe(in.Channel)
-	}
+	cl.s.hub.Leave(cl.conn, in.Channel)
 	cl.send(appendReply(nil, "unsubscribed", in.Ref, in.Channel, "", ""))
 }
 
@@ -310,6 +300,18 @@ func appendReply(dst []byte, typ string, ref int64, channel, recovered, last str
 		dst = append(dst, '"')
 	}
 	return append(dst, '}')
+}
+
+// evictedFrame tells a client that it no longer receives channel because
+// the channel's events belong to another user (an owned effect).
+func evictedFrame(channel string) []byte {
+	return []byte(`{"type":"unsubscribed","channel":"` + channel + `","reason":"forbidden"}`)
+}
+
+// gapFrame tells a client that events of channel were lost on their way to
+// this replica and could not be recovered: refetch what depends on it.
+func gapFrame(channel string) []byte {
+	return []byte(`{"type":"gap","channel":"` + channel + `"}`)
 }
 
 func appendError(dst []byte, ref int64, code, msg string) []byte {

@@ -77,7 +77,7 @@ func (s *Server) handleDevJob(c echo.Context) error {
 		return err
 	}
 	effectID := uuid.NewString()
-	if err := s.owners.SetOwner(c.Request().Context(), effectID, sess.UserID); err != nil {
+	if err := s.broker.SetOwner(c.Request().Context(), effectID, sess.UserID, ownerTTL); err != nil {
 		return errUnavailable(err)
 	}
 	delay := 500*time.Millisecond + rand.N(1500*time.Millisecond)

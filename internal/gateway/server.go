@@ -31,7 +31,6 @@ type Deps struct {
 	Hub      *hub.Hub
 	Broker   broker.Broker
 	Sessions session.Store
-	Owners   Owners
 	Metrics  *metrics.Metrics
 	Gatherer prometheus.Gatherer // what /metrics serves
 	Log      *slog.Logger
@@ -57,7 +56,6 @@ type Server struct {
 	hub       *hub.Hub
 	broker    broker.Broker
 	sessions  session.Store
-	owners    Owners
 	metrics   *metrics.Metrics
 	gatherer  prometheus.Gatherer
 	log       *slog.Logger
@@ -82,7 +80,7 @@ type Server struct {
 func New(d Deps) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		cfg: d.Config, hub: d.Hub, broker: d.Broker, sessions: d.Sessions, owners: d.Owners,
+		cfg: d.Config, hub: d.Hub, broker: d.Broker, sessions: d.Sessions,
 		metrics: d.Metrics, gatherer: d.Gatherer, log: d.Log, web: d.Web, now: time.Now,
 		connects: d.ConnectLimiter, publishes: d.PublishLimiter, slots: d.Slots,
 		live: newLiveSessions(), ctx: ctx, cancel: cancel,
@@ -111,6 +109,20 @@ func (s *Server) Run(ctx context.Context) error {
 		g.Go(func() error { r.Run(ctx); return nil }) // lease heartbeats
 	}
 	return g.Wait()
+}
+
+// Evicted tells a client the hub removed from channel because the
+// channel's events belong to another user (hub.Config.OnEvict).
+func (s *Server) Evicted(c *hub.Conn, channel string) {
+	s.metrics.Evictions.Inc()
+	c.Send(evictedFrame(channel))
+}
+
+// Gap tells every local subscriber of channel that events were lost on
+// their way to this replica (broker.RedisOptions.OnGap).
+func (s *Server) Gap(channel string) {
+	s.metrics.Gaps.Inc()
+	s.hub.Notify(channel, gapFrame(channel))
 }
 
 // Drain closes every socket with 1012 spread over the drain window, waits
@@ -198,22 +210,16 @@ func (s *Server) sessionCheckLoop(ctx context.Context) {
 	}
 }
 
+// checkSessions asks the backend about every session behind an open
+// socket: a session deleted, unusable, or whose expiresAt (as the app keeps
+// it now, extended or not) has passed closes its sockets with 4001.
 func (s *Server) checkSessions(ctx context.Context) {
 	all := s.live.snapshot()
 	if len(all) == 0 {
 		return
 	}
-	nowMS := s.now().UnixMilli()
-	var dead, check []liveSession
-	for _, l := range all {
-		if l.expiresAt <= nowMS {
-			dead = append(dead, l)
-		} else {
-			check = append(check, l)
-		}
-	}
-	ids := make([]string, len(check))
-	for i, l := range check {
+	ids := make([]string, len(all))
+	for i, l := range all {
 		ids[i] = l.id
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -221,15 +227,13 @@ func (s *Server) checkSessions(ctx context.Context) {
 	cancel()
 	if err != nil {
 		s.log.Warn("session check skipped: backend error", "err", err)
-	} else {
-		for i, ok := range alive {
-			if !ok {
-				dead = append(dead, check[i])
-			}
-		}
+		return
 	}
-	for _, l := range dead {
-		s.hub.CloseUser(l.user, func(c *hub.Conn) bool { return c.Tag == l.hash }, hub.CloseRevoked, "session expired")
+	for i, ok := range alive {
+		if !ok {
+			l := all[i]
+			s.hub.CloseUser(l.user, func(c *hub.Conn) bool { return c.Tag == l.hash }, hub.CloseRevoked, "session expired")
+		}
 	}
 }
 
@@ -243,7 +247,6 @@ type liveSessions struct {
 
 type liveSession struct {
 	id, hash, user string
-	expiresAt      int64 // ms
 	refs           int
 }
 
@@ -255,7 +258,7 @@ func (l *liveSessions) add(sess session.Session) string {
 	defer l.mu.Unlock()
 	e := l.m[h]
 	if e == nil {
-		e = &liveSession{id: sess.ID, hash: h, user: sess.UserID, expiresAt: sess.ExpiresAt}
+		e = &liveSession{id: sess.ID, hash: h, user: sess.UserID}
 		l.m[h] = e
 	}
 	e.refs++

@@ -57,15 +57,6 @@ func (s *Server) handleWS(c echo.Context) error {
 		}
 	}
 
-	userChannel := events.UserChannel(sess.UserID)
-	ctx, cancel := context.WithTimeout(r.Context(), subscribeTimeout)
-	err = s.broker.Subscribe(ctx, userChannel)
-	cancel()
-	if err != nil {
-		release()
-		return s.refuse(c, errUnavailable(err))
-	}
-
 	// Counted before the hijack, so that a Drain waiting for handlers
 	// cannot miss this one.
 	s.wg.Add(1)
@@ -77,7 +68,6 @@ func (s *Server) handleWS(c echo.Context) error {
 	if err != nil {
 		s.wg.Done()
 		release()
-		s.broker.Unsubscribe(userChannel)
 		s.log.Debug("upgrade failed", "err", err)
 		return nil // Accept answered the client itself
 	}
@@ -88,7 +78,7 @@ func (s *Server) handleWS(c echo.Context) error {
 	go func() {
 		defer s.wg.Done()
 		defer release()
-		s.serveSocket(ws, sess, userChannel, since)
+		s.serveSocket(ws, sess, since)
 	}()
 	return nil
 }
@@ -188,69 +178,41 @@ func (t wsTransport) Close(code int, reason string) error {
 }
 func (t wsTransport) CloseNow() error { return t.c.CloseNow() }
 
-// serveSocket registers an accepted socket, greets it and runs its read
-// loop until the socket ends; then it releases everything it held.
-func (s *Server) serveSocket(ws *websocket.Conn, sess session.Session, userChannel, since string) {
+// serveSocket registers an accepted socket, joins it to its personal
+// channel (the welcome is the reply to that join, so it comes before any
+// event of the channel), runs its read loop until the socket ends, then
+// releases everything it held.
+func (s *Server) serveSocket(ws *websocket.Conn, sess session.Session, since string) {
 	hash := s.live.add(sess)
 	defer s.live.release(hash)
 
 	conn, err := s.hub.Add(uuid.NewString(), sess.UserID, hash, wsTransport{ws})
 	if err != nil { // draining began after refuseEarly
-		s.broker.Unsubscribe(userChannel)
 		ws.Close(websocket.StatusServiceRestart, "server restart")
 		return
 	}
 	s.metrics.Connects.Inc()
 	defer func() {
-		s.broker.Unsubscribe(s.hub.Remove(conn)...)
+		s.hub.Remove(conn)
 		ws.CloseNow()
 	}()
-	welcome := func(recovered string) []byte {
-		last := ""
-		if recovered == "" { // a resume's missed events carry their own ids
-			last = s.broker.Last(userChannel)
+	ctx, cancel := context.WithTimeout(s.ctx, subscribeTimeout)
+	err = s.hub.Join(ctx, conn, events.UserChannel(sess.UserID), since, func(j hub.Joined) []byte {
+		recovered := ""
+		if j.Resumed {
+			recovered = strconv.FormatBool(j.Recovered)
 		}
-		return welcomeFrame(conn.ID, sess.UserID, s.cfg.Node, s.heartbeatSeconds(), recovered, last)
-	}
-	// The welcome goes first: before the personal channel's first event,
-	// and, on a resume, before its missed events (Resume queues it).
-	subscribe := s.hub.SubscribeResume
-	if since == "" {
-		conn.Send(welcome(""))
-		subscribe = s.hub.Subscribe
-	}
-	if _, err := subscribe(conn, userChannel); err != nil {
-		s.broker.Unsubscribe(userChannel) // the reference taken before the upgrade
-	} else if since != "" {
-		s.resume(s.ctx, conn, userChannel, since, func(recovered bool) []byte {
-			return welcome(strconv.FormatBool(recovered))
-		})
+		return welcomeFrame(conn.ID, sess.UserID, s.cfg.Node, s.heartbeatSeconds(), recovered, j.Last)
+	})
+	cancel()
+	if err != nil {
+		s.log.Warn("personal channel not joined; closing the socket", "err", err)
+		s.metrics.Closed(hub.CloseTryAgain)
+		ws.Close(websocket.StatusTryAgainLater, "backend unavailable, try again")
+		return
 	}
 	cl := &client{s: s, conn: conn, user: sess.UserID}
 	cl.readLoop(s.ctx, ws)
-}
-
-// resume finishes a subscription begun with hub.SubscribeResume: it reads
-// the channel's history after since and has the connection send first
-// (built knowing whether the history covered the gap), then the missed
-// events, then the live ones held back meanwhile, each exactly once. A
-// failed history read still ends the hold, with recovered false.
-func (s *Server) resume(ctx context.Context, conn *hub.Conn, channel, since string, first func(recovered bool) []byte) {
-	hctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
-	evs, complete, err := s.broker.History(hctx, channel, since)
-	cancel()
-	if err != nil {
-		s.log.Warn("history read failed; resuming without it", "kind", events.Prefix(channel), "err", err)
-	}
-	last := since
-	missed := make([]hub.Frame, len(evs))
-	for i, ev := range evs {
-		missed[i] = hub.Frame{ID: ev.ID, Frame: ev.Frame}
-		last = ev.ID
-	}
-	conn.Resume(channel, first(err == nil && complete), missed, func(id string) bool {
-		return events.CompareIDs(id, last) <= 0
-	})
 }
 
 func (s *Server) heartbeatSeconds() int { return int(s.hub.PingInterval() / time.Second) }

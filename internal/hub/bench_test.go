@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"sync/atomic"
 	"testing"
+
+	"github.com/heraldgw/herald/internal/broker"
 )
 
 // sink is a Transport that accepts every write at once and counts it.
@@ -23,18 +25,19 @@ func (s sink) CloseNow() error                     { return nil }
 func BenchmarkBroadcast(b *testing.B) {
 	for _, n := range []int{1, 100, 1000, 10000} {
 		b.Run(fmt.Sprintf("subscribers=%d", n), func(b *testing.B) {
-			h := New(Config{QueueLen: 1 << 20, QueueBytes: 1 << 30}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			src := broker.NewMemory(nil, broker.MemoryConfig{})
+			h := New(Config{QueueLen: 1 << 20, QueueBytes: 1 << 30}, src, slog.New(slog.NewTextHandler(io.Discard, nil)))
 			defer h.Close()
 			var writes atomic.Int64
 			for i := range n {
 				c, _ := h.Add(fmt.Sprint(i), fmt.Sprint(i), "", sink{&writes})
-				h.Subscribe(c, "public:bench")
+				h.Join(context.Background(), c, "public:bench", "", func(Joined) []byte { return nil })
 			}
 			frame := []byte(`{"type":"event","channel":"public:bench","id":"1-0","event":"e","data":{"n":1},"ts":1}`)
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := range b.N {
-				h.Broadcast("public:bench", "1-0", frame)
+				h.Broadcast("public:bench", "1-0", "", frame)
 				for writes.Load() < int64((i+1)*n) {
 				}
 			}

@@ -1,9 +1,12 @@
 package hub
 
 import (
+	"bytes"
 	"context"
 	"slices"
 	"sync"
+
+	"github.com/heraldgw/herald/internal/events"
 )
 
 // Conn is one client connection in the hub. Frames sent to it go through a
@@ -16,25 +19,34 @@ type Conn struct {
 	t   Transport
 	hub *Hub
 
-	mu           sync.Mutex
-	queue        [][]byte // frames waiting for the writer; guarded by mu
-	backlog      [][]byte // frames a resume put before queue, outside its limits; guarded by mu
-	backlogBytes int      // bytes in backlog; guarded by mu
-	pending      int      // bytes in queue; guarded by mu
-	writing      bool     // a writer goroutine runs; guarded by mu
-	closeCode    int      // non-zero once a close was requested; guarded by mu
-	reason       string   // close reason; guarded by mu
-	closed       bool     // no more frames are accepted; guarded by mu
-	removed      bool     // Remove ran; guarded by mu
-	channels     []string // subscribed channels; guarded by mu
-	// buffering holds, per channel being resumed, the live frames that
-	// arrive until Resume; nil when no resume is under way. skip holds, per
-	// channel just resumed, which live frames the resume already sent, until
-	// a newer one arrives. Both guarded by mu.
-	buffering map[string][]Frame
-	skip      map[string]func(id string) bool
-	done      chan struct{} // closed once the transport is closed
-	doneOnce  sync.Once
+	mu sync.Mutex
+	// queue holds the frames waiting for the writer, in order; flight the
+	// ones it is writing now (read-only while it does). Frames of a join's
+	// reply and replay are queued outside the limits (extra counts their
+	// bytes); the others count in bytes and frames. All guarded by mu.
+	queue, flight [][]byte
+	bytes, frames int
+	extra         int
+	writing       bool     // a writer goroutine runs; guarded by mu
+	closeCode     int      // non-zero once a close was requested; guarded by mu
+	reason        string   // close reason; guarded by mu
+	closed        bool     // no more frames are accepted; guarded by mu
+	removed       bool     // Remove ran; guarded by mu
+	channels      []string // subscribed channels; guarded by mu
+	// hold keeps, per channel being joined, the live frames that arrive
+	// until the join is released. skip keeps, per channel just joined, the
+	// newest id the join already gave the client: live frames at or below
+	// it (pub/sub lagging behind a history read) are dropped until a newer
+	// one arrives. Both guarded by mu.
+	hold     map[string][]heldFrame
+	skip     map[string]string
+	done     chan struct{} // closed once the transport is closed
+	doneOnce sync.Once
+}
+
+type heldFrame struct {
+	id    string
+	frame []byte
 }
 
 // Done is closed once c's socket has been closed, by a finished closing
@@ -55,11 +67,23 @@ func (c *Conn) shut(graceful bool, code int, reason string) {
 func (c *Conn) has(channel string) bool  { return c.index(channel) >= 0 }
 func (c *Conn) index(channel string) int { return slices.Index(c.channels, channel) }
 
-// Frame is an event frame with its id, as held while a resume is under way.
-type Frame struct {
-	ID    string
-	Frame []byte
+// forget removes channel from c's subscriptions and drops what was held or
+// skipped for it; it reports whether c had it.
+func (c *Conn) forget(channel string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	i := c.index(channel)
+	if i < 0 {
+		return false
+	}
+	c.channels = slices.Delete(c.channels, i, i+1)
+	delete(c.hold, channel)
+	delete(c.skip, channel)
+	return true
 }
+
+// open reports whether frames are still accepted. c.mu must be held.
+func (c *Conn) openLocked() bool { return !c.closed && c.closeCode == 0 }
 
 // Send queues frame for c and reports whether it was taken. It never blocks.
 // A frame that would overflow the queue is refused and c is closed with
@@ -71,89 +95,112 @@ func (c *Conn) Send(frame []byte) bool {
 }
 
 // deliver queues an event frame of channel, or holds it back while the
-// channel is being resumed.
+// channel is being joined.
 func (c *Conn) deliver(channel, id string, frame []byte) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if seen, ok := c.skip[channel]; ok {
-		if seen(id) {
+	if last, ok := c.skip[channel]; ok {
+		if events.CompareIDs(id, last) <= 0 {
 			return false
 		}
 		delete(c.skip, channel)
 	}
-	if buf, ok := c.buffering[channel]; ok && !c.closed && c.closeCode == 0 {
-		if len(buf) >= c.hub.cfg.QueueLen {
+	if held, ok := c.hold[channel]; ok && c.openLocked() {
+		if len(held) >= c.hub.cfg.QueueLen {
 			c.overflowLocked()
 			return false
 		}
-		c.buffering[channel] = append(buf, Frame{ID: id, Frame: frame})
+		c.hold[channel] = append(held, heldFrame{id, frame})
 		return true
 	}
 	return c.sendLocked(frame)
 }
 
-// Resume ends the resume of channel begun by Hub.SubscribeResume: it
-// queues first (typically the reply announcing the resume, may be nil),
-// then the missed frames, then the live frames held back meanwhile except
-// those for which seen returns true (already among the missed ones). Live
-// frames arriving afterwards are dropped while seen holds for them (pub/sub
-// can lag behind the history read) and queued as usual from the first one
-// it does not, so the client gets every frame once, in order.
-func (c *Conn) Resume(channel string, first []byte, missed []Frame, seen func(id string) bool) {
+// release ends the hold of channel begun by Join: it queues first (the
+// reply announcing the subscription), then the replayed events, then the
+// live frames held meanwhile that come after last, so the client gets
+// every event once, in order. Live frames arriving afterwards at or below
+// last are dropped (see skip). Nothing is queued when c left the channel
+// meanwhile.
+func (c *Conn) release(channel string, first []byte, replay []events.Entry, last string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	held := c.buffering[channel]
-	delete(c.buffering, channel)
-	if len(c.buffering) == 0 {
-		c.buffering = nil
-	}
-	if c.closed || c.closeCode != 0 {
+	held, ok := c.hold[channel]
+	if !ok {
 		return
 	}
-	// The reply and the missed frames go to the backlog, written before the
-	// queue and outside its limits: a long gap (bounded by the history
-	// window) must not make the resume itself a slow consumer. Only one
-	// large resume may wait at a time: a client stacking them is slow.
-	if c.backlogBytes > c.hub.cfg.QueueBytes {
+	delete(c.hold, channel)
+	if !c.openLocked() {
+		return
+	}
+	// The reply and the replay are queued outside the queue's limits: a
+	// long gap (bounded by the history window) must not make the join
+	// itself a slow consumer. Only one large replay may wait at a time: a
+	// client stacking them is slow.
+	if c.extra > c.hub.cfg.QueueBytes {
 		c.overflowLocked()
 		return
 	}
 	if first != nil {
-		c.backlog = append(c.backlog, first)
-		c.backlogBytes += len(first)
+		c.queueExtraLocked(first)
 	}
-	for _, f := range missed {
-		c.backlog = append(c.backlog, f.Frame)
-		c.backlogBytes += len(f.Frame)
+	for _, e := range replay {
+		c.queueExtraLocked(e.Frame)
 	}
-	c.startWriterLocked()
 	for _, f := range held {
-		if !seen(f.ID) && !c.sendLocked(f.Frame) {
+		if events.CompareIDs(f.id, last) > 0 && !c.sendLocked(f.frame) {
 			return
 		}
 	}
-	// Pub/sub may still bring frames the client already has (from the
-	// history read, or from before its since): drop them until the first
-	// newer one.
 	if c.skip == nil {
-		c.skip = make(map[string]func(string) bool)
+		c.skip = make(map[string]string)
 	}
-	c.skip[channel] = seen
+	c.skip[channel] = last
+}
+
+func (c *Conn) queueExtraLocked(frame []byte) {
+	c.queue = append(c.queue, frame)
+	c.extra += len(frame)
+	c.startWriterLocked()
+}
+
+// queuedNewestLocked returns the newer of since and the newest id of an
+// event of channel still queued or being written to c.
+func (c *Conn) queuedNewestLocked(channel, since string) string {
+	head := `{"type":"event","channel":"` + channel + `","id":"`
+	for _, q := range [][][]byte{c.flight, c.queue} {
+		for _, f := range q {
+			if !bytes.HasPrefix(f, []byte(head)) {
+				continue
+			}
+			if id, ok := events.FrameID(f); ok && events.CompareIDs(id, since) > 0 {
+				since = id
+			}
+		}
+	}
+	return since
 }
 
 func (c *Conn) sendLocked(frame []byte) bool {
 	cfg := &c.hub.cfg
-	if c.closed || c.closeCode != 0 {
+	if !c.openLocked() {
 		return false
 	}
-	if c.pending+len(frame) > cfg.QueueBytes || len(c.queue) >= cfg.QueueLen {
+	if c.bytes+len(frame) > cfg.QueueBytes || c.frames >= cfg.QueueLen {
 		c.overflowLocked()
 		return false
 	}
 	c.queue = append(c.queue, frame)
-	c.pending += len(frame)
+	c.bytes += len(frame)
+	c.frames++
 	c.startWriterLocked()
 	return true
+}
+
+// dropQueueLocked forgets everything queued and held, giving the memory
+// back.
+func (c *Conn) dropQueueLocked() {
+	c.queue, c.bytes, c.frames, c.extra, c.hold = nil, 0, 0, 0, nil
 }
 
 // Close asks for c to be closed with code after the frames already queued
@@ -162,24 +209,25 @@ func (c *Conn) sendLocked(frame []byte) bool {
 func (c *Conn) Close(code int, reason string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
+	if c.closed || c.closeCode != 0 {
 		return
 	}
-	c.requestCloseLocked(code, reason)
+	c.closeCode, c.reason = code, reason
+	c.startWriterLocked()
 }
 
 // Closing reports whether a close of c was requested or has happened.
 func (c *Conn) Closing() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.closed || c.closeCode != 0
+	return !c.openLocked()
 }
 
 // overflowLocked drops c's queue and closes it with CloseSlowConsumer on a
 // goroutine of its own: the writer may be stuck on the very socket that
 // cannot keep up, and closing the transport is what unblocks it.
 func (c *Conn) overflowLocked() {
-	c.queue, c.backlog, c.pending, c.backlogBytes, c.buffering = nil, nil, 0, 0, nil
+	c.dropQueueLocked()
 	c.closeCode, c.reason = CloseSlowConsumer, "slow consumer"
 	c.closed = true
 	h := c.hub
@@ -189,14 +237,6 @@ func (c *Conn) overflowLocked() {
 		h.cfg.OnClose(CloseSlowConsumer)
 		c.shut(true, CloseSlowConsumer, "slow consumer")
 	}()
-}
-
-func (c *Conn) requestCloseLocked(code int, reason string) {
-	if c.closeCode != 0 {
-		return
-	}
-	c.closeCode, c.reason = code, reason
-	c.startWriterLocked()
 }
 
 func (c *Conn) startWriterLocked() {
@@ -214,17 +254,12 @@ func (c *Conn) startWriterLocked() {
 func (c *Conn) writeLoop() {
 	h := c.hub
 	defer h.wg.Done()
-	var batch [][]byte
 	for {
 		c.mu.Lock()
-		if len(c.backlog) > 0 {
-			batch = append(c.backlog, c.queue...)
-			c.backlog, c.queue, c.backlogBytes = nil, nil, 0
-		} else {
-			batch, c.queue = c.queue, batch[:0]
-		}
-		c.pending = 0
+		batch := c.queue
+		c.queue, c.flight, c.bytes, c.frames, c.extra = nil, batch, 0, 0, 0
 		if len(batch) == 0 {
+			c.flight = nil
 			code, reason := c.closeCode, c.reason
 			if code == 0 || c.closed {
 				c.writing = false
@@ -241,8 +276,15 @@ func (c *Conn) writeLoop() {
 			return
 		}
 		c.mu.Unlock()
-		if !c.writeBatch(batch) {
-			c.fail()
+		ok := c.writeBatch(batch)
+		c.mu.Lock()
+		c.flight = nil
+		if !ok {
+			c.writing = false
+		}
+		c.mu.Unlock()
+		if !ok {
+			c.drop()
 			return
 		}
 	}
@@ -258,10 +300,8 @@ func (c *Conn) writeBatch(batch [][]byte) bool {
 	h := c.hub
 	for start := 0; start < len(batch); start += framesPerDeadline {
 		ctx, cancel := context.WithTimeout(h.ctx, h.cfg.WriteTimeout)
-		for i := start; i < min(start+framesPerDeadline, len(batch)); i++ {
-			err := c.t.Write(ctx, batch[i])
-			batch[i] = nil
-			if err != nil {
+		for _, f := range batch[start:min(start+framesPerDeadline, len(batch))] {
+			if err := c.t.Write(ctx, f); err != nil {
 				cancel()
 				return false
 			}
@@ -271,13 +311,17 @@ func (c *Conn) writeBatch(batch [][]byte) bool {
 	return true
 }
 
-// fail drops the socket after a failed write or ping.
-func (c *Conn) fail() {
+// drop drops the socket at once after a failed write or an unanswered
+// ping, counting it as CloseAbnormal unless it was already closing.
+func (c *Conn) drop() {
 	c.mu.Lock()
+	count := !c.closed
 	c.closed = true
-	c.queue, c.backlog, c.pending, c.backlogBytes = nil, nil, 0, 0
-	c.writing = false
+	c.dropQueueLocked()
 	c.mu.Unlock()
+	if count && c.hub.ctx.Err() == nil {
+		c.hub.cfg.OnClose(CloseAbnormal)
+	}
 	c.shut(false, 0, "")
 }
 
@@ -293,10 +337,6 @@ func (c *Conn) ping() {
 		if !c.Closing() {
 			h.log.Debug("reaping unresponsive connection", "conn", c.ID, "err", err)
 		}
-		c.mu.Lock()
-		c.closed = true
-		c.queue, c.backlog, c.pending, c.backlogBytes = nil, nil, 0, 0
-		c.mu.Unlock()
-		c.shut(false, 0, "")
+		c.drop()
 	}
 }

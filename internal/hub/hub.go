@@ -2,6 +2,12 @@
 // them. It knows channels, connections and bytes, nothing of Redis, HTTP or
 // sessions.
 //
+// The hub owns subscriptions: a connection joins a channel through Join,
+// which registers it, takes one reference on the event source (Source) for
+// the pair, learns the channel's last id or reads what the connection
+// missed, and releases the held-back live frames, as one operation. Leave
+// and Remove give the reference back. No caller keeps a count in step.
+//
 // Fan-out encodes nothing: Broadcast hands the same frame bytes to every
 // subscriber's bounded send queue under a shard read lock and returns. A
 // connection's writer goroutine exists only while its queue has work, so an
@@ -9,7 +15,8 @@
 // its connection with CloseSlowConsumer, asynchronously, without slowing any
 // other connection.
 //
-// Lock order: shard.mu before Conn.mu; never the reverse.
+// Lock order: shard.mu before Conn.mu; never the reverse. Source calls are
+// made without any hub lock held.
 package hub
 
 import (
@@ -20,14 +27,18 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/heraldgw/herald/internal/events"
 )
 
 // Close codes the hub itself uses (PROTOCOL §4).
 const (
 	CloseNormal        = 1000
 	CloseGoingAway     = 1001
+	CloseAbnormal      = 1006 // no close frame: a dead peer reaped, a failed write
 	ClosePolicy        = 1008
 	CloseRestart       = 1012
+	CloseTryAgain      = 1013
 	CloseRevoked       = 4001
 	CloseRateLimited   = 4008
 	CloseSlowConsumer  = 4009
@@ -46,6 +57,9 @@ var (
 	ErrDraining        = errors.New("hub: draining")
 	ErrClosed          = errors.New("hub: connection closed")
 	ErrTooManyChannels = errors.New("hub: too many subscriptions")
+	// ErrForbidden is returned by Join when the channel's history belongs
+	// to another user (an owned effect).
+	ErrForbidden = errors.New("hub: channel belongs to another user")
 )
 
 // Transport is the socket under a connection. Write sends one text message;
@@ -58,6 +72,23 @@ type Transport interface {
 	CloseNow() error
 }
 
+// Source is the event bus as the hub uses it (a broker.Broker satisfies
+// it). The hub holds one reference per (connection, channel) pair it
+// delivers to.
+type Source interface {
+	// Subscribe adds a reference to channel and returns once every event
+	// after Last(channel) will be handed to Broadcast.
+	Subscribe(ctx context.Context, channels ...string) error
+	// Unsubscribe drops a reference. It must not block.
+	Unsubscribe(channels ...string)
+	// Last returns an id such that every event after it reaches Broadcast
+	// after Last returned (or is reaching it now).
+	Last(channel string) string
+	// History returns the events after since, whether none is missing, and
+	// the channel's owner.
+	History(ctx context.Context, channel, since string) (events.Replay, error)
+}
+
 // Config tunes a Hub. Zero fields take the defaults in their comments.
 type Config struct {
 	QueueBytes       int           // pending bytes per connection before 4009; 1 MiB
@@ -68,8 +99,14 @@ type Config struct {
 	MaxSubscriptions int           // channels per connection; 128
 
 	// OnClose, if set, is called once per connection the hub closes, with
-	// the close code (for metrics). It must not block.
+	// the close code (CloseAbnormal for a dead peer or a failed write), for
+	// metrics. It must not block.
 	OnClose func(code int)
+
+	// OnEvict, if set, is called when Broadcast removed c from channel
+	// because the channel's event belongs to another user; the caller tells
+	// the client (c.Send). It must not block.
+	OnEvict func(c *Conn, channel string)
 }
 
 func (c *Config) setDefaults() {
@@ -92,12 +129,16 @@ func (c *Config) setDefaults() {
 	if c.OnClose == nil {
 		c.OnClose = func(int) {}
 	}
+	if c.OnEvict == nil {
+		c.OnEvict = func(*Conn, string) {}
+	}
 }
 
 // Hub holds the connections of one replica. Its methods are safe for
 // concurrent use. Every goroutine it starts ends before Close returns.
 type Hub struct {
 	cfg  Config
+	src  Source
 	log  *slog.Logger
 	seed maphash.Seed
 
@@ -123,11 +164,12 @@ type userShard struct {
 	conns map[string]map[*Conn]struct{} // user → connections; guarded by mu
 }
 
-// New returns a Hub. Call Run to start its heartbeat and Close to stop it.
-func New(cfg Config, log *slog.Logger) *Hub {
+// New returns a Hub that subscribes through src. Call Run to start its
+// heartbeat and Close to stop it.
+func New(cfg Config, src Source, log *slog.Logger) *Hub {
 	cfg.setDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &Hub{cfg: cfg, log: log, seed: maphash.MakeSeed(), ctx: ctx, cancel: cancel}
+	h := &Hub{cfg: cfg, src: src, log: log, seed: maphash.MakeSeed(), ctx: ctx, cancel: cancel}
 	for i := range h.channels {
 		h.channels[i].subs = make(map[string]map[*Conn]struct{})
 		h.users[i].conns = make(map[string]map[*Conn]struct{})
@@ -139,14 +181,17 @@ func (h *Hub) shard(key string) int { return int(maphash.String(h.seed, key) % n
 
 // Add registers a new connection of user. tag is an opaque label the caller
 // may match on later (the gateway keeps a session hash there). It fails with
-// ErrDraining once Drain or Close began.
+// ErrDraining once Drain or Close began: the check and the registration
+// happen under the user shard's lock, which Drain's snapshot takes too, so
+// a connection is either refused or closed by the drain.
 func (h *Hub) Add(id, user, tag string, t Transport) (*Conn, error) {
-	if h.draining.Load() {
-		return nil, ErrDraining
-	}
 	c := &Conn{ID: id, User: user, Tag: tag, t: t, hub: h, done: make(chan struct{})}
 	s := &h.users[h.shard(user)]
 	s.mu.Lock()
+	if h.draining.Load() {
+		s.mu.Unlock()
+		return nil, ErrDraining
+	}
 	m := s.conns[user]
 	if m == nil {
 		m = make(map[*Conn]struct{})
@@ -158,25 +203,28 @@ func (h *Hub) Add(id, user, tag string, t Transport) (*Conn, error) {
 	return c, nil
 }
 
-// Remove unregisters c and all its subscriptions and returns the channels it
-// was subscribed to, so the caller can release them upstream. It is called
-// once, by the connection's owner, when its socket is done; later calls
-// return nil.
-func (h *Hub) Remove(c *Conn) []string {
+// Remove unregisters c, ends all its subscriptions (giving their
+// references back to the source) and drops whatever it had queued. It is
+// called once, by the connection's owner, when its socket is done; later
+// calls do nothing.
+func (h *Hub) Remove(c *Conn) {
 	c.mu.Lock()
 	if c.removed {
 		c.mu.Unlock()
-		return nil
+		return
 	}
 	c.removed = true
 	c.closed = true // nothing more is queued or written
-	c.queue, c.backlog, c.pending, c.backlogBytes = nil, nil, 0, 0
+	c.dropQueueLocked()
 	chans := c.channels
-	c.channels = nil
+	c.channels, c.hold, c.skip = nil, nil, nil
 	c.mu.Unlock()
 
 	for _, ch := range chans {
 		h.dropSub(c, ch)
+	}
+	if len(chans) > 0 {
+		h.src.Unsubscribe(chans...)
 	}
 	s := &h.users[h.shard(c.User)]
 	s.mu.Lock()
@@ -188,44 +236,102 @@ func (h *Hub) Remove(c *Conn) []string {
 	}
 	s.mu.Unlock()
 	h.conns.Add(-1)
-	return chans
 }
 
-// Subscribe adds c to channel. added is false when c already had it.
-func (h *Hub) Subscribe(c *Conn, channel string) (added bool, err error) {
-	return h.subscribe(c, channel, false)
+// Joined is what Join learned, for the reply that announces the
+// subscription.
+type Joined struct {
+	Already   bool   // c had the channel: nothing changed, nothing replayed
+	Resumed   bool   // since was given: Recovered tells whether the gap was covered
+	Recovered bool   // no event after since is lost (also true when Already)
+	Last      string // a fresh join's starting point: every event after it follows the reply
 }
 
-// SubscribeResume adds c to channel like Subscribe, but holds the
-// channel's live frames back until c.Resume, so that the caller can read
-// what c missed and have it sent first. When c already had the channel
-// (added is false) nothing is held back and Resume must not be called.
-func (h *Hub) SubscribeResume(c *Conn, channel string) (added bool, err error) {
-	return h.subscribe(c, channel, true)
-}
-
-func (h *Hub) subscribe(c *Conn, channel string, hold bool) (added bool, err error) {
+// Join subscribes c to channel as one operation: it registers c (holding
+// the channel's live frames back), takes a source reference and waits for
+// the subscription, then either learns the channel's last id (since "") or
+// reads the events after since, and queues reply(Joined), the missed
+// events and the held frames, each event exactly once, in order. Events
+// after the Last (or since) it answered all reach c until it leaves.
+//
+// With since, a replay begins after since or after the newest event of
+// the channel still queued for c from an earlier subscription, whichever
+// is newer, so a quick unsubscribe and resubscribe sends nothing twice.
+//
+// When c already has channel it only queues reply(Joined{Already: true,
+// Recovered: true, Last}). Errors: ErrClosed, ErrTooManyChannels, the
+// source's Subscribe error, or ErrForbidden when the history belongs to
+// another user; then c is not subscribed and nothing was queued.
+func (h *Hub) Join(ctx context.Context, c *Conn, channel, since string, reply func(Joined) []byte) error {
 	c.mu.Lock()
 	switch {
 	case c.closed:
 		c.mu.Unlock()
-		return false, ErrClosed
+		return ErrClosed
 	case c.has(channel):
 		c.mu.Unlock()
-		return false, nil
+		c.Send(reply(Joined{Already: true, Recovered: true, Last: h.src.Last(channel)}))
+		return nil
 	case len(c.channels) >= h.cfg.MaxSubscriptions:
 		c.mu.Unlock()
-		return false, ErrTooManyChannels
+		return ErrTooManyChannels
 	}
 	c.channels = append(c.channels, channel)
-	if hold {
-		if c.buffering == nil {
-			c.buffering = make(map[string][]Frame)
-		}
-		c.buffering[channel] = nil
+	if c.hold == nil {
+		c.hold = make(map[string][]heldFrame)
+	}
+	c.hold[channel] = nil
+	if since != "" {
+		since = c.queuedNewestLocked(channel, since)
 	}
 	c.mu.Unlock()
+	h.addSub(c, channel)
 
+	if err := h.src.Subscribe(ctx, channel); err != nil {
+		h.unjoin(c, channel)
+		return err
+	}
+	if since == "" {
+		last := h.src.Last(channel)
+		c.release(channel, reply(Joined{Last: last}), nil, last)
+		return nil
+	}
+	r, err := h.src.History(ctx, channel, since)
+	if err != nil {
+		h.log.Warn("history read failed; resuming without it", "kind", events.Prefix(channel), "err", err)
+	}
+	if r.Owner != "" && r.Owner != c.User {
+		h.Leave(c, channel)
+		return ErrForbidden
+	}
+	last := since
+	if n := len(r.Events); n > 0 {
+		last = r.Events[n-1].ID
+	}
+	c.release(channel, reply(Joined{Resumed: true, Recovered: err == nil && r.Complete}), r.Events, last)
+	return nil
+}
+
+// unjoin undoes a Join whose source subscription failed (no reference
+// was taken).
+func (h *Hub) unjoin(c *Conn, channel string) {
+	if c.forget(channel) {
+		h.dropSub(c, channel)
+	}
+}
+
+// Leave ends c's subscription to channel, drops what was held for it and
+// reports whether c was subscribed.
+func (h *Hub) Leave(c *Conn, channel string) bool {
+	if !c.forget(channel) {
+		return false
+	}
+	h.dropSub(c, channel)
+	h.src.Unsubscribe(channel)
+	return true
+}
+
+func (h *Hub) addSub(c *Conn, channel string) {
 	s := &h.channels[h.shard(channel)]
 	s.mu.Lock()
 	m := s.subs[channel]
@@ -236,23 +342,6 @@ func (h *Hub) subscribe(c *Conn, channel string, hold bool) (added bool, err err
 	m[c] = struct{}{}
 	s.mu.Unlock()
 	h.subs.Add(1)
-	return true, nil
-}
-
-// Unsubscribe removes c from channel and reports whether it was subscribed.
-func (h *Hub) Unsubscribe(c *Conn, channel string) bool {
-	c.mu.Lock()
-	i := c.index(channel)
-	if i < 0 {
-		c.mu.Unlock()
-		return false
-	}
-	c.channels = append(c.channels[:i], c.channels[i+1:]...)
-	delete(c.buffering, channel)
-	delete(c.skip, channel)
-	c.mu.Unlock()
-	h.dropSub(c, channel)
-	return true
 }
 
 func (h *Hub) dropSub(c *Conn, channel string) {
@@ -271,14 +360,42 @@ func (h *Hub) dropSub(c *Conn, channel string) {
 }
 
 // Broadcast queues frame, of event id, for every local subscriber of
-// channel and returns how many took it (or held it for a resume). It never blocks on a socket; the same frame slice is
-// shared by all recipients and must not be modified afterwards.
-func (h *Hub) Broadcast(channel, id string, frame []byte) int {
+// channel and returns how many took it (or held it for a join). It never
+// blocks on a socket; the same frame slice is shared by all recipients and
+// must not be modified afterwards. When owner is not empty only the
+// owner's connections get it: the others leave the channel and are
+// reported to OnEvict.
+func (h *Hub) Broadcast(channel, id, owner string, frame []byte) int {
+	s := &h.channels[h.shard(channel)]
+	n := 0
+	var evict []*Conn
+	s.mu.RLock()
+	for c := range s.subs[channel] {
+		if owner != "" && c.User != owner {
+			evict = append(evict, c)
+			continue
+		}
+		if c.deliver(channel, id, frame) {
+			n++
+		}
+	}
+	s.mu.RUnlock()
+	for _, c := range evict {
+		if h.Leave(c, channel) {
+			h.cfg.OnEvict(c, channel)
+		}
+	}
+	return n
+}
+
+// Notify queues frame for every local subscriber of channel, also those
+// still joining it: a notice about the channel, not one of its events.
+func (h *Hub) Notify(channel string, frame []byte) int {
 	s := &h.channels[h.shard(channel)]
 	n := 0
 	s.mu.RLock()
 	for c := range s.subs[channel] {
-		if c.deliver(channel, id, frame) {
+		if c.Send(frame) {
 			n++
 		}
 	}
@@ -394,7 +511,7 @@ func (h *Hub) Run(ctx context.Context) {
 // the rest at once.
 func (h *Hub) Drain(ctx context.Context, code int, reason string, spread time.Duration) {
 	h.draining.Store(true)
-	all := h.snapshot()
+	all := h.snapshot() // Add registers under the shard locks this takes: none is missed
 	start := time.Now()
 	for i, c := range all {
 		at := start.Add(spread * time.Duration(i) / time.Duration(len(all)))

@@ -2,14 +2,20 @@ package hub
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/heraldgw/herald/internal/broker"
+	"github.com/heraldgw/herald/internal/events"
 )
 
 // pipe is an in-process Transport: frames land in a channel; a closed gate
@@ -92,11 +98,20 @@ func (p *pipe) next(t *testing.T) []byte {
 	}
 }
 
-func newHub(t *testing.T, cfg Config) *Hub {
+// newHub returns a hub whose source is a real in-memory broker delivering
+// into it.
+func newHub(t *testing.T, cfg Config) (*Hub, *broker.Memory) {
 	t.Helper()
-	h := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	var h *Hub
+	b := broker.NewMemory(func(ch, id, owner string, f []byte) { h.Broadcast(ch, id, owner, f) }, broker.MemoryConfig{})
+	h = New(cfg, b, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	t.Cleanup(h.Close)
-	return h
+	return h, b
+}
+
+// reply is a Join reply that names what Join learned.
+func reply(j Joined) []byte {
+	return fmt.Appendf(nil, "reply already=%v resumed=%v recovered=%v", j.Already, j.Resumed, j.Recovered)
 }
 
 func add(t *testing.T, h *Hub, user string, p *pipe, channels ...string) *Conn {
@@ -106,29 +121,52 @@ func add(t *testing.T, h *Hub, user string, p *pipe, channels ...string) *Conn {
 		t.Fatal(err)
 	}
 	for _, ch := range channels {
-		if _, err := h.Subscribe(c, ch); err != nil {
+		if err := h.Join(context.Background(), c, ch, "", func(Joined) []byte { return nil }); err != nil {
 			t.Fatal(err)
 		}
 	}
 	return c
 }
 
+// future returns the i-th of ids after any baseline a join may have given.
+func future(i int) string { return fmt.Sprintf("%d-%d", int64(1)<<50, i) }
+
+// publish publishes one event through the broker and returns its id.
+func publish(t *testing.T, b *broker.Memory, channel, data string) string {
+	t.Helper()
+	ids, err := b.Publish(context.Background(), "", events.Publication{Channel: channel, Event: "e", Data: json.RawMessage(data)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ids[0]
+}
+
+// eventData returns the data of an event frame, or the frame itself when
+// it is not one.
+func eventData(f []byte) string {
+	var e events.Frame
+	if json.Unmarshal(f, &e) != nil || e.Type != "event" {
+		return string(f)
+	}
+	return string(e.Data)
+}
+
 func TestBroadcastSharesOneFrame(t *testing.T) {
-	h := newHub(t, Config{})
+	h, _ := newHub(t, Config{})
 	a, b, other := newPipe(8), newPipe(8), newPipe(8)
 	add(t, h, "1", a, "user:1", "public:x")
 	add(t, h, "1", b, "user:1")
 	add(t, h, "2", other, "user:2")
 
 	frame := []byte(`{"type":"event"}`)
-	if n := h.Broadcast("user:1", "1-0", frame); n != 2 {
+	if n := h.Broadcast("user:1", future(0), "", frame); n != 2 {
 		t.Fatalf("Broadcast reached %d, want 2", n)
 	}
 	ga, gb := a.next(t), b.next(t)
 	if &ga[0] != &frame[0] || &gb[0] != &frame[0] {
 		t.Error("recipients got copies, want the same bytes")
 	}
-	h.Broadcast("user:2", "1-0", []byte("two"))
+	h.Broadcast("user:2", future(0), "", []byte("two"))
 	if got := string(other.next(t)); got != "two" {
 		t.Errorf("user 2 got %q", got)
 	}
@@ -139,50 +177,82 @@ func TestBroadcastSharesOneFrame(t *testing.T) {
 	}
 }
 
-func TestSubscribeRules(t *testing.T) {
-	h := newHub(t, Config{MaxSubscriptions: 2})
-	c := add(t, h, "1", newPipe(1))
+func TestJoinRules(t *testing.T) {
+	h, b := newHub(t, Config{MaxSubscriptions: 2})
+	p := newPipe(8)
+	c := add(t, h, "1", p)
+	ctx := context.Background()
 	tests := []struct {
 		channel string
-		added   bool
+		reply   string
 		err     error
 	}{
-		{"a", true, nil},
-		{"a", false, nil},
-		{"b", true, nil},
-		{"c", false, ErrTooManyChannels},
+		{"public:a", "reply already=false resumed=false recovered=false", nil},
+		{"public:a", "reply already=true resumed=false recovered=true", nil},
+		{"public:b", "reply already=false resumed=false recovered=false", nil},
+		{"public:c", "", ErrTooManyChannels},
 	}
 	for _, tt := range tests {
-		added, err := h.Subscribe(c, tt.channel)
-		if added != tt.added || err != tt.err {
-			t.Errorf("Subscribe(%q) = %v, %v; want %v, %v", tt.channel, added, err, tt.added, tt.err)
+		if err := h.Join(ctx, c, tt.channel, "", reply); err != tt.err {
+			t.Errorf("Join(%q) = %v, want %v", tt.channel, err, tt.err)
+		}
+		if tt.reply != "" {
+			if got := string(p.next(t)); got != tt.reply {
+				t.Errorf("Join(%q) replied %q, want %q", tt.channel, got, tt.reply)
+			}
 		}
 	}
-	if !h.Unsubscribe(c, "a") || h.Unsubscribe(c, "a") {
-		t.Error("Unsubscribe should report true once, then false")
+	if !h.Leave(c, "public:a") || h.Leave(c, "public:a") {
+		t.Error("Leave should report true once, then false")
 	}
-	if got := h.Remove(c); len(got) != 1 || got[0] != "b" {
-		t.Errorf("Remove returned %v, want [b]", got)
+	if b.Last("public:a") != "" || b.Last("public:b") == "" {
+		t.Error("the source's references do not follow the joins")
 	}
+	h.Remove(c)
 	if h.Conns() != 0 || h.Subscriptions() != 0 || h.Channels() != 0 {
 		t.Errorf("after Remove: conns %d subs %d channels %d, want 0", h.Conns(), h.Subscriptions(), h.Channels())
 	}
-	if _, err := h.Subscribe(c, "x"); err != ErrClosed {
-		t.Errorf("Subscribe after Remove: %v, want ErrClosed", err)
+	if b.Last("public:b") != "" {
+		t.Error("Remove left a source reference")
+	}
+	if err := h.Join(ctx, c, "public:x", "", reply); err != ErrClosed {
+		t.Errorf("Join after Remove: %v, want ErrClosed", err)
+	}
+}
+
+// TestJoinFromLast: a fresh join's Last is a point after which every event
+// reaches the connection, once, even an event published at once.
+func TestJoinFromLast(t *testing.T) {
+	h, b := newHub(t, Config{})
+	publish(t, b, "public:x", "0")
+	p := newPipe(8)
+	c := add(t, h, "1", p)
+	var last string
+	if err := h.Join(context.Background(), c, "public:x", "", func(j Joined) []byte { last = j.Last; return []byte("reply") }); err != nil {
+		t.Fatal(err)
+	}
+	id := publish(t, b, "public:x", "1")
+	if events.CompareIDs(id, last) <= 0 {
+		t.Fatalf("event %s not after last %s", id, last)
+	}
+	for _, want := range []string{"reply", "1"} {
+		if got := eventData(p.next(t)); got != want {
+			t.Fatalf("got %q, want %q", got, want)
+		}
 	}
 }
 
 func TestSlowConsumerClosedWithoutBlockingOthers(t *testing.T) {
 	var mu sync.Mutex
 	codes := map[int]int{}
-	h := newHub(t, Config{QueueLen: 4, OnClose: func(code int) { mu.Lock(); codes[code]++; mu.Unlock() }})
+	h, _ := newHub(t, Config{QueueLen: 4, OnClose: func(code int) { mu.Lock(); codes[code]++; mu.Unlock() }})
 	slow, fast := newPipe(0), newPipe(100)
 	slow.stall()
 	add(t, h, "1", slow, "public:news")
 	add(t, h, "2", fast, "public:news")
 
 	for i := range 20 { // the fast client reads each frame as it comes
-		h.Broadcast("public:news", fmt.Sprintf("%d-0", i), fmt.Appendf(nil, "%d", i))
+		h.Broadcast("public:news", future(i), "", fmt.Appendf(nil, "%d", i))
 		if got, want := string(fast.next(t)), fmt.Sprint(i); got != want {
 			t.Fatalf("fast client frame %d = %q, want %q", i, got, want)
 		}
@@ -198,7 +268,7 @@ func TestSlowConsumerClosedWithoutBlockingOthers(t *testing.T) {
 }
 
 func TestCloseUserMatchesTag(t *testing.T) {
-	h := newHub(t, Config{})
+	h, _ := newHub(t, Config{})
 	p1, p2, p3 := newPipe(1), newPipe(1), newPipe(1)
 	c1, _ := h.Add("1", "u", "s1", p1)
 	h.Add("2", "u", "s2", p2)
@@ -213,14 +283,14 @@ func TestCloseUserMatchesTag(t *testing.T) {
 	if !c1.Closing() {
 		t.Error("c1 not closing")
 	}
-	if h.Broadcast("u", "1-0", nil); p2.code != 0 || p3.code != 0 {
+	if h.Broadcast("u", "1-0", "", nil); p2.code != 0 || p3.code != 0 {
 		t.Error("other connections were closed")
 	}
 }
 
 func TestDrainClosesEveryoneAndRefusesNew(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	h := New(Config{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	h, _ := newHub(t, Config{})
 	var pipes []*pipe
 	for i := range 50 {
 		p := newPipe(1)
@@ -248,8 +318,44 @@ func TestDrainClosesEveryoneAndRefusesNew(t *testing.T) {
 	h.Close()
 }
 
+// TestAddDuringDrain: a connection added while a drain begins is either
+// refused or closed with the drain's code, never left open.
+func TestAddDuringDrain(t *testing.T) {
+	for range 20 {
+		h, _ := newHub(t, Config{})
+		var wg sync.WaitGroup
+		var added []*pipe
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				p := newPipe(1)
+				c, err := h.Add(fmt.Sprint(i), "u", "", p)
+				if err != nil {
+					return
+				}
+				added = append(added, p)
+				go func() { <-p.closed; h.Remove(c) }()
+			}
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		h.Drain(ctx, CloseRestart, "restart", 0)
+		cancel()
+		wg.Wait()
+		for i, p := range added {
+			if code := p.closeCode(t); code != CloseRestart {
+				t.Fatalf("conn %d of %d added during the drain closed with %d, want %d", i, len(added), code, CloseRestart)
+			}
+		}
+	}
+}
+
 func TestPingReapsUnresponsive(t *testing.T) {
-	h := newHub(t, Config{PingInterval: 10 * time.Millisecond, PingTimeout: 20 * time.Millisecond})
+	var closes atomic.Int64
+	h, _ := newHub(t, Config{PingInterval: 10 * time.Millisecond, PingTimeout: 20 * time.Millisecond,
+		OnClose: func(code int) {
+			if code == CloseAbnormal {
+				closes.Add(1)
+			}
+		}})
 	dead, alive := newPipe(0), newPipe(1000)
 	dead.stall()
 	add(t, h, "1", dead)
@@ -265,60 +371,209 @@ func TestPingReapsUnresponsive(t *testing.T) {
 		t.Error("responsive peer was reaped")
 	default:
 	}
+	deadline := time.Now().Add(5 * time.Second)
+	for closes.Load() != 1 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if n := closes.Load(); n != 1 {
+		t.Errorf("reaped connections counted %d times as %d, want 1", n, CloseAbnormal)
+	}
 }
 
-func TestResumeSendsMissedThenHeldThenLive(t *testing.T) {
-	h := newHub(t, Config{})
+// failing is a Transport whose writes fail.
+type failing struct{ *pipe }
+
+func (f failing) Write(context.Context, []byte) error { return io.ErrClosedPipe }
+
+func TestWriteErrorIsCounted(t *testing.T) {
+	codes := make(chan int, 4)
+	h, _ := newHub(t, Config{OnClose: func(code int) { codes <- code }})
+	p := newPipe(1)
+	c, _ := h.Add("x", "u", "", failing{p})
+	c.Send([]byte("frame"))
+	select {
+	case code := <-codes:
+		if code != CloseAbnormal {
+			t.Errorf("counted close %d, want %d", code, CloseAbnormal)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a failed write was not counted")
+	}
+	<-c.Done()
+}
+
+// hookSource runs a hook before each history read, to publish while the
+// read is under way.
+type hookSource struct {
+	*broker.Memory
+	beforeHistory func()
+}
+
+func (s hookSource) History(ctx context.Context, ch, since string) (events.Replay, error) {
+	if s.beforeHistory != nil {
+		s.beforeHistory()
+	}
+	return s.Memory.History(ctx, ch, since)
+}
+
+func TestJoinSendsMissedThenHeldThenLive(t *testing.T) {
+	var h *Hub
+	b := broker.NewMemory(func(ch, id, owner string, f []byte) { h.Broadcast(ch, id, owner, f) }, broker.MemoryConfig{})
+	src := hookSource{Memory: b}
+	var since string
+	src.beforeHistory = func() { // live events while history is read
+		for _, d := range []string{"3", "4"} {
+			publish(t, b, "public:x", d)
+		}
+	}
+	h = New(Config{}, src, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	t.Cleanup(h.Close)
+	since = publish(t, b, "public:x", "0")
+	publish(t, b, "public:x", "1")
+	publish(t, b, "public:x", "2")
 	p := newPipe(16)
 	c := add(t, h, "1", p)
-	if added, err := h.SubscribeResume(c, "public:x"); !added || err != nil {
-		t.Fatalf("SubscribeResume = %v, %v", added, err)
+	if err := h.Join(context.Background(), c, "public:x", since, reply); err != nil {
+		t.Fatal(err)
 	}
-	for _, id := range []string{"5", "6", "7"} { // live frames while history is read
-		h.Broadcast("public:x", id, []byte("live"+id))
-	}
-	missed := []Frame{{"4", []byte("hist4")}, {"5", []byte("hist5")}, {"6", []byte("hist6")}}
-	c.Resume("public:x", []byte("reply"), missed, func(id string) bool { return id <= "6" })
-	h.Broadcast("public:x", "6", []byte("late6")) // pub/sub lagging behind the history read
-	h.Broadcast("public:x", "8", []byte("live8"))
-	for _, want := range []string{"reply", "hist4", "hist5", "hist6", "live7", "live8"} {
-		if got := string(p.next(t)); got != want {
+	publish(t, b, "public:x", "5")
+	for _, want := range []string{"reply already=false resumed=true recovered=true", "1", "2", "3", "4", "5"} {
+		if got := eventData(p.next(t)); got != want {
 			t.Fatalf("got %q, want %q", got, want)
 		}
 	}
 }
 
-// A resume that finds nothing missed still drops a live frame the client
+// A join that finds nothing missed still drops a live frame the client
 // already has, arriving late through pub/sub.
-func TestResumeWithNothingMissedDropsLateDuplicates(t *testing.T) {
-	h := newHub(t, Config{})
+func TestJoinDropsLateDuplicates(t *testing.T) {
+	h, b := newHub(t, Config{})
+	last := publish(t, b, "user:1", "0")
 	p := newPipe(8)
 	c := add(t, h, "1", p)
-	h.SubscribeResume(c, "user:1")
-	c.Resume("user:1", []byte("welcome"), nil, func(id string) bool { return id <= "5" })
-	h.Broadcast("user:1", "5", []byte("dup5"))
-	h.Broadcast("user:1", "6", []byte("live6"))
-	for _, want := range []string{"welcome", "live6"} {
-		if got := string(p.next(t)); got != want {
-			t.Fatalf("got %q, want %q", got, want)
+	h.Join(context.Background(), c, "user:1", last, reply)
+	h.Broadcast("user:1", last, "", []byte("dup"))
+	id := publish(t, b, "user:1", "6")
+	for _, want := range []string{"reply already=false resumed=true recovered=true", "6"} {
+		if got := eventData(p.next(t)); got != want {
+			t.Fatalf("got %q, want %q (event %s)", got, want, id)
 		}
 	}
 }
 
-// A client that stacks resumes while its backlog is still large is a slow
-// consumer.
-func TestStackedResumesAreASlowConsumer(t *testing.T) {
-	h := newHub(t, Config{QueueBytes: 100})
+// TestRejoinWhileQueuedSendsNoDuplicate: events still queued from an
+// earlier subscription are not replayed again by a quick rejoin with an
+// older since.
+func TestRejoinWhileQueuedSendsNoDuplicate(t *testing.T) {
+	h, b := newHub(t, Config{})
+	p := newPipe(64)
+	p.stall()
+	c := add(t, h, "1", p, "public:x")
+	since := publish(t, b, "public:x", "0") // the client's last
+	for _, d := range []string{"1", "2", "3"} {
+		publish(t, b, "public:x", d)
+	}
+	h.Leave(c, "public:x")
+	if err := h.Join(context.Background(), c, "public:x", since, reply); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, b, "public:x", "4")
+	p.mu.Lock()
+	close(p.gate)
+	p.mu.Unlock()
+	var got []string
+	for range 6 {
+		got = append(got, eventData(p.next(t)))
+	}
+	want := []string{"0", "1", "2", "3", "reply already=false resumed=true recovered=true", "4"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+	select {
+	case f := <-p.frames:
+		t.Fatalf("extra frame %q", f)
+	default:
+	}
+}
+
+// A client that stacks replays while a large one is still queued is a
+// slow consumer.
+func TestStackedReplaysAreASlowConsumer(t *testing.T) {
+	h, b := newHub(t, Config{QueueBytes: 100})
 	p := newPipe(0)
 	p.stall()
 	c := add(t, h, "1", p)
-	big := []Frame{{"1", make([]byte, 80)}, {"2", make([]byte, 80)}}
+	var sinces []string
 	for i := range 4 {
 		ch := fmt.Sprintf("public:%d", i)
-		h.SubscribeResume(c, ch)
-		c.Resume(ch, nil, big, func(string) bool { return false })
+		sinces = append(sinces, publish(t, b, ch, "0"))
+		publish(t, b, ch, `"`+strings.Repeat("x", 80)+`"`)
+	}
+	for i, since := range sinces {
+		h.Join(context.Background(), c, fmt.Sprintf("public:%d", i), since, reply)
 	}
 	if code := p.closeCode(t); code != CloseSlowConsumer {
 		t.Errorf("close %d, want %d", code, CloseSlowConsumer)
+	}
+}
+
+// TestOwnedEventsReachTheOwnerOnly: an event of an owned effect evicts the
+// other subscribers, and a join of another user's history is refused.
+func TestOwnedEventsReachTheOwnerOnly(t *testing.T) {
+	evicted := make(chan string, 4)
+	h, b := newHub(t, Config{OnEvict: func(c *Conn, ch string) { evicted <- c.User + " " + ch }})
+	pa, pb := newPipe(8), newPipe(8)
+	add(t, h, "alice", pa, "effect:e1")
+	cb := add(t, h, "bob", pb, "effect:e1")
+	ids, err := b.Publish(context.Background(), "", events.Publication{Channel: "effect:e1", Event: "e", Data: json.RawMessage(`{"userId":"alice"}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := eventData(pa.next(t)); got != `{"userId":"alice"}` {
+		t.Fatalf("owner got %q", got)
+	}
+	if got := <-evicted; got != "bob effect:e1" {
+		t.Fatalf("evicted %q, want bob from effect:e1", got)
+	}
+	select {
+	case f := <-pb.frames:
+		t.Fatalf("other user got %q", f)
+	default:
+	}
+	if err := h.Join(context.Background(), cb, "effect:e1", "1-0", reply); err != ErrForbidden {
+		t.Fatalf("other user's resume of the owned effect: %v, want ErrForbidden", err)
+	}
+	if h.Subscriptions() != 1 {
+		t.Fatalf("%d subscriptions, want the owner's only (event %s)", h.Subscriptions(), ids[0])
+	}
+}
+
+// TestIdleQueueGivesMemoryBack: once written, a connection keeps no queue.
+func TestIdleQueueGivesMemoryBack(t *testing.T) {
+	h, _ := newHub(t, Config{})
+	p := newPipe(2000)
+	c := add(t, h, "1", p, "public:x")
+	for i := range 1000 {
+		h.Broadcast("public:x", future(i), "", []byte("f"))
+	}
+	for range 1000 {
+		p.next(t)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c.mu.Lock()
+		idle := !c.writing
+		q, fl := cap(c.queue), cap(c.flight)
+		c.mu.Unlock()
+		if idle {
+			if q != 0 || fl != 0 {
+				t.Fatalf("idle connection keeps queue capacity %d and %d", q, fl)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("writer still running")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/heraldgw/herald/internal/broker"
 )
 
 // Metrics holds the gateway's collectors.
@@ -17,6 +19,8 @@ type Metrics struct {
 	Refusals        *prometheus.CounterVec // connects refused before the upgrade, by reason
 	Connects        prometheus.Counter     // sockets accepted
 	ClientErrors    *prometheus.CounterVec // error frames sent to clients, by code
+	Evictions       prometheus.Counter     // sockets removed from an effect that belongs to another user
+	Gaps            prometheus.Counter     // gap notices: channels whose lost events could not be refilled
 }
 
 // New creates the collectors and registers them, plus gauges reading conns
@@ -42,7 +46,13 @@ func New(reg prometheus.Registerer, conns, channels func() float64) *Metrics {
 			Name: "herald_client_errors_total", Help: "Error frames sent to clients, by code.",
 		}, []string{"code"}),
 	}
-	reg.MustRegister(m.EventsIn, m.EventsDelivered, m.Closes, m.Refusals, m.Connects, m.ClientErrors,
+	m.Evictions = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "herald_evictions_total", Help: "Sockets unsubscribed from an effect channel whose events belong to another user.",
+	})
+	m.Gaps = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "herald_gaps_total", Help: "Gap notices: channels whose events were lost on their way to this replica and could not be refilled from history.",
+	})
+	reg.MustRegister(m.EventsIn, m.EventsDelivered, m.Closes, m.Refusals, m.Connects, m.ClientErrors, m.Evictions, m.Gaps,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "herald_connections", Help: "Open client sockets on this replica.",
 		}, conns),
@@ -55,3 +65,54 @@ func New(reg prometheus.Registerer, conns, channels func() float64) *Metrics {
 
 // Closed counts one server-side close with code.
 func (m *Metrics) Closed(code int) { m.Closes.WithLabelValues(strconv.Itoa(code)).Inc() }
+
+// RegisterBroker registers the Redis broker's counters on reg, read from
+// stats at every scrape.
+func RegisterBroker(reg prometheus.Registerer, stats func() broker.RedisStats) {
+	reg.MustRegister(brokerCollector(stats))
+}
+
+type brokerCollector func() broker.RedisStats
+
+// brokerCounters names each counter of broker.RedisStats.
+var brokerCounters = []struct {
+	desc  *prometheus.Desc
+	value func(broker.RedisStats) uint64
+}{
+	{counterDesc("herald_pubsub_received_total", "Pub/sub messages read from Redis, classic ones included."), func(s broker.RedisStats) uint64 { return s.Received }},
+	{counterDesc("herald_pubsub_delivered_total", "Event frames handed to the hub, refilled ones included."), func(s broker.RedisStats) uint64 { return s.Delivered }},
+	{counterDesc("herald_pubsub_ignored_total", "Pub/sub messages of channels without local subscribers."), func(s broker.RedisStats) uint64 { return s.Ignored }},
+	{counterDesc("herald_pubsub_duplicates_total", "Frames dropped because their id was already delivered."), func(s broker.RedisStats) uint64 { return s.Duplicates }},
+	{counterDesc("herald_pubsub_resubscribes_total", "Resubscriptions after the pub/sub connection reconnected."), func(s broker.RedisStats) uint64 { return s.Resubscribes }},
+	{counterDesc("herald_pubsub_replacements_total", "Pub/sub connections replaced after a missed probe."), func(s broker.RedisStats) uint64 { return s.Replacements }},
+	{counterDesc("herald_refill_events_total", "Events delivered from history after a reconnect."), func(s broker.RedisStats) uint64 { return s.Refilled }},
+	{counterDesc("herald_refill_gaps_total", "Refills that found events gone from history, or gave up."), func(s broker.RedisStats) uint64 { return s.RefillGaps }},
+	{counterDesc("herald_refill_failures_total", "Baseline or history reads that failed and were retried."), func(s broker.RedisStats) uint64 { return s.RefillFailures }},
+	{counterDesc("herald_refill_pending_dropped_total", "Live frames dropped while a refill held too many (read again from history)."), func(s broker.RedisStats) uint64 { return s.PendingDropped }},
+}
+
+var classicDesc = prometheus.NewDesc("herald_classic_messages_total",
+	"Classic effect:complete messages, by outcome: converted, invalid, dropped (queue full), failed (publish failed).",
+	[]string{"outcome"}, nil)
+
+func counterDesc(name, help string) *prometheus.Desc { return prometheus.NewDesc(name, help, nil, nil) }
+
+func (c brokerCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, b := range brokerCounters {
+		ch <- b.desc
+	}
+	ch <- classicDesc
+}
+
+func (c brokerCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c()
+	for _, b := range brokerCounters {
+		ch <- prometheus.MustNewConstMetric(b.desc, prometheus.CounterValue, float64(b.value(s)))
+	}
+	for outcome, v := range map[string]uint64{
+		"converted": s.ClassicConverted, "invalid": s.ClassicInvalid,
+		"dropped": s.ClassicDropped, "failed": s.ClassicFailed,
+	} {
+		ch <- prometheus.MustNewConstMetric(classicDesc, prometheus.CounterValue, float64(v), outcome)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -48,6 +49,8 @@ func Run(t *testing.T, newBroker func(t *testing.T, h broker.Handler) broker.Bro
 	t.Run("Churn", func(t *testing.T) { testChurn(t, start) })
 	t.Run("ManyChannels", func(t *testing.T) { testManyChannels(t, start) })
 	t.Run("History", func(t *testing.T) { testHistory(t, start) })
+	t.Run("Baseline", func(t *testing.T) { testBaseline(t, start) })
+	t.Run("Owners", func(t *testing.T) { testOwners(t, start) })
 	t.Run("Close", func(t *testing.T) { testClose(t, newBroker) })
 }
 
@@ -75,7 +78,8 @@ func testHistory(t *testing.T, start starter) {
 		{ids[len(ids)-1], -1, 0, true},
 	}
 	for _, tt := range tests {
-		evs, complete, err := b.History(ctx, ch, tt.since)
+		r, err := b.History(ctx, ch, tt.since)
+		evs, complete := r.Events, r.Complete
 		if err != nil {
 			t.Fatalf("History(%q): %v", tt.since, err)
 		}
@@ -94,11 +98,94 @@ func testHistory(t *testing.T, start starter) {
 	for _, tt := range []struct {
 		since        string
 		wantComplete bool
-	}{{"", true}, {ids[0], false}} {
-		evs, complete, err := b.History(ctx, name("never-published"), tt.since)
-		if err != nil || len(evs) != 0 || complete != tt.wantComplete {
-			t.Errorf("History of an unknown channel since %q = %d, %v, %v; want 0, %v, nil", tt.since, len(evs), complete, err, tt.wantComplete)
+	}{
+		{"", false},    // from the beginning of time: nothing known, so not known complete
+		{ids[0], true}, // a recent id: nothing was published since within the record TTL
+		{"1-0", false}, // an id older than any record: events may have come and gone
+	} {
+		r, err := b.History(ctx, name("never-published"), tt.since)
+		if err != nil || len(r.Events) != 0 || r.Complete != tt.wantComplete {
+			t.Errorf("History of an unknown channel since %q = %d, %v, %v; want 0, %v, nil", tt.since, len(r.Events), r.Complete, err, tt.wantComplete)
 		}
+	}
+}
+
+// testBaseline checks Last and quiet channels: a channel with no event has
+// a baseline before any event to come, and a resume from the last id the
+// broker gave, on a channel with nothing new, is complete.
+func testBaseline(t *testing.T, start starter) {
+	b, rec, name := start(t)
+	ctx := context.Background()
+	ch := name("quiet")
+	MustSubscribe(t, b, ch)
+	base := b.Last(ch)
+	if _, _, err := events.ParseID(base); err != nil {
+		t.Fatalf("Last of a channel without events = %q, want an id", base)
+	}
+	if r, err := b.History(ctx, ch, base); err != nil || !r.Complete || len(r.Events) != 0 {
+		t.Fatalf("History since the baseline = %v, %v; want complete and empty", r, err)
+	}
+	id := Must(t, b, "", pub(ch, "n", "1"))[0]
+	if events.CompareIDs(id, base) <= 0 {
+		t.Fatalf("first event %s is not after the baseline %s", id, base)
+	}
+	rec.WaitID(t, ch, id)
+	if got := b.Last(ch); got != id {
+		t.Fatalf("Last after an event = %s, want %s", got, id)
+	}
+	for _, since := range []string{base, id} {
+		r, err := b.History(ctx, ch, since)
+		if err != nil || !r.Complete {
+			t.Fatalf("History since %s = %v, %v; want complete", since, r, err)
+		}
+	}
+	if got := b.Last(name("not-subscribed")); got != "" {
+		t.Fatalf("Last of a channel not received = %q, want empty", got)
+	}
+}
+
+// testOwners checks that an effect's owner is decided at publish time (the
+// app's record first, else the user its data names), travels with its
+// events and is kept for history reads.
+func testOwners(t *testing.T, start starter) {
+	b, rec, name := start(t)
+	ctx := context.Background()
+	effect := strings.TrimPrefix(name("fx"), "public:")
+	ch := "effect:" + effect
+	MustSubscribe(t, b, ch)
+	id := Must(t, b, "", pub(ch, "progress", `{"pct":1}`))[0]
+	if f := rec.WaitID(t, ch, id); f[len(f)-1].Owner != "" {
+		t.Fatalf("unowned effect event delivered with owner %q", f[len(f)-1].Owner)
+	}
+	id = Must(t, b, "", pub(ch, events.EffectComplete, `{"userEffectId":"x","userId":"alice"}`))[0]
+	if f := rec.WaitID(t, ch, id); f[len(f)-1].Owner != "alice" {
+		t.Fatalf("completion naming alice delivered with owner %q", f[len(f)-1].Owner)
+	}
+	// The first owner stays.
+	id = Must(t, b, "", pub(ch, "again", `{"userId":"bob"}`))[0]
+	if f := rec.WaitID(t, ch, id); f[len(f)-1].Owner != "alice" {
+		t.Fatalf("later event delivered with owner %q, want alice", f[len(f)-1].Owner)
+	}
+	if r, err := b.History(ctx, ch, ""); err != nil || r.Owner != "alice" {
+		t.Fatalf("History owner = %q, %v; want alice", r.Owner, err)
+	}
+	if o, err := b.Owner(ctx, effect); err != nil || o != "alice" {
+		t.Fatalf("Owner = %q, %v; want alice", o, err)
+	}
+
+	// The app's record names the owner of events that name none.
+	effect2 := strings.TrimPrefix(name("fx2"), "public:")
+	ch2 := "effect:" + effect2
+	MustSubscribe(t, b, ch2)
+	if err := b.SetOwner(ctx, effect2, "carol", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if o, err := b.Owner(ctx, effect2); err != nil || o != "carol" {
+		t.Fatalf("Owner after SetOwner = %q, %v; want carol", o, err)
+	}
+	id = Must(t, b, "", pub(ch2, "progress", `{"pct":2}`))[0]
+	if f := rec.WaitID(t, ch2, id); f[len(f)-1].Owner != "carol" {
+		t.Fatalf("event of an app-owned effect delivered with owner %q, want carol", f[len(f)-1].Owner)
 	}
 }
 

@@ -16,6 +16,7 @@ const WaitTimeout = 10 * time.Second
 // Frame is one Handler call seen by a Recorder.
 type Frame struct {
 	Channel      string // the Handler's channel argument
+	Owner        string // the Handler's owner argument
 	Bytes        []byte
 	events.Frame // Bytes decoded
 }
@@ -32,8 +33,8 @@ type Recorder struct {
 func NewRecorder() *Recorder { return &Recorder{signal: make(chan struct{}, 1)} }
 
 // Handle is the broker.Handler. It never blocks for long.
-func (r *Recorder) Handle(channel, _ string, frame []byte) {
-	f := Frame{Channel: channel, Bytes: frame}
+func (r *Recorder) Handle(channel, _, owner string, frame []byte) {
+	f := Frame{Channel: channel, Owner: owner, Bytes: frame}
 	_ = json.Unmarshal(frame, &f.Frame) // a bad frame keeps zero fields and fails the test's checks
 	r.mu.Lock()
 	r.frames = append(r.frames, f)
