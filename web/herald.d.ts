@@ -201,3 +201,16 @@ export class Heartbeat {
   seen(): void;
   tick(): 'ping' | 'dead';
 }
+
+/** Default pace of the client's frames: per second, and at once. */
+export const SEND_RATE: number;
+export const SEND_BURST: number;
+
+/** Paces frames: up to `burst` at once, then `rate` a second; times in ms are passed in. */
+export class TokenBucket {
+  constructor(rate?: number, burst?: number, now?: number);
+  /** Spends a token and returns 0, or returns the ms until one is there. */
+  take(now: number): number;
+  /** Spends every token. */
+  empty(now: number): void;
+}
