@@ -1,6 +1,6 @@
 # Herald. The two commands a new machine needs:
 #   make run    — one gateway, single-node in memory, demo page at http://localhost:8080
-#   make test   — installs what tests need (redis-server, nginx, chromium, node, gcc for -race), then
+#   make test   — installs what tests need (redis-server, nginx, chromium, node, npm, gcc for -race), then
 #                 go test -race -count=1 ./... and a short run of every fuzz target
 # And one to try the horizontal setup without Docker:
 #   make run-cluster — Redis, two replicas, the worker and nginx on loopback, page at http://127.0.0.1:8080

@@ -23,6 +23,10 @@ type EffectComplete struct {
 	UserEffectID string
 	// ResultURL is where the result can be fetched.
 	ResultURL string
+	// Kind names the effect ("blur", "render"), sent as "kind" when set:
+	// the demo page titles its cards with it. Optional; apps that publish
+	// the classic JSON themselves may add it too.
+	Kind string
 	// Timestamp is when the effect finished, sent in milliseconds. Zero
 	// means now.
 	Timestamp time.Time
@@ -34,9 +38,9 @@ type EffectComplete struct {
 // events is the classic effect-complete JSON that existing apps publish on
 // the Redis channel effect:complete:
 //
-//	{"userEffectId":"…","resultUrl":"…","timestamp":1732600000000,"userId":"…"}
+//	{"userEffectId":"…","resultUrl":"…","timestamp":1732600000000,"userId":"…","kind":"…"}
 //
-// with "userId" left out when UserID is empty. So clients cannot tell an
+// with "userId" left out when UserID is empty and "kind" when Kind is. So clients cannot tell an
 // event published here from one published the classic way.
 func PublishEffectComplete(ctx context.Context, p Publisher, e EffectComplete, opts ...PublishOption) ([]string, error) {
 	msgs, err := effectMessages(e, time.Now)
@@ -74,6 +78,7 @@ func effectMessages(e EffectComplete, now func() time.Time) ([]Message, error) {
 		ResultURL:    e.ResultURL,
 		Timestamp:    ts.UnixMilli(),
 		UserID:       e.UserID,
+		Kind:         e.Kind,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("herald: effect complete: %w", err)

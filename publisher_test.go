@@ -352,6 +352,14 @@ func testEffectComplete(t *testing.T, e env) {
 	}
 	checkHistory(t, e.rdb, "effect:e-2", [3]string{ids[0], "effect.complete", `{"userEffectId":"e-2","resultUrl":"u","timestamp":5}`})
 
+	// With a kind: "kind" after the classic fields.
+	kind := herald.EffectComplete{UserEffectID: "e-4", ResultURL: "u", Timestamp: time.UnixMilli(6), Kind: "blur"}
+	ids, err = herald.PublishEffectComplete(ctxT(t), e.pub, kind)
+	if err != nil || len(ids) != 1 {
+		t.Fatalf("with kind: got %v, %v; want one id", ids, err)
+	}
+	checkHistory(t, e.rdb, "effect:e-4", [3]string{ids[0], "effect.complete", `{"userEffectId":"e-4","resultUrl":"u","timestamp":6,"kind":"blur"}`})
+
 	// A zero timestamp means now.
 	before := time.Now().UnixMilli()
 	ids, err = herald.PublishEffectComplete(ctxT(t), e.pub, herald.EffectComplete{UserEffectID: "e-3"})

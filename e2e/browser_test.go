@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/chromedp/cdproto/cdp"
+	cdplog "github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/cdproto/runtime"
@@ -103,7 +104,7 @@ type tab struct {
 	t       *testing.T
 	name    string
 	ctx     context.Context
-	console *syncLog // console calls and uncaught exceptions
+	console *syncLog // console calls, uncaught exceptions and the browser's own log (failed loads)
 	sockets *syncLog // URLs of the WebSockets the page opened
 }
 
@@ -135,12 +136,20 @@ func (b *browser) tab(name string) *tab {
 				msg += " " + d.Exception.Description
 			}
 			tb.console.add("exception: %s (%s:%d)", msg, d.URL, d.LineNumber+1)
+		case *cdplog.EventEntryAdded:
+			// What the browser itself logs in the console, such as
+			// "Failed to load resource: … status of 401".
+			le := e.Entry
+			tb.console.add("%s.%s: %s %s", le.Source, le.Level, le.Text, le.URL)
 		case *network.EventWebSocketCreated:
 			tb.sockets.add("%s", e.URL)
 		}
 	})
 	if err == nil {
 		_, err = chromedp.Call(ctx, network.Enable, network.EnableParams{})
+	}
+	if err == nil {
+		_, err = chromedp.Call(ctx, cdplog.Enable, cdp.Empty{})
 	}
 	if err != nil {
 		cancel()

@@ -72,7 +72,6 @@ func newAppServer(t *testing.T, title string, ticket bool) *appServer {
 	a := &appServer{title: title, ticket: ticket}
 	mux := http.NewServeMux()
 	mux.Handle("GET /herald.js", http.FileServerFS(web.FS()))
-	mux.Handle("GET /herald-core.js", http.FileServerFS(web.FS()))
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		c := a.cluster.Load()
 		if c == nil {

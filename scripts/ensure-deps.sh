@@ -3,7 +3,9 @@
 # from the system package manager: redis-server (tests start their own on
 # free loopback ports), nginx and chromium (the browser tests in e2e/ run
 # them as their own processes), node (the browser client's unit tests,
-# `node --test`, no npm packages), a C compiler and the C library headers
+# `node --test`), npm (e2e/npm_test.go packs the client and installs it,
+# with typescript and esbuild from the npm registry, into a scratch
+# project), a C compiler and the C library headers
 # (`go test -race` needs cgo) and curl (scripts/run-cluster.sh polls with it).
 #
 # Nothing here starts or touches a running service. Debian's nginx and
@@ -33,6 +35,7 @@ have redis-server || need+=(redis-server)
 have nginx || need+=(nginx)
 have chromium || have chromium-browser || have google-chrome || need+=(chromium)
 have node || need+=(nodejs)
+have npm || need+=(npm)
 cc_works || need+=(gcc)
 have curl || need+=(curl)
 [ ${#need[@]} -eq 0 ] && exit 0
@@ -91,6 +94,7 @@ elif command -v brew >/dev/null 2>&1; then
     case "$p" in
       redis-server) brew install redis ;;
       nodejs) brew install node ;;
+      npm) ;; # comes with brew's node
       chromium) brew install --cask chromium ;;
       gcc) echo "no C compiler ($cc) for go test -race: install Xcode's command line tools (xcode-select --install)" >&2 ;;
       *) brew install "$p" ;;

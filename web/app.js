@@ -14,6 +14,7 @@ const el = {
   error: $('#error'), errorText: $('#error-text'), errorClose: $('#error-close'),
   loginView: $('#login-view'), loginForm: $('#login-form'), loginUser: $('#login-user'),
   loginBtn: $('#login-btn'), loginNote: $('#login-note'), devNote: $('#dev-note'),
+  memoryNotes: document.querySelectorAll('.memory-note'),
   appView: $('#app-view'), kind: $('#job-kind'), startJob: $('#start-job'), startMany: $('#start-many'),
   clearJobs: $('#clear-jobs'), jobs: $('#jobs'), jobsEmpty: $('#jobs-empty'),
   running: $('#jobs-running'), done: $('#jobs-done'), log: $('#log'), clearLog: $('#clear-log'),
@@ -23,6 +24,7 @@ const el = {
 let client = null; // Herald of the current session
 let opens = 0; // 'open' states of the current client; reconnects = opens - 1
 let loggingOut = false;
+let memory = false; // the gateway keeps sessions in its memory: a restart ends them
 const jobs = new Map(); // userEffectId -> job
 
 // ---------- HTTP ----------
@@ -35,13 +37,13 @@ class HttpError extends Error {
   }
 }
 
-// post sends a JSON POST and returns the decoded answer; failures throw an
-// HttpError whose message is fit to show (status 0: network failure).
-async function post(path, body) {
+// request sends a JSON request and returns the decoded answer; failures
+// throw an HttpError whose message is fit to show (status 0: network failure).
+async function request(method, path, body) {
   let res;
   try {
     res = await fetch(path, {
-      method: 'POST',
+      method,
       credentials: 'same-origin',
       headers: body === undefined ? {} : { 'Content-Type': 'application/json' },
       body: body === undefined ? undefined : JSON.stringify(body),
@@ -60,9 +62,43 @@ async function post(path, body) {
   return data;
 }
 
+const post = (path, body) => request('POST', path, body);
+
 // Without HERALD_DEV the /dev routes do not exist: a POST there answers 404,
 // or 405 because the static file route takes GET on every path.
 const devOff = (err) => err.status === 404 || err.status === 405;
+
+// sessionUser returns the user of the session cookie, or null when there is
+// none (or it ended). GET /dev/session answers 200 either way, so a page
+// without a session logs no error; without the dev endpoints a ticket
+// request tells (a 401 then), and the user comes with the welcome frame ('').
+async function sessionUser() {
+  try {
+    const res = await request('GET', '/dev/session');
+    setMemory(res.memory === true);
+    return res.userId || null;
+  } catch (err) {
+    if (!devOff(err)) throw err;
+  }
+  try {
+    await post('/api/tickets');
+    return '';
+  } catch (err) {
+    if (err.status === 401) return null;
+    throw err;
+  }
+}
+
+// setMemory shows, or hides, that sessions and jobs live in the gateway's
+// memory and end when it restarts.
+function setMemory(on) {
+  memory = on;
+  el.memoryNotes.forEach((n) => { n.hidden = !on; });
+}
+
+const sessionEnded = () => memory
+  ? 'Your session has ended: this gateway keeps sessions in memory, and it restarted. Log in again.'
+  : 'Your session has ended. Log in again.';
 
 // ---------- UI helpers ----------
 
@@ -215,15 +251,15 @@ function onState(h, state, info) {
   }
 }
 
-// checkSession asks for a ticket, which only a valid session gets.
+// checkSession ends the page's session if the gateway no longer knows it.
 async function checkSession(h) {
+  let user;
   try {
-    await post('/api/tickets');
-  } catch (err) {
-    if (err.status === 401 && h === client) {
-      endSession('Your session has ended. Log in again.');
-    }
+    user = await sessionUser();
+  } catch {
+    return; // cannot tell: the client keeps trying
   }
+  if (user === null && h === client) endSession(sessionEnded());
 }
 
 function endSession(note) {
@@ -254,6 +290,7 @@ async function login(event) {
   el.loginBtn.disabled = true;
   try {
     const res = await post('/dev/login', { userId });
+    setMemory(res.memory === true);
     log('info', `logged in as ${res.userId}`);
     startSession(res.userId);
   } catch (err) {
@@ -291,7 +328,7 @@ async function startJob(kind) {
     res = await post('/dev/jobs', { kind });
   } catch (err) {
     log('error', `job ${kind} not started: ${err.message}`);
-    if (err.status === 401) endSession('Your session has ended. Log in again.');
+    if (err.status === 401) endSession(sessionEnded());
     else if (devOff(err)) showError('Jobs need the dev endpoints: run the gateway with HERALD_DEV=true.');
     else showError(`Could not start a ${kind} job: ${err.message}`);
     return;
@@ -313,12 +350,16 @@ async function startJob(kind) {
   });
 }
 
+// label names a job: its kind ("blur"), or "effect" when the event had none.
+const label = (kind) => (typeof kind === 'string' && kind ? kind : 'effect');
+
 function addJob(id, kind, etaMs, t0) {
+  kind = label(kind);
   const li = el.jobTemplate.content.firstElementChild.cloneNode(true);
   li.dataset.effectId = id;
-  li.dataset.kind = kind || '';
+  li.dataset.kind = kind;
   li.style.setProperty('--eta', `${Math.max(0, etaMs || 0)}ms`);
-  li.querySelector('.job-kind').textContent = kind || 'job';
+  li.querySelector('.job-kind').textContent = kind;
   li.querySelector('.job-id').textContent = short(id);
   li.querySelector('.job-id').title = id;
   li.querySelector('.job-latency').textContent = etaMs ? `eta ${seconds(etaMs)}` : '';
@@ -349,6 +390,7 @@ function complete(data) {
   job.done = true;
   job.doneAt = performance.now();
   job.resultUrl = sameOrigin(data.resultUrl);
+  job.resultLink = webLink(data.resultUrl);
   clearTimeout(job.lateTimer);
   if (client) client.unsubscribe('effect:' + id);
   renderDone(job);
@@ -374,10 +416,39 @@ function renderDone(job) {
   const img = li.querySelector('.job-result');
   if (job.resultUrl && !img.getAttribute('src')) {
     img.alt = `Result of the ${job.kind} job`;
+    img.onerror = () => { img.hidden = true; showLink(li, job); };
     img.src = job.resultUrl;
     img.hidden = false;
+  } else if (!job.resultUrl) {
+    showLink(li, job);
   }
   li.setAttribute('aria-label', `${job.kind} job ${short(job.id)}: done`);
+}
+
+// showLink shows, instead of a picture, where the result is: a link when it
+// is a web address (the page loads nothing from elsewhere by itself).
+function showLink(li, job) {
+  const a = li.querySelector('.job-link');
+  if (job.resultLink) {
+    const u = new URL(job.resultLink);
+    a.href = u.href;
+    a.textContent = `result at ${u.host}${u.pathname}`;
+  } else {
+    a.removeAttribute('href');
+    a.textContent = 'no result picture';
+  }
+  a.hidden = false;
+}
+
+// webLink returns url, made absolute, when it is an http(s) address, else null.
+function webLink(url) {
+  if (typeof url !== 'string' || !url) return null;
+  try {
+    const u = new URL(url, location.href);
+    return u.protocol === 'http:' || u.protocol === 'https:' ? u.href : null;
+  } catch {
+    return null;
+  }
 }
 
 // sameOrigin returns url when it points at this origin, else null: a
@@ -433,15 +504,15 @@ el.clearJobs.addEventListener('click', () => {
 el.clearLog.addEventListener('click', () => el.log.replaceChildren());
 el.loginUser.addEventListener('input', () => el.loginUser.removeAttribute('aria-invalid'));
 
-// A session cookie from an earlier visit is reused: a ticket is issued only
-// to a valid session. The user id comes with the welcome frame.
+// A session cookie from an earlier visit is reused.
 (async () => {
+  let user = null;
   try {
-    await post('/api/tickets');
-    log('info', 'resumed the existing session');
-    startSession('');
+    user = await sessionUser();
   } catch (err) {
-    if (err.status === 0) showError(err.message);
-    showLogin();
+    showError(err.message);
   }
+  if (user === null) return showLogin();
+  log('info', 'resumed the existing session');
+  startSession(user);
 })();

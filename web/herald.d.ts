@@ -91,6 +91,21 @@ export interface Backoff {
   restart: number;
 }
 
+/**
+ * What the client uses of a WebSocket: the browser's, Node 22's global one
+ * and the `ws` package's all fit. Declared here so that the types need no
+ * DOM library.
+ */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: unknown;
+  onmessage: unknown;
+  onclose: unknown;
+  onerror: unknown;
+}
+
 export interface HeraldOptions {
   /** WebSocket URL; default `ws(s)://location.host/ws` (session cookie). */
   url?: string;
@@ -113,8 +128,12 @@ export interface HeraldOptions {
    * `HERALD_CLIENT_MSG_BURST`, 20). A close 4008 (too fast) halves both.
    */
   sendBurst?: number;
-  /** A WebSocket constructor to use instead of the global one. */
-  WebSocket?: { new (url: string): WebSocket };
+  /**
+   * A WebSocket constructor to use instead of the global one: on Node 18
+   * and 20, which have none without `--experimental-websocket`, the `ws`
+   * package's.
+   */
+  WebSocket?: new (url: string) => WebSocketLike;
   /** Returns a number in [0, 1); default Math.random. */
   random?: () => number;
 }
@@ -200,4 +219,17 @@ export class Heartbeat {
   constructor(missed?: number);
   seen(): void;
   tick(): 'ping' | 'dead';
+}
+
+/** Default pace of the client's frames: per second, and at once. */
+export const SEND_RATE: number;
+export const SEND_BURST: number;
+
+/** Paces frames: up to `burst` at once, then `rate` a second; times in ms are passed in. */
+export class TokenBucket {
+  constructor(rate?: number, burst?: number, now?: number);
+  /** Spends a token and returns 0, or returns the ms until one is there. */
+  take(now: number): number;
+  /** Spends every token. */
+  empty(now: number): void;
 }

@@ -7,7 +7,7 @@ import (
 	"io/fs"
 )
 
-//go:embed index.html app.js style.css herald.js herald-core.js herald.d.ts
+//go:embed index.html app.js style.css herald.js herald.d.ts
 var files embed.FS
 
 // FS returns the embedded files, served by the gateway at /.

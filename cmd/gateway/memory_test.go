@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -27,11 +28,20 @@ func TestMemoryModeEndToEnd(t *testing.T) {
 	// Log in as a person would: the cookie jar keeps the session cookie.
 	jar, _ := cookiejar.New(nil)
 	hc := &http.Client{Jar: jar}
+	// Before that, the page's session check answers 200 with no user (a
+	// page without a session is not an error) and says sessions are in
+	// memory.
+	if got := devSession(t, hc, r); got != `{"memory":true,"userId":null}` {
+		t.Errorf("GET /dev/session before login: %s", got)
+	}
 	resp, err = hc.Post(r.url("/dev/login"), "application/json", strings.NewReader(`{"userId":"alice"}`))
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("dev login: %v %v", resp.Status, err)
 	}
 	resp.Body.Close()
+	if got := devSession(t, hc, r); got != `{"memory":true,"userId":"alice"}` {
+		t.Errorf("GET /dev/session after login: %s", got)
+	}
 	u, _ := url.Parse(r.url("/"))
 	hdr := http.Header{}
 	for _, ck := range jar.Cookies(u) {
@@ -66,6 +76,21 @@ func TestMemoryModeEndToEnd(t *testing.T) {
 	if err := r.stop(); err != nil {
 		t.Errorf("run returned %v, want nil", err)
 	}
+}
+
+// devSession returns the body of GET /dev/session, which must answer 200.
+func devSession(t *testing.T, hc *http.Client, r *replica) string {
+	t.Helper()
+	resp, err := hc.Get(r.url("/dev/session"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Cache-Control") != "no-store" {
+		t.Errorf("GET /dev/session: %d %v, want 200 and no-store", resp.StatusCode, resp.Header)
+	}
+	return strings.TrimSpace(string(b))
 }
 
 func TestStaticFiles(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/heraldgw/herald/internal/events"
 	"github.com/heraldgw/herald/internal/jobs"
 )
 
@@ -25,13 +26,19 @@ func runDemo(ctx context.Context, args []string, getenv func(string) string, std
 	var d demoConfig
 	fs.Float64Var(&d.rate, "rate", 10, "jobs per second")
 	fs.DurationVar(&d.duration, "duration", 10*time.Second, "how long to enqueue; 0: until interrupted")
-	fs.IntVar(&d.users, "users", 10, "jobs belong to random users 1..users")
+	fs.IntVar(&d.users, "users", 10, "jobs belong to random users 1..users (log in to the demo page as 1, say)")
+	fs.StringVar(&d.user, "user", "", "jobs all belong to this user instead (the one logged in to the demo page)")
 	fs.IntVar(&d.count, "count", 0, "stop after this many jobs; 0: no limit")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
 	if d.rate <= 0 || d.users < 1 || d.duration < 0 || d.count < 0 {
 		return fmt.Errorf("%w: demo: --rate and --users must be positive, --duration and --count not negative", errUsage)
+	}
+	if d.user != "" {
+		if _, _, err := events.ParseChannel(events.UserChannel(d.user)); err != nil {
+			return fmt.Errorf("%w: demo: --user %q: only letters, digits and :_.-", errUsage, d.user)
+		}
 	}
 	if err := rf.resolve(getenv); err != nil {
 		return err
@@ -51,7 +58,16 @@ type demoConfig struct {
 	rate     float64       // jobs per second
 	duration time.Duration // 0: until ctx is done
 	users    int
-	count    int // 0: no limit
+	user     string // set: every job's user, instead of 1..users
+	count    int    // 0: no limit
+}
+
+// jobUser is the user of the next job.
+func (d demoConfig) jobUser() string {
+	if d.user != "" {
+		return d.user
+	}
+	return strconv.Itoa(1 + rand.IntN(d.users))
 }
 
 // enqueue adds jobs at d.rate, the first at once, until d.duration has
@@ -79,7 +95,7 @@ func (d demoConfig) enqueue(ctx context.Context, q *jobs.Queue) (int, error) {
 			batch := make([]jobs.Job, n)
 			for i := range batch {
 				batch[i] = jobs.Job{
-					User:   strconv.Itoa(1 + rand.IntN(d.users)),
+					User:   d.jobUser(),
 					Effect: uuid.NewString(),
 					Kind:   demoKinds[rand.IntN(len(demoKinds))],
 				}

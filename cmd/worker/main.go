@@ -5,11 +5,11 @@
 //	worker publish --effect ID [--user U] [--url URL]   publish one effect-complete event
 //	worker run [--work 500ms] [--claim-after 30s]        consume and process jobs
 //	           [--catalog FILE|URL]                        only the effect kinds a catalog defines
-//	worker demo [--rate 10] [--duration 10s] [--users 10] enqueue synthetic jobs
+//	worker demo [--rate 10] [--duration 10s] [--users 10 | --user U] enqueue synthetic jobs
 //
 // Redis is named by REDIS_URL (or --redis-url). publish and run announce
 // results through Redis, or through a gateway's HTTP API with --gateway and
-// an API key from HERALD_API_KEY (or --api-key). Run "worker CMD -h" for the
+// an API key from HERALD_API_KEY or HERALD_API_KEYS (or --api-key). Run "worker CMD -h" for the
 // flags of each command.
 package main
 

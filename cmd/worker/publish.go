@@ -5,10 +5,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/heraldgw/herald"
+	"github.com/heraldgw/herald/internal/events"
 )
 
 // runPublish is "worker publish": one effect-complete event, its event ids
@@ -18,14 +21,18 @@ func runPublish(ctx context.Context, args []string, getenv func(string) string, 
 	rf := addRedisFlags(fs)
 	pf := addPublishFlags(fs)
 	user := fs.String("user", "", "user id; the event also goes to user:{user}")
-	effect := fs.String("effect", "", "userEffectId (required); the event goes to effect:{effect}")
-	resultURL := fs.String("url", "", "result URL (required)")
+	effect := fs.String("effect", "", "userEffectId (required), typically a UUID; the event goes to effect:{effect}")
+	resultURL := fs.String("url", "", "result URL (required): http(s)://… or a path on the page's origin such as /results/x.png")
+	kind := fs.String("kind", "", "the effect's name (blur, render, …), shown by the demo page; optional")
 	idemKey := fs.String("idempotency-key", "", "publish at most once per key within the history window")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
 	if *effect == "" || *resultURL == "" {
 		return fmt.Errorf("%w: publish: --effect and --url are required", errUsage)
+	}
+	if err := checkPublishFlags(*effect, *user, *resultURL); err != nil {
+		return fmt.Errorf("%w: publish: %v", errUsage, err)
 	}
 	if err := rf.resolve(getenv); err != nil {
 		return err
@@ -51,6 +58,7 @@ func runPublish(ctx context.Context, args []string, getenv func(string) string, 
 		UserID:       *user,
 		UserEffectID: *effect,
 		ResultURL:    *resultURL,
+		Kind:         *kind,
 	}, opts...)
 	if err != nil {
 		return err
@@ -59,4 +67,27 @@ func runPublish(ctx context.Context, args []string, getenv func(string) string, 
 		fmt.Fprintln(stdout, id)
 	}
 	return nil
+}
+
+// checkPublishFlags checks publish's ids and URL before anything is sent,
+// saying which flag is wrong and what it wants.
+func checkPublishFlags(effect, user, resultURL string) error {
+	if _, _, err := events.ParseChannel(events.EffectChannel(effect)); err != nil {
+		return fmt.Errorf("--effect %q: not usable in a channel name: only letters, digits and :_.-, at most %d characters (a UUID is best: it is a capability)", effect, events.MaxNameLen-len("effect:"))
+	}
+	if user != "" {
+		if _, _, err := events.ParseChannel(events.UserChannel(user)); err != nil {
+			return fmt.Errorf("--user %q: not usable in a channel name: only letters, digits and :_.-, at most %d characters", user, events.MaxNameLen-len("user:"))
+		}
+	}
+	u, err := url.Parse(resultURL)
+	switch {
+	case err != nil:
+		return fmt.Errorf("--url %q: %v", resultURL, err)
+	case u.Scheme == "" && u.Host == "" && strings.HasPrefix(u.Path, "/"):
+		return nil // a path on the page's origin, as the demo's /dev/results/{id}.svg
+	case (u.Scheme == "http" || u.Scheme == "https") && u.Host != "":
+		return nil
+	}
+	return fmt.Errorf("--url %q: want an http(s) URL, such as https://cdn.example/results/e1.png, or a path such as /results/e1.png", resultURL)
 }

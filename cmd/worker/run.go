@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -150,9 +152,36 @@ type publishFlags struct {
 
 func addPublishFlags(fs *flag.FlagSet) *publishFlags {
 	pf := &publishFlags{}
-	fs.StringVar(&pf.gateway, "gateway", "", "publish through this gateway's HTTP API (base URL) instead of Redis")
-	fs.StringVar(&pf.apiKey, "api-key", "", "API key for --gateway; prefer env HERALD_API_KEY, which stays out of the process list")
+	fs.StringVar(&pf.gateway, "gateway", "", "publish through this gateway's HTTP API instead of Redis: its address, http://host:port or host:port")
+	fs.StringVar(&pf.apiKey, "api-key", "", "API key for --gateway; prefer env HERALD_API_KEY (or the gateway's HERALD_API_KEYS, whose first key is used), which stays out of the process list")
 	return pf
+}
+
+// gatewayURL turns --gateway into the gateway's base URL: an address
+// without a scheme ("localhost:8080") is taken as http.
+func gatewayURL(s string) (string, error) {
+	if !strings.Contains(s, "://") {
+		s = "http://" + s
+	}
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+		return "", fmt.Errorf("%w: --gateway %q: want the gateway's address, such as http://localhost:8080 or localhost:8080", errUsage, s)
+	}
+	return u.Scheme + "://" + u.Host, nil
+}
+
+// key is the API key for --gateway: --api-key, else HERALD_API_KEY, else
+// the first key of HERALD_API_KEYS, so that the variable set for the
+// gateway works for the worker too.
+func (pf *publishFlags) key(getenv func(string) string) string {
+	if pf.apiKey != "" {
+		return pf.apiKey
+	}
+	if k := strings.TrimSpace(getenv("HERALD_API_KEY")); k != "" {
+		return k
+	}
+	first, _, _ := strings.Cut(getenv("HERALD_API_KEYS"), ",")
+	return strings.TrimSpace(first)
 }
 
 // publisher returns the publisher the flags ask for: HTTP with --gateway,
@@ -165,14 +194,15 @@ func publisher(rf *redisFlags, pf *publishFlags, getenv func(string) string, rdb
 			KeyPrefix:   rf.prefix,
 		}), "redis", nil
 	}
-	key := pf.apiKey
-	if key == "" {
-		key = getenv("HERALD_API_KEY")
+	base, err := gatewayURL(pf.gateway)
+	if err != nil {
+		return nil, "", err
 	}
+	key := pf.key(getenv)
 	if key == "" {
-		return nil, "", errors.New("--gateway needs an API key: set HERALD_API_KEY (or --api-key)")
+		return nil, "", errors.New("--gateway needs an API key: set HERALD_API_KEY or HERALD_API_KEYS (or --api-key)")
 	}
-	hp, err := herald.NewHTTPPublisher(pf.gateway, key, herald.HTTPConfig{})
+	hp, err := herald.NewHTTPPublisher(base, key, herald.HTTPConfig{})
 	if err != nil {
 		return nil, "", err
 	}

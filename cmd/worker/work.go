@@ -46,12 +46,15 @@ func runWorker(ctx context.Context, args []string, getenv func(string) string, s
 	fs.DurationVar(&cf.stale, "catalog-stale", 5*time.Minute, "how long after --catalog-fresh it is still used while it is reloaded in the background")
 	fs.DurationVar(&cf.check, "catalog-check", 10*time.Second, "how often the catalog source is read to notice a change sooner; 0: never")
 	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus metrics (the catalog cache's counters, Go runtime) at http://ADDR/metrics; empty: off")
-	resultBase := fs.String("result-base", "https://cdn.example/results/", "results are at {result-base}{userEffectId}.png")
+	resultURL := fs.String("result-url", "/dev/results/{effect}.svg", "where a job's result is, {effect} standing for its userEffectId; the default is the picture a gateway in dev mode (HERALD_DEV) draws, which the demo page shows")
 	if err := parse(fs, args, stderr); err != nil {
 		return err
 	}
 	if cfg.Concurrency < 1 || cfg.ClaimAfter <= 0 || cfg.Block <= 0 || *work < 0 {
 		return fmt.Errorf("%w: run: --concurrency, --claim-after and --block must be positive, --work not negative", errUsage)
+	}
+	if !strings.Contains(*resultURL, "{effect}") {
+		return fmt.Errorf("%w: run: --result-url %q has no {effect}: every job's result would be at the same place", errUsage, *resultURL)
 	}
 	if cf.fresh <= 0 || cf.stale <= 0 || cf.check < 0 {
 		return fmt.Errorf("%w: run: --catalog-fresh and --catalog-stale must be positive, --catalog-check not negative", errUsage)
@@ -89,7 +92,7 @@ func runWorker(ctx context.Context, args []string, getenv func(string) string, s
 		defer stop()
 	}
 
-	w := &worker{pub: pub, work: *work, resultBase: *resultBase, log: log}
+	w := &worker{pub: pub, work: *work, resultURL: *resultURL, log: log}
 	if cf.source != "" {
 		catalog, err := cf.open(ctx, rdb, rf.prefix, reg, log)
 		if err != nil {
@@ -151,11 +154,11 @@ func (cf *catalogFlags) open(ctx context.Context, rdb *redis.Client, prefix stri
 
 // worker processes jobs.
 type worker struct {
-	pub        herald.Publisher
-	work       time.Duration      // per job, without a catalog
-	catalog    *jobs.CatalogCache // nil: every kind is accepted and takes work
-	resultBase string
-	log        *slog.Logger
+	pub       herald.Publisher
+	work      time.Duration      // per job, without a catalog
+	catalog   *jobs.CatalogCache // nil: every kind is accepted and takes work
+	resultURL string             // {effect} is replaced by the job's userEffectId
+	log       *slog.Logger
 }
 
 // process renders one effect (simulated: it waits the duration of the
@@ -190,8 +193,9 @@ func (w *worker) process(ctx context.Context, j jobs.Job) error {
 	ids, err := herald.PublishEffectComplete(ctx, w.pub, herald.EffectComplete{
 		UserID:       j.User,
 		UserEffectID: j.Effect,
-		ResultURL:    w.resultURL(j),
+		ResultURL:    w.result(j),
 		Timestamp:    time.Now(),
+		Kind:         j.Kind,
 	}, herald.IdempotencyKey(j.IdempotencyKey()))
 	var fe *herald.FieldError
 	if errors.As(err, &fe) {
@@ -207,8 +211,9 @@ func (w *worker) process(ctx context.Context, j jobs.Job) error {
 	return nil
 }
 
-func (w *worker) resultURL(j jobs.Job) string {
-	return w.resultBase + url.PathEscape(j.Effect) + ".png"
+// result is where the result of j is.
+func (w *worker) result(j jobs.Job) string {
+	return strings.ReplaceAll(w.resultURL, "{effect}", url.PathEscape(j.Effect))
 }
 
 // serveMetrics serves reg at http://addr/metrics until stop is called.

@@ -141,7 +141,7 @@ func TestPublishViaRedis(t *testing.T) {
 	}
 
 	// --redis-url wins over REDIS_URL; an idempotency key makes a repeat a no-op.
-	args := []string{"publish", "--redis-url", srv.URL(), "--effect", "e-2", "--url", "u", "--idempotency-key", "k1"}
+	args := []string{"publish", "--redis-url", srv.URL(), "--effect", "e-2", "--url", "/r/e-2.png", "--idempotency-key", "k1"}
 	first := runOK(t, env("REDIS_URL", "redis://127.0.0.1:1"), args...)
 	again := runOK(t, env(), args...)
 	if first != again || len(history(t, rdb, "effect:e-2")) != 1 {
@@ -162,7 +162,7 @@ func TestPublishViaGateway(t *testing.T) {
 		io.WriteString(w, `{"ids":["5-0","5-1"]}`)
 	}))
 	defer gw.Close()
-	out := runOK(t, env("HERALD_API_KEY", "k-from-env"), "publish", "--gateway", gw.URL, "--user", "7", "--effect", "e", "--url", "u")
+	out := runOK(t, env("HERALD_API_KEY", "k-from-env"), "publish", "--gateway", gw.URL, "--user", "7", "--effect", "e", "--url", "/r/e.png", "--kind", "blur")
 	if out != "5-0\n5-1\n" {
 		t.Errorf("stdout: got %q", out)
 	}
@@ -171,8 +171,26 @@ func TestPublishViaGateway(t *testing.T) {
 		t.Errorf("request: got %+v", r)
 	}
 	var body struct{ Items []events.Publication }
-	if err := json.Unmarshal(r.body, &body); err != nil || len(body.Items) != 2 || body.Items[1].Channel != "user:7" {
+	if err := json.Unmarshal(r.body, &body); err != nil || len(body.Items) != 2 || body.Items[1].Channel != "user:7" ||
+		!strings.Contains(string(body.Items[0].Data), `"kind":"blur"`) {
 		t.Errorf("body: got %s (%v)", r.body, err)
+	}
+
+	// The gateway's own variable, HERALD_API_KEYS, works too (its first
+	// key), and an address without a scheme is taken as http.
+	for _, tc := range []struct {
+		getenv  func(string) string
+		gateway string
+		want    string
+	}{
+		{env("HERALD_API_KEYS", "k-first, k-second"), gw.URL, "Bearer k-first"},
+		{env("HERALD_API_KEY", "k-worker", "HERALD_API_KEYS", "k-gateway"), gw.URL, "Bearer k-worker"},
+		{env("HERALD_API_KEY", "k"), strings.TrimPrefix(gw.URL, "http://"), "Bearer k"},
+	} {
+		runOK(t, tc.getenv, "publish", "--gateway", tc.gateway, "--user", "7", "--effect", "e", "--url", "https://cdn.example/e.png")
+		if r := <-reqs; r.auth != tc.want || r.path != "/api/publish/batch" {
+			t.Errorf("--gateway %s: request %+v, want Authorization %q", tc.gateway, r, tc.want)
+		}
 	}
 
 	// A 401 from the gateway is the program's error.
@@ -181,7 +199,7 @@ func TestPublishViaGateway(t *testing.T) {
 		io.WriteString(w, `{"error":{"code":"unauthorized","message":"wrong API key"}}`)
 	}))
 	defer bad.Close()
-	err := run(ctxT(t), []string{"publish", "--gateway", bad.URL, "--api-key", "nope", "--effect", "e", "--url", "u"}, env(), io.Discard, io.Discard)
+	err := run(ctxT(t), []string{"publish", "--gateway", bad.URL, "--api-key", "nope", "--effect", "e", "--url", "/r/e.png"}, env(), io.Discard, io.Discard)
 	var ae *herald.APIError
 	if !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized {
 		t.Errorf("got %v, want a 401 APIError", err)
@@ -199,10 +217,19 @@ func TestCommandLineErrors(t *testing.T) {
 		{"no command", nil, env(), "no command", true},
 		{"unknown command", []string{"frobnicate"}, env(), "unknown command", true},
 		{"unknown flag", []string{"demo", "--nope"}, env(), "nope", true},
-		{"publish without effect", []string{"publish", "--url", "u"}, env(), "--effect", true},
-		{"publish without redis", []string{"publish", "--effect", "e", "--url", "u"}, env(), "REDIS_URL", false},
-		{"gateway without key", []string{"publish", "--gateway", "http://127.0.0.1:1", "--effect", "e", "--url", "u"}, env(), "HERALD_API_KEY", false},
-		{"bad history size", []string{"publish", "--effect", "e", "--url", "u"}, env("HERALD_HISTORY_SIZE", "lots"), "HERALD_HISTORY_SIZE", false},
+		{"publish without effect", []string{"publish", "--url", "/r/e.png"}, env(), "--effect", true},
+		{"publish without url", []string{"publish", "--effect", "e"}, env(), "--url", true},
+		{"publish bad effect", []string{"publish", "--effect", "…", "--url", "/r/e.png"}, env(), `--effect "…": not usable in a channel name`, true},
+		{"publish bad user", []string{"publish", "--effect", "e", "--user", "a b", "--url", "/r/e.png"}, env(), `--user "a b"`, true},
+		{"publish relative url", []string{"publish", "--effect", "e", "--url", "u"}, env(), `--url "u": want an http(s) URL`, true},
+		{"publish other scheme", []string{"publish", "--effect", "e", "--url", "ftp://x/e.png"}, env(), `--url "ftp://x/e.png"`, true},
+		{"publish without redis", []string{"publish", "--effect", "e", "--url", "/r/e.png"}, env(), "REDIS_URL", false},
+		{"gateway without key", []string{"publish", "--gateway", "http://127.0.0.1:1", "--effect", "e", "--url", "/r/e.png"}, env(), "HERALD_API_KEY", false},
+		{"gateway with a path", []string{"publish", "--gateway", "localhost:8080/api", "--effect", "e", "--url", "/r/e.png"}, env("HERALD_API_KEY", "k"), "want the gateway's address", true},
+		{"gateway other scheme", []string{"publish", "--gateway", "ws://localhost:8080", "--effect", "e", "--url", "/r/e.png"}, env("HERALD_API_KEY", "k"), "want the gateway's address", true},
+		{"bad history size", []string{"publish", "--effect", "e", "--url", "/r/e.png"}, env("HERALD_HISTORY_SIZE", "lots"), "HERALD_HISTORY_SIZE", false},
+		{"demo bad user", []string{"demo", "--user", "a b"}, env(), `--user "a b"`, true},
+		{"run result url without effect", []string{"run", "--result-url", "/x.png"}, env(), "{effect}", true},
 		{"bad redis url", []string{"demo"}, env("REDIS_URL", "postgres://secret@x"), "REDIS_URL", false},
 		{"bad rate", []string{"demo", "--rate", "0"}, env(), "--rate", true},
 		{"stray argument", []string{"run", "extra"}, env(), "extra", true},
@@ -258,7 +285,8 @@ func TestDemoJobsAreProcessed(t *testing.T) {
 			t.Fatalf("history of effect:%s: got %d entries, want 1", effect, len(h))
 		}
 		c := classic(t, h[0])
-		if c.UserEffectID != effect || c.UserID != user || c.ResultURL != "https://cdn.example/results/"+effect+".png" {
+		kind := e.Values["kind"].(string)
+		if c.UserEffectID != effect || c.UserID != user || c.ResultURL != "/dev/results/"+effect+".svg" || c.Kind != kind || kind == "" {
 			t.Errorf("completion of job %s: got %+v", e.ID, c)
 		}
 		perUser[user]++
@@ -291,7 +319,7 @@ func TestCrashedWorkersJobNotifiesOnce(t *testing.T) {
 	if err != nil || len(res[0].Messages) != 2 {
 		t.Fatalf("A reads: %v, %v", res, err)
 	}
-	a := &worker{pub: herald.NewRedisPublisher(rdb, herald.RedisConfig{}), resultBase: "https://a/", log: newLogger(io.Discard)}
+	a := &worker{pub: herald.NewRedisPublisher(rdb, herald.RedisConfig{}), resultURL: "https://a/{effect}.png", log: newLogger(io.Discard)}
 	job := jobs.Job{ID: res[0].Messages[0].ID, User: "42", Effect: "published", Kind: "blur"}
 	if err := a.process(ctxT(t), job); err != nil {
 		t.Fatalf("A processes: %v", err)

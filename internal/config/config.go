@@ -190,10 +190,13 @@ func settings() []setting {
 // Load reads the configuration from args (flags named like the variables in
 // lower-case kebab form, e.g. -herald-addr, -redis-url) and getenv. A flag
 // wins over its variable. A bad value is an error naming the variable.
+// With -h or -help it writes the flags, their variables and defaults to
+// stderr and returns flag.ErrHelp.
 func Load(args []string, getenv func(string) string, stderr io.Writer) (Config, error) {
 	ss := settings()
 	fs := flag.NewFlagSet("herald", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() { usage(stderr, ss) }
 	flags := make(map[string]*string, len(ss))
 	for _, s := range ss {
 		flags[s.env] = fs.String(FlagName(s.env), "", s.usage+" (env "+s.env+")")
@@ -225,6 +228,25 @@ func Load(args []string, getenv func(string) string, stderr io.Writer) (Config, 
 		return Config{}, fmt.Errorf("HERALD_RECORD_TTL: %v is shorter than HERALD_HISTORY_TTL (%v): a channel's record must outlive its history", c.RecordTTL, c.HistoryTTL)
 	}
 	return c, nil
+}
+
+// usage writes every flag with its variable and default. Only defaults are
+// shown, never the environment's values, which may hold secrets.
+func usage(w io.Writer, ss []setting) {
+	fmt.Fprint(w, `usage: gateway [flags]
+
+Every flag is also an environment variable: -herald-addr is HERALD_ADDR.
+A flag wins over its variable. Without REDIS_URL the gateway runs
+single-node in memory, with the demo page and its dev endpoints.
+
+`)
+	for _, s := range ss {
+		def := ""
+		if s.def != "" {
+			def = fmt.Sprintf(" (default %s)", s.def)
+		}
+		fmt.Fprintf(w, "  -%s value, %s%s\n    \t%s\n", FlagName(s.env), s.env, def, s.usage)
+	}
 }
 
 // Variables returns the names of every configuration variable.

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"errors"
+	"flag"
 	"io"
 	"strings"
 	"testing"
@@ -80,5 +82,31 @@ func TestTrustedProxies(t *testing.T) {
 	}
 	if len(c.TrustedProxies) != 2 || c.TrustedProxies[0].String() != "10.0.0.0/8" || c.TrustedProxies[1].String() != "127.0.0.1/32" {
 		t.Errorf("got %v", c.TrustedProxies)
+	}
+}
+
+// -h lists every flag with its variable and default, never the values the
+// environment holds, and is not an error the caller reports.
+func TestHelp(t *testing.T) {
+	for _, arg := range []string{"-h", "-help", "--help"} {
+		var out strings.Builder
+		_, err := Load([]string{arg}, env(map[string]string{"HERALD_API_KEYS": "a-secret-key-0123456789"}), &out)
+		if !errors.Is(err, flag.ErrHelp) {
+			t.Errorf("%s: got %v, want flag.ErrHelp", arg, err)
+		}
+		text := out.String()
+		for _, name := range Variables() {
+			if !strings.Contains(text, "-"+FlagName(name)+" value, "+name) {
+				t.Errorf("%s: %s is not listed:\n%s", arg, name, text)
+			}
+		}
+		for _, want := range []string{"HERALD_ADDR (default :8080)", "HERALD_HISTORY_TTL (default 10m)", "HERALD_SESSION_COOKIE (default sid)"} {
+			if !strings.Contains(text, want) {
+				t.Errorf("%s: no %q in:\n%s", arg, want, text)
+			}
+		}
+		if strings.Contains(text, "a-secret-key") || strings.Contains(text, " string") {
+			t.Errorf("%s: shows an environment value or a bare type:\n%s", arg, text)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package events
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -35,9 +36,32 @@ func TestParseClassic(t *testing.T) {
 			t.Errorf("ParseClassic(%s) = %+v, want an error", bad, pubs)
 		}
 	}
-	var fe *FieldError
-	if _, err := ParseClassic([]byte(`{"resultUrl":"u"}`)); !errors.As(err, &fe) || fe.Field != "userEffectId" {
-		t.Errorf("missing userEffectId: got %v, want a *FieldError on userEffectId", err)
+}
+
+// A refused classic payload names the field that is wrong (the gateway logs
+// the error), and not the id itself: an effect id is a capability.
+func TestParseClassicNamesTheField(t *testing.T) {
+	for _, tc := range []struct {
+		payload, field, reason string
+	}{
+		{`{"resultUrl":"u"}`, "userEffectId", "missing"},
+		{`{"userEffectId":7.5}`, "userEffectId", "not a string"},
+		{`{"userEffectId":"…","resultUrl":"…","timestamp":1}`, "userEffectId", "not usable in a channel name"},
+		{`{"userEffectId":"a b"}`, "userEffectId", "not usable in a channel name"},
+		{`{"userEffectId":"x:owner"}`, "userEffectId", "reserved"},
+		{`{"userEffectId":"complete"}`, "userEffectId", "reserved"},
+		{`{"userEffectId":"e1","userId":"…"}`, "userId", "not usable in a channel name"},
+		{`{"userEffectId":"e1","userId":[1]}`, "userId", "not a string or number"},
+	} {
+		_, err := ParseClassic([]byte(tc.payload))
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != tc.field || !strings.Contains(fe.Reason, tc.reason) {
+			t.Errorf("ParseClassic(%s): got %v, want a *FieldError on %s saying %q", tc.payload, err, tc.field, tc.reason)
+			continue
+		}
+		if strings.Contains(err.Error(), "…") || strings.Contains(err.Error(), "a b") {
+			t.Errorf("ParseClassic(%s): the error %q repeats the id", tc.payload, err)
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package events
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -176,6 +177,7 @@ type Classic struct {
 	ResultURL    string `json:"resultUrl"`
 	Timestamp    int64  `json:"timestamp"`
 	UserID       string `json:"userId,omitempty"`
+	Kind         string `json:"kind,omitempty"` // the effect's name; Herald's own publishers add it
 }
 
 // ParseClassic turns a classic effect:complete payload into the publications
@@ -195,6 +197,9 @@ func ParseClassic(payload []byte) ([]Publication, error) {
 	if !ok || effect == "" {
 		return nil, &FieldError{Field: "userEffectId", Reason: "missing or not a string"}
 	}
+	if err := checkID(EffectChannel(effect)); err != nil {
+		return nil, &FieldError{Field: "userEffectId", Reason: err.Error()}
+	}
 	data := json.RawMessage(payload)
 	pubs := []Publication{{Channel: EffectChannel(effect), Event: EffectComplete, Data: data}}
 	user, ok := idText(c.UserID)
@@ -202,6 +207,9 @@ func ParseClassic(payload []byte) ([]Publication, error) {
 		return nil, &FieldError{Field: "userId", Reason: "not a string or number"}
 	}
 	if user != "" {
+		if err := checkID(UserChannel(user)); err != nil {
+			return nil, &FieldError{Field: "userId", Reason: err.Error()}
+		}
 		pubs = append(pubs, Publication{Channel: UserChannel(user), Event: EffectComplete, Data: data})
 	}
 	for _, p := range pubs {
@@ -210,6 +218,21 @@ func ParseClassic(payload []byte) ([]Publication, error) {
 		}
 	}
 	return pubs, nil
+}
+
+// checkID says why an id cannot make the client channel ch, in words that
+// name neither the id nor the channel: a warning about a classic payload
+// says which field is wrong without logging an app's data.
+func checkID(ch string) error {
+	_, _, err := ParseChannel(ch)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrBadChannel):
+		return fmt.Errorf("not usable in a channel name: only letters, digits and :_.-, and a channel name of at most %d characters", MaxNameLen)
+	default:
+		return errors.New("names a reserved channel")
+	}
 }
 
 // idText reads an id written as a JSON string or integer; absent or null

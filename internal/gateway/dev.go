@@ -3,6 +3,7 @@ package gateway
 import (
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/heraldgw/herald/internal/events"
+	"github.com/heraldgw/herald/internal/session"
 )
 
 // Dev endpoints (HERALD_DEV): log in as anyone and run fake jobs, for the
@@ -40,7 +42,27 @@ func (s *Server) handleDevLogin(c echo.Context) error {
 		Name: s.cfg.SessionCookie, Value: sess.ID, Path: "/", HttpOnly: true,
 		SameSite: http.SameSiteLaxMode, Secure: c.IsTLS(), Expires: time.UnixMilli(sess.ExpiresAt),
 	})
-	return c.JSON(http.StatusOK, map[string]any{"userId": sess.UserID, "expiresAt": sess.ExpiresAt})
+	return c.JSON(http.StatusOK, map[string]any{"userId": sess.UserID, "expiresAt": sess.ExpiresAt, "memory": s.cfg.RedisURL == ""})
+}
+
+// handleDevSession is GET /dev/session: whose session the cookie holds,
+// {"userId":"…"} or {"userId":null}, and whether sessions live in this
+// process's memory ("memory": true, without REDIS_URL), so that they end
+// when it restarts. It answers 200 either way: the demo page asks on every
+// load, and a page without a session is not an error to log in its console.
+func (s *Server) handleDevSession(c echo.Context) error {
+	out := map[string]any{"userId": nil, "memory": s.cfg.RedisURL == ""}
+	if ck, err := c.Cookie(s.cfg.SessionCookie); err == nil && ck.Value != "" {
+		sess, err := s.sessions.Get(c.Request().Context(), ck.Value)
+		switch {
+		case err == nil:
+			out["userId"] = sess.UserID
+		case !errors.Is(err, session.ErrNotFound) && !errors.Is(err, session.ErrExpired):
+			return errUnavailable(err)
+		}
+	}
+	c.Response().Header().Set("Cache-Control", "no-store")
+	return c.JSON(http.StatusOK, out)
 }
 
 // handleDevLogout is POST /dev/logout: it revokes the cookie's session.

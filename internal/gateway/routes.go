@@ -45,6 +45,7 @@ func (s *Server) routes() *echo.Echo {
 		dev := e.Group("/dev")
 		dev.POST("/login", s.handleDevLogin)
 		dev.POST("/logout", s.handleDevLogout)
+		dev.GET("/session", s.handleDevSession)
 		dev.POST("/jobs", s.handleDevJob)
 		dev.GET("/results/:file", s.handleDevResult)
 	}

@@ -1,11 +1,11 @@
-// Unit tests of herald-core.js: node --test web/test/
+// Unit tests of herald.js's pure parts: node --test web/test/
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import {
   BACKOFF, backoffDelay, restartDelay, closeAction, compareIds, parseId, Cursors, Heartbeat,
   TokenBucket, SEND_RATE, SEND_BURST, connectURL, defaultURL,
-} from '../herald-core.js';
+} from '../herald.js';
 
 const fixed = (x) => () => x;
 const almostOne = 1 - Number.EPSILON;
