@@ -70,6 +70,13 @@ func TestDemoPageSurvivesReplicaKill(t *testing.T) {
 	e1, lastSeen := c.complete(ctx, pub, user)
 	demo.waitVisible("the first completion", jobDone(e1))
 
+	// A channel that has had no event yet: an effect whose job is still
+	// running. Its resume must not report anything missed either.
+	quiet := "effect:" + uuid.NewString()
+	demo.waitJS("a subscription to a quiet channel", fmt.Sprintf(
+		`(window.__quiet ??= herald.subscribe(%s).then(() => true), herald.subs.get(%s)?.ok === true)`,
+		jsString(quiet), jsString(quiet)))
+
 	// The replica holding the socket dies while the page is frozen, so the
 	// completions published "meanwhile" are certainly published before the
 	// page can reconnect anywhere.
@@ -93,6 +100,19 @@ func TestDemoPageSurvivesReplicaKill(t *testing.T) {
 	}
 	if !resumed {
 		t.Errorf("no reconnect asked for %s; sockets opened: %v", wantSince, demo.sockets.all())
+	}
+
+	// Neither the personal channel (which had events) nor the quiet one is
+	// reported as missing anything: no resync, no error in the page log.
+	demo.waitJS("the quiet channel resumed", fmt.Sprintf(
+		`herald.subs.get(%s)?.ok === true && herald.state === 'open'`, jsString(quiet)))
+	if bad := evaluate(demo, "read the page log for errors", chromedp.Evaluate[[]string](
+		`[...document.querySelectorAll('#log .log-line[data-kind="error"] .log-msg')].map((e) => e.textContent)`)); len(bad) > 0 {
+		t.Errorf("the page logged errors after the replica kill: %q", bad)
+	}
+	if rec := evaluate(demo, "the quiet channel's recovered", chromedp.Evaluate[bool](
+		fmt.Sprintf(`herald.subs.get(%s).recovered === true`, jsString(quiet)))); !rec {
+		t.Error("the quiet channel resumed with recovered:false")
 	}
 
 	// The next completion arrives through the surviving replica.

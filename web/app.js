@@ -184,6 +184,7 @@ function startSession(user) {
 
   const h = new Herald();
   client = h;
+  globalThis.herald = h; // the demo's client, for the console (and the browser tests)
   h.on('state', (state, info) => onState(h, state, info));
   h.on('welcome', (f) => {
     setUser(f.user);

@@ -67,8 +67,19 @@ export interface SubscribedFrame {
 export interface ErrorFrame {
   type: 'error';
   ref?: number;
-  code: 'forbidden' | 'bad_request' | 'not_found' | 'rate_limited' | 'unavailable' | string;
+  /** bad_frame: the server sent a frame the client could not use (reported, skipped). */
+  code: 'forbidden' | 'bad_request' | 'not_found' | 'rate_limited' | 'unavailable' | 'bad_frame' | string;
   message: string;
+  /** The channel of a subscription the server ended by itself (code: its reason). */
+  channel?: string;
+  /** The start of an unusable frame (code bad_frame). */
+  frame?: string;
+}
+
+/** Events of a channel were lost on the server's side and could not be recovered. */
+export interface GapFrame {
+  type: 'gap';
+  channel: string;
 }
 
 /** The `data` of an `effect.complete` event: the classic job-complete JSON. */
@@ -160,7 +171,7 @@ export class Herald {
   on(name: 'welcome', fn: (frame: WelcomeFrame) => void): () => void;
   on(name: 'subscribed', fn: (frame: SubscribedFrame) => void): () => void;
   /** The history no longer covered a gap on channel: refetch its state. */
-  on(name: 'resync', fn: (channel: string, frame: SubscribedFrame | WelcomeFrame) => void): () => void;
+  on(name: 'resync', fn: (channel: string, frame: SubscribedFrame | WelcomeFrame | GapFrame) => void): () => void;
   /** Error frames from the server and ticket callback failures. */
   on(name: 'error', fn: (err: ErrorFrame | Error) => void): () => void;
   /** Every event delivered, whatever its name. */

@@ -304,18 +304,46 @@ export class Herald {
 
   // --- frames ---
 
+  // receive handles one server frame. A frame it cannot use (not JSON, not
+  // an object) is reported to 'error' listeners and skipped: the link
+  // stays, nothing reconnects over it.
   receive(text) {
     this.beat.seen();
     let f;
-    try { f = JSON.parse(text); } catch { return; }
+    try { f = JSON.parse(text); } catch { f = null; }
+    if (!f || typeof f !== 'object') {
+      this.emit('error', { type: 'error', code: 'bad_frame', message: 'unusable frame from the server', frame: String(text).slice(0, 200) });
+      return;
+    }
     switch (f.type) {
       case 'welcome': return this.welcome(f);
       case 'event': return this.deliver(f);
       case 'subscribed': return this.subscribed(f);
       case 'error': return this.failed(f);
-      case 'unsubscribed': this.refs.delete(f.ref); return;
+      case 'unsubscribed': return this.unsubscribed(f);
+      // Events of the channel were lost on the server's side: the app
+      // refetches what it derives from the channel.
+      case 'gap': return this.emit('resync', f.channel, f);
       default: // a pong only proves the link alive
     }
+  }
+
+  // unsubscribed answers an unsubscribe (with its ref) or tells that the
+  // server ended a subscription by itself (with a reason: an effect that
+  // belongs to another user). The latter drops the subscription like a
+  // refusal: its promise rejects and 'error' listeners hear the reason.
+  unsubscribed(f) {
+    if (f.ref !== undefined) {
+      this.refs.delete(f.ref);
+      return;
+    }
+    const sub = this.subs.get(f.channel);
+    if (sub) {
+      this.subs.delete(sub.channel);
+      this.cursors.forget(sub.channel);
+      settle(sub, Object.assign(new Error(`unsubscribed from ${f.channel}: ${f.reason}`), { code: f.reason, channel: f.channel }));
+    }
+    this.emit('error', { type: 'error', code: f.reason || 'unsubscribed', channel: f.channel, message: 'the server ended this subscription' });
   }
 
   welcome(f) {

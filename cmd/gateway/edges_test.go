@@ -173,7 +173,7 @@ func TestNoLossWhileConnecting(t *testing.T) {
 				}
 				if fmt.Sprint(got) != fmt.Sprint(want[:len(got)]) {
 					at := firstDiff(got, want)
-					t.Fatalf("client %d %s (last %s): event %d is %s, want %s\nreplica log:\n%s", i, ch, last, at, got[at], want[at], r.logs)
+					t.Fatalf("client %d %s (last %s): event %d is %s, want %s\nreplica log:\n%s", i, ch, last, at, got[at], want[at], r.notable())
 				}
 			}
 		}

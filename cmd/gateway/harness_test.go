@@ -115,6 +115,17 @@ func (r *replica) stop() error {
 	}
 }
 
+// notable returns the replica's log lines above DEBUG, for failure messages.
+func (r *replica) notable() string {
+	var out []string
+	for _, l := range strings.Split(r.logs.String(), "\n") {
+		if l != "" && !strings.Contains(l, `"level":"DEBUG"`) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 func (r *replica) url(path string) string { return "http://" + r.addr + path }
 func (r *replica) wsURL(q string) string  { return "ws://" + r.addr + "/ws" + q }
 

@@ -334,6 +334,53 @@ test('resync is reported when the personal channel could not be resumed', async 
   assert.deepEqual(resyncs, ['user:42']);
 });
 
+test('a gap notice is a resync of its channel; later events still arrive', async () => {
+  const { h, got } = await client();
+  const ws = latest();
+  ws.welcome('a', '42');
+  const resyncs = [];
+  h.on('resync', (ch) => resyncs.push(ch));
+  ws.event('user:42', '3-0');
+  ws.frame({ type: 'gap', channel: 'user:42' });
+  ws.event('user:42', '9-0');
+  assert.deepEqual(resyncs, ['user:42']);
+  assert.deepEqual(got, ['user:42 3-0', 'user:42 9-0']);
+});
+
+test('a subscription the server ends (owned by another user) rejects and is not renewed', async () => {
+  const { h } = await client();
+  let ws = latest();
+  ws.welcome('a', '42');
+  const errors = [];
+  h.on('error', (e) => errors.push(e.code + ' ' + e.channel));
+  const p = h.subscribe('effect:e9');
+  ws.frame({ type: 'unsubscribed', channel: 'effect:e9', reason: 'forbidden' });
+  await assert.rejects(p, (err) => err.code === 'forbidden' && err.channel === 'effect:e9');
+  assert.deepEqual(errors, ['forbidden effect:e9']);
+  ws.event('effect:e9', '5-0'); // a late event of it is not handed out
+  ws.drop(1006);
+  clock.tick(1000);
+  await flush();
+  ws = latest();
+  ws.welcome('a', '42');
+  assert.deepEqual(ws.subscribes(), [], 'an ended subscription is not renewed');
+});
+
+test('an unusable frame is reported and skipped; the link stays', async () => {
+  const { h, got, states } = await client();
+  const ws = latest();
+  ws.welcome('a', '42');
+  const errors = [];
+  h.on('error', (e) => errors.push(e.code));
+  ws.onmessage({ data: '{"type":"event","channel":"user:42",' });
+  ws.onmessage({ data: 'null' });
+  ws.event('user:42', '4-0');
+  assert.deepEqual(errors, ['bad_frame', 'bad_frame']);
+  assert.deepEqual(got, ['user:42 4-0']);
+  assert.equal(ws.closedWith, null);
+  assert.deepEqual(states.map((s) => s[0]), ['connecting', 'open']);
+});
+
 test('unsubscribe: events in flight are dropped, a later subscribe starts fresh', async () => {
   const { h, got } = await client();
   const ws = latest();
