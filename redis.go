@@ -45,17 +45,19 @@ type RedisConfig struct {
 }
 
 // RedisPublisher publishes events by writing them to the Redis that the
-// gateway replicas share. Each call is one atomic server-side script: the
-// events are appended to their channels' history streams, trimmed to the
-// history window and published to the gateways, all or nothing. It is the
-// same script the gateway runs for its own publishes.
+// gateway replicas share. Each call is atomic: the events are appended to
+// their channels' histories, trimmed to the history window and published
+// to the gateways, all or nothing, by the same server-side script the
+// gateway runs for its own publishes. Calls made concurrently share script
+// calls (one Redis round trip and script run for many events), which is
+// what keeps Redis's cost per event low under load.
 //
-// A call that meets a transient Redis error (a broken or refused
-// connection, a Redis loading or failing over) is retried a few times over
-// about 700 ms, then fails with the error: nothing is dropped silently.
-// Retries never publish twice: a call without an [IdempotencyKey] gets a
-// random one for its attempts (kept one minute). Give calls whose repeats
-// after a crash matter a key of their own, such as the job id.
+// A call that meets a transient Redis error (a Redis loading or failing
+// over, a refused connection; with an [IdempotencyKey] also a broken
+// connection) is retried a few times over about 700 ms, then fails with
+// the error: nothing is dropped silently, and retries never publish twice.
+// Give calls whose repeats after a crash or a timeout matter a key of
+// their own, such as the job id.
 //
 // A RedisPublisher is safe for concurrent use. It does not own the client:
 // closing the client is up to the caller.
@@ -112,15 +114,12 @@ func (p *RedisPublisher) publish(ctx context.Context, msgs []Message, single boo
 		return nil, &FieldError{Field: "publisher", Reason: events.ErrBadIdemKey.Error()}
 	}
 	key := events.ScopedKey(p.scope, o.IdempotencyKey)
-	if key == "" {
-		key = events.AutoKey() // the same for every attempt below
-	}
 	for attempt := 1; ; attempt++ {
 		ids, err := p.log.Append(ctx, key, pubs...)
 		if err == nil {
 			return ids, nil
 		}
-		if attempt == publishAttempts || !transient(err) {
+		if attempt == publishAttempts || !transient(err, key != "") {
 			return nil, fmt.Errorf("herald: %w", err)
 		}
 		t := time.NewTimer(time.Duration(attempt*attempt) * 50 * time.Millisecond)
@@ -137,10 +136,14 @@ func (p *RedisPublisher) publish(ctx context.Context, msgs []Message, single boo
 // a transient error; the waits between tries are 50, 200, 450 ms.
 const publishAttempts = 4
 
-// transient reports whether err may go away by itself: a broken or refused
-// connection, or a Redis that is loading, failing over or read-only for a
-// moment. Retrying is safe because every call carries an idempotency key.
-func transient(err error) bool {
+// transient reports whether err may go away by itself and the call may be
+// tried again: a Redis that is loading, failing over or read-only for a
+// moment, or a refused connection, all of which mean the script did not
+// run; with an idempotency key (keyed) also a broken connection, after
+// which the script may or may not have run. (go-redis itself already
+// retried a broken connection with the script call's own key, which never
+// publishes twice.)
+func transient(err error, keyed bool) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, redis.ErrClosed) {
 		return false
 	}
@@ -149,6 +152,10 @@ func transient(err error) bool {
 			return true
 		}
 	}
+	var oe *net.OpError
+	if errors.Is(err, syscall.ECONNREFUSED) || (errors.As(err, &oe) && oe.Op == "dial") {
+		return true
+	}
 	var ne net.Error
-	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNREFUSED)
+	return keyed && (errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF))
 }

@@ -20,14 +20,14 @@ import (
 //	k{hash}   a gateway API key (HTTP publishes), by a hash of the API key
 //	g{name}   a Go publisher (herald.RedisConfig.Publisher)
 //	c         classic effect:complete conversions, keyed by payload hash
-//	a         the random key of a call that came without one
+//	a         the random key of one script call (see publish.go)
 //
 // Keys of the scopes k, g and c live for the history TTL, whatever their
-// text; a-keys only need to outlive go-redis's own retries of one call
-// and live AutoKeyTTL.
+// text; a-keys only need to outlive go-redis's own retries of one script
+// call and live AutoKeyTTL.
 
-// AutoKeyTTL is how long the idempotency key Herald makes up for a call
-// without one is kept: longer than go-redis's retries of that call.
+// AutoKeyTTL is how long the key Herald makes up for each script call is
+// kept: longer than go-redis's retries of that call.
 const AutoKeyTTL = 30 * time.Second
 
 // MaxIdemKeyLen bounds a caller's idempotency key.
@@ -83,10 +83,10 @@ func ClassicKey(payload []byte) string {
 	return "c:" + hex.EncodeToString(sum[:])
 }
 
-// AutoKey returns a fresh random scoped key for one call without a key, so
-// that a retry of that call (by go-redis after a broken connection, or by
-// the caller's own retry loop) cannot publish twice.
-func AutoKey() string { return "a:" + rand.Text() }
+// autoKey returns a fresh random scoped key for one script call, so that
+// go-redis's retry of that call after a broken connection cannot publish
+// twice.
+func autoKey() string { return "a:" + rand.Text() }
 
 // idemTTL is how long a scoped key is kept, given the history TTL.
 func idemTTL(scopedKey string, historyTTL time.Duration) time.Duration {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -16,7 +17,8 @@ import (
 //     at most the history size long, none older than the history TTL (the
 //     key itself expires one TTL after the last publish);
 //   - its record, a hash that outlives the history (the record TTL, 24 h
-//     by default): "t" the newest event id ever assigned, "l" the newest id
+//     by default): "t" the newest event id ever assigned (and, after a
+//     space, when the keys' TTLs are refreshed next), "l" the newest id
 //     known to be gone from the history, "o" an effect's owner.
 //
 // Event ids are "{ms}-{seq}" with ms from Redis's clock, increasing per
@@ -26,14 +28,19 @@ import (
 // a resume needs to be exact without keeping events: a client whose since
 // is at or after "t" missed nothing, even once the history expired.
 
-// idLua holds the Lua helpers the scripts share: ids as numbers and their
-// order.
+// idLua holds the Lua helpers the scripts share: ids and their order.
+// An id's ms part has 13 digits until the year 2286, so ids of one
+// channel compare as (ms string, seq number).
 const idLua = `
-local function idms(id) return tonumber(string.match(id, '^(%d+)-')) end
+local function split(id)
+  local dash = string.find(id, '-', 1, true)
+  return string.sub(id, 1, dash - 1), tonumber(string.sub(id, dash + 1))
+end
+local function idms(id) return tonumber((split(id))) end
 local function before(a, b)
-  local am, as = string.match(a, '^(%d+)-(%d+)$')
-  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  local am, as = split(a)
+  local bm, bs = split(b)
+  if #am ~= #bm then return #am < #bm end
   return am < bm or (am == bm and as < bs)
 end
 local function nowms()
@@ -57,99 +64,6 @@ local function agetrim(hist, minms)
 end
 `
 
-// publishScript appends each publication to its channel's history,
-// updates the channel's record, publishes the event frame and returns the
-// ids, all in one atomic step. With an idempotency key it first returns the
-// ids of an earlier run with the same key, publishing nothing; the key
-// keeps the call's fingerprint with its ids, so a repeat to other channels
-// or of other events is refused (IDEMCONFLICT) rather than silently
-// answered with the ids of something else.
-//
-// An effect's owner is decided once: the owner the record holds, else the
-// one the publisher names (ARGV owner "e:{user}"), which is then recorded.
-// The pub/sub message of an owned effect's event is "{owner}\n{frame}",
-// so that gateways deliver it to the owner's sockets only.
-//
-// KEYS[2i-1], KEYS[2i]  history and record, per publication
-// KEYS[2n+1]            idempotency key when ARGV[4] > 0
-// ARGV[1]               history size
-// ARGV[2]               history ttl, ms
-// ARGV[3]               record ttl, ms
-// ARGV[4]               idempotency ttl, ms (0: no key)
-// ARGV[5]               the call's fingerprint (Fingerprint)
-// ARGV[6]               PUBLISH or SPUBLISH
-// ARGV[7+5i…]           per publication: pub/sub channel, channel, event, data, owner
-//
-// where owner is "n" (not an effect), "e" (an effect whose owner the
-// publisher does not know) or "e:{user}".
-//
-// The frame it builds must stay byte-identical to AppendFrame (tested).
-var publishScript = redis.NewScript(idLua + `
-local idem = tonumber(ARGV[4])
-local n = #KEYS
-if idem > 0 then
-  n = n - 1
-  local prev = redis.call('GET', KEYS[n + 1])
-  if prev then
-    local fp, list = string.match(prev, '^(%S+) (.*)$')
-    if fp ~= ARGV[5] then
-      return redis.error_reply('IDEMCONFLICT idempotency key already used for other content')
-    end
-    local ids = {}
-    for id in string.gmatch(list, '[^,]+') do ids[#ids + 1] = id end
-    return ids
-  end
-end
-n = n / 2
-local maxlen, ttl, rttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local now = nowms()
-local ids = {}
-for i = 1, n do
-  local a = 7 + (i - 1) * 5
-  local hist, rec = KEYS[2 * i - 1], KEYS[2 * i]
-  local r = redis.call('HMGET', rec, 't', 'o')
-  local top, owner = r[1], r[2]
-  local id, ms, lost
-  if top then
-    local tm, ts = string.match(top, '^(%d+)-(%d+)$')
-    tm, ts = tonumber(tm), tonumber(ts)
-    if now > tm then ms, id = now, fmt(now) .. '-0' else ms, id = tm, fmt(tm) .. '-' .. fmt(ts + 1) end
-  else
-    -- A new record: whatever this channel had before now - rttl is gone.
-    ms, id, lost = now, fmt(now) .. '-1', fmt(now - rttl) .. '-0'
-  end
-  local len = redis.call('LPUSH', hist, id .. ' ' .. ARGV[a + 2] .. ' ' .. ARGV[a + 3])
-  if len == 1 and top then
-    lost = top -- the history had expired: everything before is gone
-  elseif len > maxlen then
-    local gone = redis.call('RPOP', hist, len - maxlen)
-    lost = string.match(gone[#gone], '^(%S+)')
-  end
-  lost = agetrim(hist, now - ttl) or lost
-  local o = ARGV[a + 4]
-  if o ~= 'n' and not owner and #o > 2 then
-    owner = string.sub(o, 3)
-    redis.call('HSET', rec, 'o', owner)
-  end
-  if lost then
-    redis.call('HSET', rec, 't', id, 'l', lost)
-  else
-    redis.call('HSET', rec, 't', id)
-  end
-  redis.call('PEXPIRE', hist, ttl)
-  redis.call('PEXPIRE', rec, rttl)
-  local frame = '{"type":"event","channel":"' .. ARGV[a + 1] .. '","id":"' .. id ..
-    '","event":"' .. ARGV[a + 2] .. '","data":' .. ARGV[a + 3] .. ',"ts":' .. fmt(ms) .. '}'
-  if o ~= 'n' and owner then frame = owner .. '\n' .. frame end
-  redis.call(ARGV[6], ARGV[a], frame)
-  ids[i] = id
-end
-if idem > 0 then
-  redis.call('SET', KEYS[2 * n + 1], ARGV[5] .. ' ' .. table.concat(ids, ','), 'PX', idem)
-end
-return ids
-`)
-
 // historyScript reads a channel's history after an event id and says
 // whether it is complete: whether no event after that id is gone. It
 // trims by age first, so the answer holds at the moment of the read.
@@ -169,16 +83,25 @@ local since = ARGV[1]
 local now = nowms()
 local r = redis.call('HMGET', KEYS[2], 't', 'l', 'o')
 local top, lost, owner = r[1], r[2], r[3] or ''
+if top then top = string.match(top, '^(%S+)') end
 local gone = agetrim(KEYS[1], now - tonumber(ARGV[2]))
 if gone and top then
   lost = gone
   redis.call('HSET', KEYS[2], 'l', gone)
 end
-local all = redis.call('LRANGE', KEYS[1], 0, -1)
-local out = {}
-for _, e in ipairs(all) do
-  if not before(since, string.match(e, '^(%S+)')) then break end
-  out[#out + 1] = e
+-- Read newest first, in growing chunks, until an entry at or before since:
+-- the cost follows what is returned, not what is kept.
+local out, start, size, nonempty = {}, 0, 16, false
+while true do
+  local chunk = redis.call('LRANGE', KEYS[1], start, start + size - 1)
+  nonempty = nonempty or #chunk > 0
+  local reached = false
+  for _, e in ipairs(chunk) do
+    if not before(since, string.match(e, '^(%S+)')) then reached = true break end
+    out[#out + 1] = e
+  end
+  if reached or #chunk < size then break end
+  start, size = start + size, size * 2
 end
 local complete
 if not top then
@@ -186,7 +109,7 @@ if not top then
 elseif not before(since, top) then
   complete = true
 else
-  complete = #all > 0 and (not lost or not before(since, lost))
+  complete = nonempty and (not lost or not before(since, lost))
 end
 return {complete and 1 or 0, owner, out}
 `)
@@ -199,7 +122,7 @@ return {complete and 1 or 0, owner, out}
 // KEYS[1] record
 var baselineScript = redis.NewScript(idLua + `
 local top = redis.call('HGET', KEYS[1], 't')
-if top then return top end
+if top then return string.match(top, '^(%S+)') end
 return fmt(nowms()) .. '-0'
 `)
 
@@ -234,6 +157,12 @@ type RedisLog struct {
 	names Names
 	cfg   LogConfig
 	pub   string // PUBLISH or SPUBLISH
+
+	// mu guards the calls waiting to be published and whether a committer
+	// goroutine runs (see publish.go).
+	mu         sync.Mutex
+	waiting    []*appendCall
+	committing bool
 }
 
 // NewRedisLog returns a RedisLog on rdb with the names and window of cfg.
@@ -253,103 +182,6 @@ func NewRedisLog(rdb redis.UniversalClient, names Names, cfg LogConfig) *RedisLo
 		pub = "SPUBLISH"
 	}
 	return &RedisLog{rdb: rdb, names: names, cfg: cfg, pub: pub}
-}
-
-// ErrNoPublications is returned by Append when given nothing to publish.
-var ErrNoPublications = errors.New("no publications")
-
-// Append validates and publishes pubs atomically and returns their event
-// ids, in order. A non-empty scopedKey (see ScopedKey) makes the call
-// idempotent for the history TTL: a repeat returns the first call's ids
-// and publishes nothing. Without a key Append makes one up, kept
-// AutoKeyTTL, so that go-redis's own retry of a script that reached Redis
-// cannot publish twice. Publications are validated first; a *FieldError
-// names the bad one's field.
-//
-// The owner of an effect published without one in its data is read from
-// the app's effect:{id}:owner key first (one more round trip).
-func (l *RedisLog) Append(ctx context.Context, scopedKey string, pubs ...Publication) ([]string, error) {
-	if len(pubs) == 0 {
-		return nil, ErrNoPublications
-	}
-	for _, p := range pubs {
-		if err := p.Validate(); err != nil {
-			return nil, err
-		}
-	}
-	owners, err := l.owners(ctx, pubs)
-	if err != nil {
-		return nil, err
-	}
-	if scopedKey == "" {
-		scopedKey = AutoKey()
-	}
-	keys := make([]string, 0, 2*len(pubs)+1)
-	args := make([]any, 0, 6+5*len(pubs))
-	args = append(args, l.cfg.HistorySize, l.cfg.HistoryTTL.Milliseconds(), l.cfg.RecordTTL.Milliseconds(),
-		idemTTL(scopedKey, l.cfg.HistoryTTL).Milliseconds(), Fingerprint(pubs), l.pub)
-	for i, p := range pubs {
-		keys = append(keys, l.names.History(p.Channel), l.names.Record(p.Channel))
-		args = append(args, l.names.PubSub(p.Channel), p.Channel, p.Event, p.data(), owners[i])
-	}
-	tag := ""
-	if l.cfg.Sharded {
-		tag = Tag(Partition(pubs[0].Channel))
-	}
-	keys = append(keys, l.names.Idempotency(tag, scopedKey))
-	res, err := publishScript.Run(ctx, l.rdb, keys, args...).StringSlice()
-	if redis.HasErrorPrefix(err, "IDEMCONFLICT") {
-		return nil, ErrIdempotencyConflict
-	}
-	if err != nil {
-		// No channel name here: effect ids are capabilities, kept out of logs.
-		return nil, fmt.Errorf("publish %d event(s): %w", len(pubs), err)
-	}
-	if len(res) != len(pubs) {
-		return nil, fmt.Errorf("publish: idempotency key reused for %d event(s), got %d ids", len(pubs), len(res))
-	}
-	return res, nil
-}
-
-// owners returns the script's owner argument of each publication: "n" for
-// channels that are not effects, "e:{user}" for effects whose owner the
-// data names or whose effect:{id}:owner key is set, "e" otherwise.
-func (l *RedisLog) owners(ctx context.Context, pubs []Publication) ([]string, error) {
-	out := make([]string, len(pubs))
-	var lookups map[int]*redis.StringCmd
-	for i, p := range pubs {
-		kind, id, _ := ParseChannel(p.Channel)
-		switch {
-		case kind != KindEffect:
-			out[i] = "n"
-		case p.ImpliedOwner() != "":
-			out[i] = "e:" + p.ImpliedOwner()
-		default:
-			out[i] = "e"
-			if lookups == nil {
-				lookups = make(map[int]*redis.StringCmd)
-			}
-			lookups[i] = redis.NewStringCmd(ctx, "GET", OwnerKey(id))
-		}
-	}
-	if len(lookups) == 0 {
-		return out, nil
-	}
-	_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, cmd := range lookups {
-			p.Process(ctx, cmd)
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("read effect owners: %w", err)
-	}
-	for i, cmd := range lookups {
-		if owner, err := cmd.Result(); err == nil && ValidName(owner) {
-			out[i] = "e:" + owner
-		}
-	}
-	return out, nil
 }
 
 // Range returns the retained events of channel published after the event

@@ -1,0 +1,479 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Publishing is one script call for many publish calls. Calls to Append
+// that arrive while a script call is under way wait, and the next script
+// call carries all of them (group commit): at low load every call is
+// published at once, alone; under load the fixed cost of a script call
+// (EVALSHA, TIME, the idempotency of the call itself) is shared by every
+// event it carries, which is most of what Redis spends per event. Each
+// Append call stays atomic (a group of the script call) and keeps its own
+// idempotency key.
+//
+// On a Redis Cluster (LogConfig.Sharded) a script may only touch one slot,
+// so the waiting calls are split by partition, each call's events too, and
+// the script calls of all partitions go out in one pipeline. A batch that
+// spans partitions is then atomic per partition, not as a whole.
+
+// publishScript publishes groups of publications: each group is one
+// Append call, with its own idempotency key or none. KEYS[1] is the
+// script call's own key: a repeat of this very call (go-redis retries a
+// script whose reply was lost) returns the first run's reply and
+// publishes nothing.
+//
+// Per publication it appends "{id} {event} {data}" to the history, sets
+// the record's newest id (and the id gone from the history, and an
+// effect's owner, when they change) and publishes the frame. Key TTLs and
+// the trim by age are refreshed once per history TTL per channel, not on
+// every publish: the record's "t" is "{newest id} {ms of the next
+// refresh}", one field read and written per event. The history is kept
+// 2 × TTL from a refresh, so at least one TTL after the last publish, and
+// the record a record TTL after the last publish.
+//
+// An effect's owner is decided once: the owner the record holds, else the
+// one the publisher names ("e:{user}"), which is then recorded. The
+// pub/sub message of an owned effect's event is "{owner}\n{frame}".
+//
+// KEYS[1]  the call's own key
+// ARGV[1]  history size     ARGV[2]  history ttl, ms
+// ARGV[3]  record ttl, ms   ARGV[4]  PUBLISH or SPUBLISH
+// ARGV[5]  ms the call's own key is kept
+// ARGV[6]  number of groups
+// then per group: ARGV keyed (0/1), idempotency ttl ms, fingerprint, n;
+// KEYS its idempotency key (when keyed), then per publication its history
+// and record; ARGV per publication: pub/sub channel, channel, event, data,
+// owner ("n": not an effect; "e": an effect whose owner the publisher does
+// not know; "e:{user}").
+//
+// Returns per group {1, id…} or {0} (its key was used for other content).
+// The frame it builds must stay byte-identical to AppendFrame (tested).
+var publishScript = redis.NewScript(idLua + `
+local prev = redis.call('GET', KEYS[1])
+if prev then
+  local out = {}
+  for g in string.gmatch(prev, '[^;]+') do
+    local r = {}
+    for v in string.gmatch(g, '[^,]+') do r[#r + 1] = v end
+    r[1] = tonumber(r[1])
+    out[#out + 1] = r
+  end
+  return out
+end
+local maxlen, ttl, rttl, pubcmd = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+-- now in ms, as a number and as text, without number formatting.
+local t = redis.call('TIME')
+local nowstr = t[1] .. string.sub('00000' .. t[2], -6, -4)
+local now = tonumber(nowstr)
+local k, a = 2, 7
+local out = {}
+for g = 1, tonumber(ARGV[6]) do
+  local keyed, idemttl, fp, n = ARGV[a] == '1', ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  a = a + 4
+  local ikey, seen
+  if keyed then
+    ikey = KEYS[k]
+    k = k + 1
+    seen = redis.call('GET', ikey)
+  end
+  if seen then
+    local pfp, list = string.match(seen, '^(%S+) (.*)$')
+    local r = {0}
+    if pfp == fp then
+      r = {1}
+      for id in string.gmatch(list, '[^,]+') do r[#r + 1] = id end
+    end
+    out[g] = r
+    k, a = k + 2 * n, a + 5 * n
+  else
+    local r = {1}
+    for _ = 1, n do
+      local hist, rec = KEYS[k], KEYS[k + 1]
+      local pubsub, channel, event, data, o = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+      k, a = k + 2, a + 5
+      local top, x = redis.call('HGET', rec, 't'), 0
+      if top then top, x = string.match(top, '^(%S+) (%S+)$') end
+      local owner = o ~= 'n' and redis.call('HGET', rec, 'o')
+      local id, ms, lost
+      if top then
+        local tm, ts = split(top)
+        if #nowstr > #tm or (#nowstr == #tm and nowstr > tm) then ms, id = nowstr, nowstr .. '-0' else ms, id = tm, tm .. '-' .. (ts + 1) end
+      else
+        -- A new record: whatever this channel had before now - rttl is gone.
+        ms, id, lost = nowstr, nowstr .. '-1', fmt(now - rttl) .. '-0'
+      end
+      local len = redis.call('LPUSH', hist, id .. ' ' .. event .. ' ' .. data)
+      if len == 1 and top then
+        lost = top -- the history had expired: everything before is gone
+      elseif len > maxlen then
+        local gone = redis.call('RPOP', hist, len - maxlen)
+        lost = string.match(gone[#gone], '^(%S+)')
+      end
+      local refresh = tonumber(x) <= now
+      if refresh then
+        x = fmt(now + ttl)
+        lost = agetrim(hist, now - ttl) or lost
+      end
+      local set = {'t', id .. ' ' .. x}
+      if lost then set[#set + 1], set[#set + 2] = 'l', lost end
+      if o ~= 'n' and not owner and #o > 2 then
+        owner = string.sub(o, 3)
+        set[#set + 1], set[#set + 2] = 'o', owner
+      end
+      redis.call('HSET', rec, unpack(set))
+      if refresh then
+        redis.call('PEXPIRE', hist, 2 * ttl)
+        redis.call('PEXPIRE', rec, rttl + ttl)
+      end
+      local frame = '{"type":"event","channel":"' .. channel .. '","id":"' .. id ..
+        '","event":"' .. event .. '","data":' .. data .. ',"ts":' .. ms .. '}'
+      if o ~= 'n' and owner then frame = owner .. '\n' .. frame end
+      redis.call(pubcmd, pubsub, frame)
+      r[#r + 1] = id
+    end
+    if keyed then redis.call('SET', ikey, fp .. ' ' .. table.concat(r, ',', 2), 'PX', idemttl) end
+    out[g] = r
+  end
+end
+local enc = {}
+for g, r in ipairs(out) do enc[g] = table.concat(r, ',') end
+redis.call('SET', KEYS[1], table.concat(enc, ';'), 'PX', ARGV[5])
+return out
+`)
+
+// Limits of one script call: it blocks Redis while it runs.
+const (
+	maxCallEvents = 256
+	maxCallBytes  = 1 << 20
+	callTimeout   = 5 * time.Second
+)
+
+// ErrNoPublications is returned by Append when given nothing to publish.
+var ErrNoPublications = errors.New("no publications")
+
+// appendCall is one Append waiting to be published.
+type appendCall struct {
+	ctx    context.Context
+	key    string // scoped idempotency key, "" for none
+	pubs   []Publication
+	owners []string // the script's owner argument per publication
+	bytes  int
+	ids    []string
+	err    error
+	done   chan struct{}
+}
+
+// Append validates and publishes pubs atomically and returns their event
+// ids, in order. A non-empty scopedKey (see ScopedKey) makes the call
+// idempotent for the history TTL: a repeat returns the first call's ids
+// and publishes nothing; a repeat for other channels or events fails with
+// ErrIdempotencyConflict. Publications are validated first; a *FieldError
+// names the bad one's field. go-redis's own retry of a script call that
+// reached Redis never publishes twice.
+//
+// The owner of an effect published without one in its data is read from
+// the app's effect:{id}:owner key first (one more round trip).
+//
+// When ctx ends while the call waits or is under way, Append returns
+// ctx's error; its events may still be published.
+func (l *RedisLog) Append(ctx context.Context, scopedKey string, pubs ...Publication) ([]string, error) {
+	if len(pubs) == 0 {
+		return nil, ErrNoPublications
+	}
+	n := 0
+	for _, p := range pubs {
+		if err := p.Validate(); err != nil {
+			return nil, err
+		}
+		n += len(p.Channel) + len(p.Event) + len(p.Data)
+	}
+	owners, err := l.owners(ctx, pubs)
+	if err != nil {
+		return nil, err
+	}
+	c := &appendCall{ctx: ctx, key: scopedKey, pubs: pubs, owners: owners, bytes: n, done: make(chan struct{})}
+	l.mu.Lock()
+	l.waiting = append(l.waiting, c)
+	if !l.committing {
+		l.committing = true
+		go l.commit()
+	}
+	l.mu.Unlock()
+	select {
+	case <-c.done:
+		return c.ids, c.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("publish %d event(s): %w", len(pubs), ctx.Err())
+	}
+}
+
+// commit publishes the waiting calls, as many per script call as the
+// limits allow, until none waits; then it ends. At most one runs per
+// RedisLog; each script call is bounded by callTimeout.
+func (l *RedisLog) commit() {
+	for {
+		l.mu.Lock()
+		var batch []*appendCall
+		events, bytes := 0, 0
+		rest := l.waiting[:0]
+		for _, c := range l.waiting {
+			switch {
+			case c.ctx.Err() != nil:
+				c.err = c.ctx.Err()
+				close(c.done)
+			case len(batch) == 0 || (events+len(c.pubs) <= maxCallEvents && bytes+c.bytes <= maxCallBytes):
+				batch = append(batch, c)
+				events, bytes = events+len(c.pubs), bytes+c.bytes
+			default:
+				rest = append(rest, c)
+			}
+		}
+		clear(l.waiting[len(rest):])
+		l.waiting = rest
+		if len(batch) == 0 {
+			l.committing = false
+			l.waiting = nil
+			l.mu.Unlock()
+			return
+		}
+		l.mu.Unlock()
+		l.publish(batch)
+	}
+}
+
+// scriptCall is one run of publishScript: its groups (parts of calls),
+// keys and arguments.
+type scriptCall struct {
+	groups []group
+	keys   []string
+	args   []any
+	cmd    *redis.Cmd
+}
+
+// group is the part of one Append call published by one script call: all
+// of it, or on a cluster the publications of one partition.
+type group struct {
+	call *appendCall
+	idx  []int // the call's publications in this group, in order
+}
+
+// publish runs the script calls for batch and hands every call its result.
+func (l *RedisLog) publish(batch []*appendCall) {
+	for _, c := range batch {
+		c.ids = make([]string, len(c.pubs))
+	}
+	calls := l.scriptCalls(batch)
+	// The script call gives up when every caller in it did (or after
+	// callTimeout): an event whose caller was told of a failure must not
+	// be published later by a retry in the background.
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	remaining := atomic.Int64{}
+	remaining.Store(int64(len(batch)))
+	for _, c := range batch {
+		stop := context.AfterFunc(c.ctx, func() {
+			if remaining.Add(-1) == 0 {
+				cancel()
+			}
+		})
+		defer stop()
+	}
+	var err error
+	if len(calls) == 1 {
+		calls[0].cmd = publishScript.Run(ctx, l.rdb, calls[0].keys, calls[0].args...)
+		err = calls[0].cmd.Err()
+	} else {
+		err = l.pipelined(ctx, calls)
+	}
+	for _, sc := range calls {
+		l.apply(sc)
+	}
+	for _, c := range batch {
+		if c.err == nil && err != nil && !c.complete() {
+			// No channel name here: effect ids are capabilities, kept out of logs.
+			c.err = fmt.Errorf("publish %d event(s): %w", len(c.pubs), err)
+		}
+		close(c.done)
+	}
+}
+
+// pipelined runs several script calls (one per partition) in one pipeline,
+// loading the script first when Redis does not know it.
+func (l *RedisLog) pipelined(ctx context.Context, calls []*scriptCall) error {
+	run := func() error {
+		_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, sc := range calls {
+				sc.cmd = publishScript.EvalSha(ctx, p, sc.keys, sc.args...)
+			}
+			return nil
+		})
+		return err
+	}
+	err := run()
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		if err = publishScript.Load(ctx, l.rdb).Err(); err == nil {
+			err = run()
+		}
+	}
+	return err
+}
+
+// complete reports whether every id of c was set.
+func (c *appendCall) complete() bool {
+	for _, id := range c.ids {
+		if id == "" {
+			return false
+		}
+	}
+	return true
+}
+
+// apply hands the groups of a finished script call their ids or errors.
+func (l *RedisLog) apply(sc *scriptCall) {
+	res, err := sc.cmd.Slice()
+	if err != nil {
+		for _, g := range sc.groups {
+			if g.call.err == nil {
+				g.call.err = fmt.Errorf("publish %d event(s): %w", len(g.call.pubs), err)
+			}
+		}
+		return
+	}
+	for i, g := range sc.groups {
+		var r []any
+		if i < len(res) {
+			r, _ = res[i].([]any)
+		}
+		switch {
+		case len(r) == 1 && r[0] == int64(0):
+			g.call.err = ErrIdempotencyConflict
+		case len(r) != len(g.idx)+1 || r[0] != int64(1):
+			g.call.err = fmt.Errorf("publish: idempotency key reused for %d event(s), got %d ids", len(g.idx), len(r)-1)
+		default:
+			for j, pi := range g.idx {
+				g.call.ids[pi], _ = r[j+1].(string)
+			}
+		}
+	}
+}
+
+// scriptCalls lays batch out as script calls: one for all of it, or on a
+// cluster one per partition.
+func (l *RedisLog) scriptCalls(batch []*appendCall) []*scriptCall {
+	if !l.cfg.Sharded {
+		gs := make([]group, len(batch))
+		for i, c := range batch {
+			gs[i] = group{call: c, idx: seq(len(c.pubs))}
+		}
+		return []*scriptCall{l.scriptCall("", gs)}
+	}
+	byPart := map[int][]group{}
+	var order []int
+	for _, c := range batch {
+		idxs := map[int][]int{}
+		var parts []int
+		for i, p := range c.pubs {
+			pt := Partition(p.Channel)
+			if _, ok := idxs[pt]; !ok {
+				parts = append(parts, pt)
+			}
+			idxs[pt] = append(idxs[pt], i)
+		}
+		for _, pt := range parts {
+			if _, ok := byPart[pt]; !ok {
+				order = append(order, pt)
+			}
+			byPart[pt] = append(byPart[pt], group{call: c, idx: idxs[pt]})
+		}
+	}
+	calls := make([]*scriptCall, len(order))
+	for i, pt := range order {
+		calls[i] = l.scriptCall(Tag(pt), byPart[pt])
+	}
+	return calls
+}
+
+func seq(n int) []int {
+	s := make([]int, n)
+	for i := range s {
+		s[i] = i
+	}
+	return s
+}
+
+// scriptCall builds the keys and arguments of one run of publishScript;
+// tag is the partition's hash tag on a cluster, "" otherwise.
+func (l *RedisLog) scriptCall(tag string, groups []group) *scriptCall {
+	sc := &scriptCall{groups: groups}
+	sc.keys = append(sc.keys, l.names.Idempotency(tag, autoKey()))
+	sc.args = append(sc.args, l.cfg.HistorySize, l.cfg.HistoryTTL.Milliseconds(), l.cfg.RecordTTL.Milliseconds(),
+		l.pub, AutoKeyTTL.Milliseconds(), len(groups))
+	for _, g := range groups {
+		c := g.call
+		pubs := make([]Publication, len(g.idx))
+		for i, pi := range g.idx {
+			pubs[i] = c.pubs[pi]
+		}
+		keyed := "0"
+		if c.key != "" {
+			keyed = "1"
+			sc.keys = append(sc.keys, l.names.Idempotency(tag, c.key))
+		}
+		sc.args = append(sc.args, keyed, idemTTL(c.key, l.cfg.HistoryTTL).Milliseconds(), Fingerprint(pubs), strconv.Itoa(len(pubs)))
+		for i, p := range pubs {
+			sc.keys = append(sc.keys, l.names.History(p.Channel), l.names.Record(p.Channel))
+			sc.args = append(sc.args, l.names.PubSub(p.Channel), p.Channel, p.Event, p.data(), c.owners[g.idx[i]])
+		}
+	}
+	return sc
+}
+
+// owners returns the script's owner argument of each publication: "n" for
+// channels that are not effects, "e:{user}" for effects whose owner the
+// data names or whose effect:{id}:owner key is set, "e" otherwise.
+func (l *RedisLog) owners(ctx context.Context, pubs []Publication) ([]string, error) {
+	out := make([]string, len(pubs))
+	var lookups map[int]*redis.StringCmd
+	for i, p := range pubs {
+		kind, id, _ := ParseChannel(p.Channel)
+		switch {
+		case kind != KindEffect:
+			out[i] = "n"
+		case p.ImpliedOwner() != "":
+			out[i] = "e:" + p.ImpliedOwner()
+		default:
+			out[i] = "e"
+			if lookups == nil {
+				lookups = make(map[int]*redis.StringCmd)
+			}
+			lookups[i] = redis.NewStringCmd(ctx, "GET", OwnerKey(id))
+		}
+	}
+	if len(lookups) == 0 {
+		return out, nil
+	}
+	_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, cmd := range lookups {
+			p.Process(ctx, cmd)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("read effect owners: %w", err)
+	}
+	for i, cmd := range lookups {
+		if owner, err := cmd.Result(); err == nil && ValidName(owner) {
+			out[i] = "e:" + owner
+		}
+	}
+	return out, nil
+}
