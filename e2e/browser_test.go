@@ -106,6 +106,7 @@ type tab struct {
 	ctx     context.Context
 	console *syncLog // console calls, uncaught exceptions and the browser's own log (failed loads)
 	sockets *syncLog // URLs of the WebSockets the page opened
+	streams *syncLog // URLs of the SSE streams (EventSource requests) the page made
 }
 
 // tab opens a new tab; name labels its screenshot and log lines.
@@ -113,7 +114,7 @@ func (b *browser) tab(name string) *tab {
 	t := b.t
 	t.Helper()
 	ctx, cancel := chromedp.NewContext(b.ctx)
-	tb := &tab{t: t, name: name, ctx: ctx, console: &syncLog{}, sockets: &syncLog{}}
+	tb := &tab{t: t, name: name, ctx: ctx, console: &syncLog{}, sockets: &syncLog{}, streams: &syncLog{}}
 	// Listen calls back on the tab's read loop, before later commands
 	// return: a socket the page opened is recorded by the time a poll sees
 	// its effect.
@@ -143,6 +144,10 @@ func (b *browser) tab(name string) *tab {
 			tb.console.add("%s.%s: %s %s", le.Source, le.Level, le.Text, le.URL)
 		case *network.EventWebSocketCreated:
 			tb.sockets.add("%s", e.URL)
+		case *network.EventRequestWillBeSent:
+			if e.Type == network.ResourceTypeEventSource {
+				tb.streams.add("%s", e.Request.URL)
+			}
 		}
 	})
 	if err == nil {

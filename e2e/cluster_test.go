@@ -140,6 +140,9 @@ type clusterOptions struct {
 	// env is more of the gateways' environment ("NAME=value"), over the
 	// defaults of startGateway.
 	env []string
+	// site, when set, edits nginx's site configuration (the deployment's
+	// template, rendered) into a variant: a proxy that blocks WebSockets.
+	site func(t *testing.T, conf string) string
 }
 
 // startCluster starts a private redis-server, gateways "a" and "b" sharing
@@ -169,7 +172,7 @@ func startCluster(t *testing.T, opts clusterOptions) *cluster {
 		"LB_LISTEN":     c.lbAddr,
 		"LB_UPSTREAM_A": c.gateways["a"].addr,
 		"LB_UPSTREAM_B": c.gateways["b"].addr,
-	})
+	}, opts.site)
 	waitHTTP(t, c.url("/nginx-health"), http.StatusOK, c.nginx)
 	waitHTTP(t, c.url("/readyz"), http.StatusOK, c.nginx)
 	return c
@@ -300,18 +303,32 @@ func (c *cluster) ticket(sid string) (string, int, error) {
 	return out.Ticket, st, err
 }
 
+// logged reports whether a line of nginx's access log holds every part.
+func (c *cluster) logged(parts ...string) bool {
+	for _, line := range strings.Split(c.accessLog(), "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
 // accessLog returns nginx's access log so far (see startNginx for the format).
 func (c *cluster) accessLog() string {
 	b, _ := os.ReadFile(filepath.Join(c.nginxDir, "access.log"))
 	return string(b)
 }
 
-// startNginx renders the deployment's nginx template with vars into a
-// complete configuration in its own directory (pid, logs, temp paths) and
-// runs nginx in the foreground, as one process (master_process off): it
-// dies with the test binary (Pdeathsig), where a master's workers would
-// outlive a killed test, still listening.
-func startNginx(t *testing.T, bin string, vars map[string]string) (*proc, string) {
+// startNginx renders the deployment's nginx template with vars (then
+// edit, when not nil) into a complete configuration in its own directory
+// (pid, logs, temp paths) and runs nginx in the foreground, as one process
+// (master_process off): it dies with the test binary (Pdeathsig), where a
+// master's workers would outlive a killed test, still listening.
+func startNginx(t *testing.T, bin string, vars map[string]string, edit func(*testing.T, string) string) (*proc, string) {
 	t.Helper()
 	tmpl, err := os.ReadFile(nginxTemplate)
 	if err != nil {
@@ -320,6 +337,9 @@ func startNginx(t *testing.T, bin string, vars map[string]string) (*proc, string
 	site, err := renderTemplate(string(tmpl), vars)
 	if err != nil {
 		t.Fatalf("%s: %v", nginxTemplate, err)
+	}
+	if edit != nil {
+		site = edit(t, site)
 	}
 	// Run as root, nginx's workers take an unprivileged user, which must be
 	// able to reach the temp paths: a directory of their own, not under the
@@ -471,6 +491,12 @@ func (l *syncLog) add(format string, args ...any) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.lines = append(l.lines, fmt.Sprintf(format, args...))
+}
+
+func (l *syncLog) len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.lines)
 }
 
 func (l *syncLog) all() []string {

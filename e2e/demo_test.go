@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -45,8 +46,38 @@ func jobDone(effect string) string {
 // it got, and shows the completions published meanwhile and after.
 func TestDemoPageSurvivesReplicaKill(t *testing.T) {
 	c := startCluster(t, clusterOptions{})
-	b := newBrowser(t)
-	demo := b.tab("demo")
+	survivesReplicaKill(t, c, newBrowser(t).tab("demo"), "websocket")
+}
+
+// TestDemoPageOverSSE: behind a proxy that refuses WebSockets (403 on
+// /ws), the demo page falls back to Server-Sent Events by itself, gets
+// completions live, and survives a replica kill as it does over sockets.
+func TestDemoPageOverSSE(t *testing.T) {
+	c := startCluster(t, clusterOptions{site: blockWebSockets})
+	demo := newBrowser(t).tab("demo-sse")
+	survivesReplicaKill(t, c, demo, "sse")
+	if demo.sockets.len() == 0 {
+		t.Error("the page never tried a WebSocket")
+	}
+	if !c.logged(`"GET /ws`, `" 403 `) {
+		t.Errorf("nginx refused no WebSocket; its log:\n%s", c.accessLog())
+	}
+}
+
+// blockWebSockets makes nginx refuse every WebSocket upgrade, as some
+// corporate proxies do.
+func blockWebSockets(t *testing.T, site string) string {
+	const at = "    location / {"
+	if !strings.Contains(site, at) {
+		t.Fatalf("nginx site has no %q to put the block before", at)
+	}
+	return strings.Replace(site, at, "    location = /ws { return 403; }\n\n"+at, 1)
+}
+
+// survivesReplicaKill is the replica-kill scenario of the demo page on c,
+// whose client must use transport.
+func survivesReplicaKill(t *testing.T, c *cluster, demo *tab, transport string) {
+	t.Helper()
 	ctx := context.Background()
 	pub := c.publisher()
 	user := "ada-" + uuid.NewString()[:8]
@@ -61,6 +92,9 @@ func TestDemoPageSurvivesReplicaKill(t *testing.T) {
 	first := demo.text(`#node`)
 	if c.gateways[first] == nil {
 		t.Fatalf("#node shows %q, want a or b", first)
+	}
+	if mode := evaluate(demo, "the client's transport", chromedp.Evaluate[string](`herald.mode`)); mode != transport {
+		t.Fatalf("the client uses %s, want %s", mode, transport)
 	}
 	if got := demo.text(`#user`); got != user {
 		t.Errorf("#user shows %q, want %q", got, user)
@@ -81,6 +115,7 @@ func TestDemoPageSurvivesReplicaKill(t *testing.T) {
 	// completions published "meanwhile" are certainly published before the
 	// page can reconnect anywhere.
 	demo.setLifecycle(page.SetWebLifecycleStateStateFrozen)
+	streamsBefore := demo.streams.len()
 	c.gateways[first].kill()
 	e2, _ := c.complete(ctx, pub, user)
 	e3, _ := c.complete(ctx, pub, user)
@@ -92,14 +127,19 @@ func TestDemoPageSurvivesReplicaKill(t *testing.T) {
 			`document.querySelector('#node').textContent === %s && `+
 			`Number(document.querySelector('#reconnects').textContent) >= 1`, jsString(second)))
 
-	// The client asked to resume after the last event it had delivered.
-	wantSince := "since=" + lastSeen
+	// The client asked to resume after the last event it had delivered: a
+	// socket with since=, or a new stream whose cursor begins with it
+	// (PROTOCOL §3a).
+	wantSince, urls := "since="+lastSeen, demo.sockets.all()
+	if transport == "sse" {
+		wantSince, urls = "lastEventId=1."+cursorSlot(t, lastSeen), demo.streams.all()[streamsBefore:]
+	}
 	var resumed bool
-	for _, u := range demo.sockets.all() {
+	for _, u := range urls {
 		resumed = resumed || strings.Contains(u, wantSince)
 	}
 	if !resumed {
-		t.Errorf("no reconnect asked for %s; sockets opened: %v", wantSince, demo.sockets.all())
+		t.Errorf("no reconnect asked for %s; connections made: %v", wantSince, urls)
 	}
 
 	// Neither the personal channel (which had events) nor the quiet one is
@@ -143,10 +183,26 @@ func TestDemoPageSurvivesReplicaKill(t *testing.T) {
 		t.Errorf("event lines in the page log: %q, want one per completion (4)", lines)
 	}
 
-	// The first socket went through nginx to the replica that was killed
-	// (nginx logs a socket when it ends).
-	want := fmt.Sprintf(`" 101 origin="http://%s" sid=yes upstream=%s`, c.lbAddr, c.gateways[first].addr)
-	eventually(t, "nginx to log the socket to "+first, 5*time.Second, func() bool {
-		return strings.Contains(c.accessLog(), want)
+	// The first connection went through nginx to the replica that was
+	// killed (nginx logs one when it ends).
+	want := []string{fmt.Sprintf(`" 101 origin="http://%s" sid=yes upstream=%s`, c.lbAddr, c.gateways[first].addr)}
+	if transport == "sse" { // same-origin: no Origin header
+		want = []string{`"GET /sse`, fmt.Sprintf(`" 200 origin="-" sid=yes upstream=%s`, c.gateways[first].addr)}
+	}
+	eventually(t, "nginx to log the connection to "+first, 5*time.Second, func() bool {
+		return c.logged(want...)
 	})
+}
+
+// cursorSlot is an event id as a slot of an SSE resume cursor: both parts
+// in base 36.
+func cursorSlot(t *testing.T, id string) string {
+	t.Helper()
+	ms, seq, ok := strings.Cut(id, "-")
+	m, err1 := strconv.ParseUint(ms, 10, 64)
+	q, err2 := strconv.ParseUint(seq, 10, 64)
+	if !ok || err1 != nil || err2 != nil {
+		t.Fatalf("event id %q", id)
+	}
+	return strconv.FormatUint(m, 36) + "-" + strconv.FormatUint(q, 36)
 }

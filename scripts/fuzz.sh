@@ -8,6 +8,7 @@ fuzztime="${1:-3s}"
 targets=(
   "./internal/gateway FuzzDecodeFrame"
   "./internal/gateway FuzzDecodePublication"
+  "./internal/gateway FuzzParseCursor"
   "./internal/events FuzzParseChannel"
   "./internal/events FuzzParseClassic"
   "./internal/session FuzzDecodeSession"

@@ -223,13 +223,16 @@ function onState(h, state, info) {
   setConnected(state === 'open');
   el.reconnect.disabled = state !== 'open';
   switch (state) {
-    case 'open':
-      renderState(state, `served by ${info.node}`);
+    case 'open': {
+      // Where WebSockets are blocked the client falls back to Server-Sent Events.
+      const via = info.transport === 'sse' ? ' over SSE' : '';
+      renderState(state, `served by ${info.node}${via}`);
       opens++;
       el.reconnects.textContent = String(Math.max(0, opens - 1));
       if (opens > 1) flash(el.reconnects);
-      log('state', opens > 1 ? `open again${info.resumed ? ', resuming where it left off' : ''}` : 'open');
+      log('state', (opens > 1 ? `open again${info.resumed ? ', resuming where it left off' : ''}` : 'open') + via);
       break;
+    }
     case 'reconnecting': {
       const why = info.code ? `closed ${info.code}${info.reason ? ` (${info.reason})` : ''}` : info.reason || info.error || 'failed';
       renderState(state, `attempt ${info.attempt}, next try in ${info.delay} ms: ${why}`);

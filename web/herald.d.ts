@@ -3,6 +3,12 @@
 /** Connection state: `idle` before the first connect, `closed` for good. */
 export type State = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed';
 
+/**
+ * How the client connects: `auto` (WebSocket, falling back to Server-Sent
+ * Events by itself when sockets keep failing to open), or one of the two.
+ */
+export type Transport = 'auto' | 'websocket' | 'sse';
+
 /** What a `state` listener gets with the state. */
 export interface StateInfo {
   /** `open`: the replica serving the socket (the welcome frame's `node`). */
@@ -11,15 +17,17 @@ export interface StateInfo {
   conn?: string | null;
   /** `open`: the connect asked to resume the personal channel (`?since=`). */
   resumed?: boolean;
+  /** `open`, `reconnecting`: the transport of this (or the next) connection. */
+  transport?: 'websocket' | 'sse';
   /** `reconnecting`: retries since the last stable connection. */
   attempt?: number;
   /** `reconnecting`: milliseconds until the next connect. */
   delay?: number;
-  /** The WebSocket close code and reason, when a socket closed. */
+  /** The WebSocket close code and reason, when a socket closed (or an SSE stream's close frame told them; 1006 for a stream that failed). */
   code?: number;
   /**
    * Also why the client stopped (`closed`): `client` (close()), `unauthorized`,
-   * `invalid url`, `no WebSocket implementation`.
+   * `invalid url`, `no WebSocket implementation`, `no EventSource implementation`.
    */
   reason?: string;
   /** false when the handshake itself was refused (401, 403, 429, 503: the page cannot see which). */
@@ -66,11 +74,12 @@ export interface SubscribedFrame {
 
 export interface ErrorFrame {
   type: 'error';
+  /** The frame's ref; over SSE, the channel's position in the stream's URL. */
   ref?: number;
   /** bad_frame: the server sent a frame the client could not use (reported, skipped). */
   code: 'forbidden' | 'bad_request' | 'not_found' | 'rate_limited' | 'unavailable' | 'bad_frame' | string;
   message: string;
-  /** The channel of a subscription the server ended by itself (code: its reason). */
+  /** The channel of a subscription the server ended by itself (code: its reason), or that an SSE stream refused. */
   channel?: string;
   /** The start of an unusable frame (code bad_frame). */
   frame?: string;
@@ -117,6 +126,16 @@ export interface WebSocketLike {
   onerror: unknown;
 }
 
+/** What the client uses of an EventSource: the browser's fits. */
+export interface EventSourceLike {
+  readonly readyState: number;
+  close(): void;
+  addEventListener(type: string, listener: (event: unknown) => void): void;
+  onopen: unknown;
+  onmessage: unknown;
+  onerror: unknown;
+}
+
 export interface HeraldOptions {
   /** WebSocket URL; default `ws(s)://location.host/ws` (session cookie). */
   url?: string;
@@ -145,6 +164,12 @@ export interface HeraldOptions {
    * package's.
    */
   WebSocket?: new (url: string) => WebSocketLike;
+  /** Default `auto`. */
+  transport?: Transport;
+  /** The gateway's `/sse` URL; default `url` with http(s) for ws(s) and `/sse` for `/ws`. */
+  sseUrl?: string;
+  /** An EventSource constructor to use instead of the global one. */
+  EventSource?: new (url: string, init?: { withCredentials?: boolean }) => EventSourceLike;
   /** Returns a number in [0, 1); default Math.random. */
   random?: () => number;
 }
@@ -166,6 +191,8 @@ export class Herald {
   readonly conn: string | null;
   /** Seconds between the server's pings, from the welcome frame. */
   readonly heartbeat: number;
+  /** The transport in use (or next): `sse` once `auto` fell back. */
+  readonly mode: 'websocket' | 'sse';
 
   on(name: 'state', fn: (state: State, info: StateInfo) => void): () => void;
   on(name: 'welcome', fn: (frame: WelcomeFrame) => void): () => void;
@@ -186,10 +213,11 @@ export class Herald {
    * first, after the channel's newest event when it was subscribed). Rejects
    * with an Error carrying `code` (forbidden, not_found, bad_request) when
    * refused; `unavailable` and `rate_limited` are asked again, the promise
-   * pending until the answer.
+   * pending until the answer. Over SSE a subscribe makes a new stream with
+   * the new channel set (one for a burst of them), every channel resuming.
    */
   subscribe<T = unknown>(channel: string, fn?: EventListener<T>, opts?: { since?: string }): Promise<SubscribeResult>;
-  /** Removes fn, or every callback of channel; the last one ends the subscription. */
+  /** Removes fn, or every callback of channel; the last one ends the subscription (over SSE, with the next stream: its events are dropped meanwhile). */
   unsubscribe(channel: string, fn?: EventListener<any>): void;
   /** Drops the socket and connects again shortly, to any replica. */
   reconnect(): void;
@@ -213,6 +241,12 @@ export function parseId(id: string): [number, number] | null;
 export function compareIds(a: string, b: string): number;
 export function connectURL(base: string, params?: { ticket?: string; since?: string }): string;
 export function defaultURL(loc?: { protocol: string; host: string }): string;
+/** The SSE URL of a stream: ticket, channels (the personal one implied), resume cursor. */
+export function streamURL(base: string, params?: { ticket?: string; channels?: string[]; cursor?: string }): string;
+/** The resume cursor of a stream from the ids to resume after: the personal channel's, then the URL's channels'. */
+export function encodeCursor(ids: Array<string | undefined | null>): string | undefined;
+/** `ws(s)://host/…/ws` → `http(s)://host/…/sse`; null for other URLs. */
+export function sseURLFrom(url: string): string | null;
 
 /** Per-channel id of the newest event delivered: the resume point and the de-duplication filter. */
 export class Cursors {

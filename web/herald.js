@@ -1,6 +1,8 @@
 // Herald browser client: one WebSocket to the gateway, with reconnects,
 // resume, heartbeats, subscriptions, paced sends and per-channel
-// de-duplication (PROTOCOL §3-5). A dependency-free ES module (types: herald.d.ts); no work
+// de-duplication (PROTOCOL §3-5); where WebSockets keep failing to open (a
+// proxy that blocks them), the same over Server-Sent Events (§3a). A
+// dependency-free ES module (types: herald.d.ts); no work
 // happens at import time. One file, nothing to build: copy it alone, or
 // install the package. The pure parts (no I/O, no timers) are at the end.
 //
@@ -18,6 +20,13 @@ const DEFAULT_HEARTBEAT = 25; // s, until the welcome frame says otherwise
 const CONNECT_TIMEOUT = 10000; // ms for a ticket, and from opening a socket to its welcome
 const MISSED_PINGS = 2; // unanswered pings (sent every heartbeat/2) that mean a dead link
 const STABLE_AFTER = 5000; // ms a connection must last before the backoff starts over
+// 'auto': WebSockets that fail before their welcome, in a row and before any
+// ever worked, that switch the client to SSE (one that never even opens
+// within connectTimeout switches it at once).
+const WS_FAILURES_BEFORE_SSE = 3;
+// SSE: ms between the start of a stream and a new one for changed channels,
+// so that a burst of subscribes makes one new stream.
+const RESTREAM_GAP = 1000;
 
 // The client's own notifications. A server event with one of these names
 // reaches the app through 'event' listeners and subscription callbacks only.
@@ -39,11 +48,23 @@ export class Herald {
   // opts.sendRate, opts.sendBurst: pace of the frames sent (per second, and
   //   at once); keep them below the server's HERALD_CLIENT_MSG_RATE/BURST.
   // opts.WebSocket: constructor to use instead of the global one.
+  // opts.transport: 'auto' (default: WebSocket, falling back to SSE by
+  //   itself when sockets keep failing to open), 'websocket' or 'sse'.
+  // opts.sseUrl: the gateway's /sse URL (default: opts.url's, http(s) for
+  //   ws(s) and /sse for /ws).
+  // opts.EventSource: constructor to use instead of the global one.
   // opts.random: () => [0,1), for tests; Math.random by default.
   constructor(opts = {}) {
     this.url = opts.url || defaultURL();
     this.ticket = opts.ticket || null;
     this.WS = opts.WebSocket || globalThis.WebSocket;
+    this.ES = 'EventSource' in opts ? opts.EventSource : globalThis.EventSource;
+    this.sseUrl = opts.sseUrl || sseURLFrom(this.url);
+    this.transport = ['websocket', 'sse'].includes(opts.transport) ? opts.transport : 'auto';
+    // The transport of the current (or next) connection.
+    this.mode = this.transport === 'sse' || (this.transport === 'auto' && !this.WS && this.ES) ? 'sse' : 'websocket';
+    this.wsFailures = 0; // 'auto': sockets in a row that failed before their welcome
+    this.wsWorked = false; // a socket got its welcome once: no fallback any more
     this.backoff = { ...BACKOFF, ...opts.backoff };
     this.connectTimeout = opts.connectTimeout ?? CONNECT_TIMEOUT;
     this.random = opts.random || Math.random;
@@ -56,7 +77,11 @@ export class Herald {
     this.conn = null; // connection id
     this.heartbeat = DEFAULT_HEARTBEAT;
 
-    this.ws = null;
+    this.ws = null; // the connection: a WebSocket, or an EventSource (mode 'sse')
+    this.linkOpened = false; // the current connection opened
+    this.welcomed = false; // the current connection got its welcome
+    this.streamed = null; // mode 'sse': the channels in the current stream's URL
+    this.restreaming = false; // mode 'sse': a new stream for changed channels, while 'open'
     this.gen = 0; // connect generation: a stale connect gives up
     this.attempt = 0; // retries since the last stable connection
     this.openedAt = 0;
@@ -120,6 +145,8 @@ export class Herald {
     this.subs.delete(channel);
     this.cursors.forget(channel);
     settle(sub, new Error(`unsubscribed from ${channel}`));
+    // A stream keeps the channel until the next one; its events are dropped.
+    if (this.mode === 'sse') return;
     // A subscribe still queued never reached the server: drop it instead.
     const queued = this.outbox.findIndex((f) => f.type === 'subscribe' && f.channel === channel);
     if (queued >= 0) this.refs.delete(this.outbox.splice(queued, 1)[0].ref);
@@ -146,7 +173,9 @@ export class Herald {
     delete this.timers.retry;
     if (this.stopped) return;
     if (this.state === 'idle') this.setState('connecting');
-    if (!this.WS) return this.stop('no WebSocket implementation');
+    if (this.mode === 'sse' && !this.ES) return this.stop('no EventSource implementation');
+    if (this.mode === 'sse' && !this.sseUrl) return this.stop('invalid url', { error: 'no sseUrl' });
+    if (this.mode === 'websocket' && !this.WS) return this.stop('no WebSocket implementation');
     const gen = ++this.gen;
     let ticket;
     if (this.ticket) {
@@ -162,29 +191,104 @@ export class Herald {
       if (this.stopped || gen !== this.gen) return;
     }
     this.resumeFrom = this.user ? this.cursors.since(userChannel(this.user)) : undefined;
-    let ws;
+    if (this.mode === 'sse') return this.openStream(ticket);
+    const ws = this.open(() => new this.WS(connectURL(this.url, { ticket, since: this.resumeFrom })));
+    if (!ws) return;
+    this.bucket = new TokenBucket(this.sendRate, this.sendBurst, Date.now()); // per socket, like the server's
+    ws.onclose = (e) => {
+      if (this.ws !== ws) return;
+      const { linkOpened, welcomed } = this;
+      this.teardown();
+      if (!welcomed) this.wsFailed(!linkOpened, false);
+      this.closed(e.code, e.reason, linkOpened);
+    };
+    ws.onerror = () => {}; // a close always follows
+  }
+
+  // openStream connects over Server-Sent Events (PROTOCOL §3a): the
+  // channels go in the URL, each resuming from its cursor, and their
+  // replies come with ref = position. A stream cannot send: a change of
+  // channels is a new stream (restream). The client reconnects by itself
+  // (fresh ticket, current channels, its own backoff) rather than let
+  // EventSource retry the old URL.
+  openStream(ticket) {
+    const subs = [...this.subs.values()];
+    const channels = subs.map((sub) => sub.channel);
+    const cursor = encodeCursor([this.resumeFrom, ...channels.map((ch) => this.cursors.since(ch))]);
+    const url = streamURL(this.sseUrl, { ticket, channels, cursor });
+    const es = this.open(() => new this.ES(url, { withCredentials: !this.ticket }));
+    if (!es) return;
+    this.streamed = new Set(channels);
+    subs.forEach((sub, i) => {
+      const frame = { type: 'subscribe', ref: i + 1, channel: sub.channel };
+      const since = this.cursors.since(sub.channel);
+      if (since) frame.since = since;
+      this.refs.set(frame.ref, { frame, sub });
+    });
+    es.addEventListener('ping', () => { if (this.ws === es) this.beat.seen(); });
+    es.onerror = () => {
+      if (this.ws !== es) return;
+      const opened = this.linkOpened;
+      this.teardown();
+      this.closed(1006, '', opened);
+    };
+  }
+
+  // open makes a connection with make (a WebSocket or an EventSource) and
+  // bounds its welcome; null when the constructor threw.
+  open(make) {
+    let link;
     try {
-      ws = new this.WS(connectURL(this.url, { ticket, since: this.resumeFrom }));
+      link = make();
     } catch (err) {
       // A malformed URL (SyntaxError) stays malformed; anything else may pass.
       const info = { error: String((err && err.message) || err) };
-      if (err && err.name === 'SyntaxError') return this.stop('invalid url', info);
-      this.emit('error', err);
-      return this.retry(info);
+      if (err && err.name === 'SyntaxError') this.stop('invalid url', info);
+      else {
+        this.emit('error', err);
+        this.retry(info);
+      }
+      return null;
     }
-    this.ws = ws;
-    this.bucket = new TokenBucket(this.sendRate, this.sendBurst, Date.now()); // per socket, like the server's
-    let opened = false;
+    this.ws = link;
+    this.linkOpened = false;
     // Bounds a handshake or welcome that never comes.
-    this.timers.connect = setTimeout(() => this.dead(ws, 'connect timeout'), this.connectTimeout);
-    ws.onopen = () => { opened = true; };
-    ws.onmessage = (m) => { if (this.ws === ws) this.receive(m.data); };
-    ws.onclose = (e) => {
-      if (this.ws !== ws) return;
-      this.teardown();
-      this.closed(e.code, e.reason, opened);
-    };
-    ws.onerror = () => {}; // a close always follows
+    this.timers.connect = setTimeout(() => this.dead(link, 'connect timeout'), this.connectTimeout);
+    link.onopen = () => { if (this.ws === link) this.linkOpened = true; };
+    link.onmessage = (m) => { if (this.ws === link) this.receive(m.data); };
+    return link;
+  }
+
+  // wsFailed counts a socket that failed before its welcome. With transport
+  // 'auto', before any socket ever worked, enough of them in a row (or one
+  // that never opened within connectTimeout) switch the client to SSE for
+  // good: a proxy in the way refuses or holds every upgrade.
+  wsFailed(neverOpened, timedOut) {
+    if (this.transport !== 'auto' || this.mode !== 'websocket' || this.wsWorked) return;
+    if (!this.ES || !this.sseUrl) return;
+    this.wsFailures++;
+    if ((neverOpened && timedOut) || this.wsFailures >= WS_FAILURES_BEFORE_SSE) {
+      this.mode = 'sse';
+      this.attempt = 0;
+    }
+  }
+
+  // restream replaces the stream by one with the channels the app has now,
+  // each resuming from its cursor, without leaving state 'open'.
+  restream() {
+    delete this.timers.restream;
+    if (this.stopped || this.mode !== 'sse' || !this.welcomed) return;
+    this.teardown(CLOSE_NORMAL, 'channels changed');
+    this.restreaming = true;
+    this.connect();
+  }
+
+  // scheduleRestream asks for a new stream once the channels changed: at
+  // once, or RESTREAM_GAP after the current one began.
+  scheduleRestream() {
+    if (this.mode !== 'sse' || !this.welcomed || this.timers.restream) return;
+    const wait = Math.max(0, this.openedAt + RESTREAM_GAP - Date.now());
+    this.timers.restream = setTimeout(() => this.restream(), wait);
   }
 
   // fetchTicket calls opts.ticket, giving up after connectTimeout.
@@ -221,21 +325,25 @@ export class Herald {
 
   retry(info, delay) {
     this.gen++; // a connect still waiting for its ticket gives up
+    this.restreaming = false;
     if (delay === undefined) delay = backoffDelay(this.attempt, this.backoff, this.random);
     this.attempt++;
-    this.setState('reconnecting', { ...info, attempt: this.attempt, delay: Math.round(delay) });
+    this.setState('reconnecting', { ...info, attempt: this.attempt, delay: Math.round(delay), transport: this.mode });
     this.timers.retry = setTimeout(() => this.connect(), delay);
   }
 
-  // dead replaces a socket that stopped answering.
+  // dead replaces a connection that stopped answering.
   dead(ws, reason) {
     if (this.ws !== ws || this.stopped) return;
+    const { linkOpened, welcomed } = this;
     this.teardown(4000, reason);
+    if (!welcomed) this.wsFailed(!linkOpened, true);
     this.retry({ reason });
   }
 
   stop(reason, info = {}) {
     this.stopped = true;
+    this.restreaming = false;
     this.gen++;
     this.teardown(CLOSE_NORMAL, reason === 'client' ? 'client closed' : reason);
     globalThis.removeEventListener?.('online', this.onOnline);
@@ -253,18 +361,21 @@ export class Herald {
     this.openedAt = 0;
     const ws = this.ws;
     this.ws = null;
+    this.welcomed = false;
+    this.streamed = null;
     this.outbox = [];
     this.refs.clear();
     for (const sub of this.subs.values()) sub.ok = false;
     if (!ws) return;
-    ws.onopen = ws.onmessage = ws.onclose = null;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    // An EventSource takes no arguments, and stops retrying.
     try { ws.close(code || CLOSE_NORMAL, reason || ''); } catch { /* already closing */ }
   }
 
   // send queues a frame for the open socket. Frames leave in order, paced by
   // the bucket, so the server never has to refuse one for rate.
   send(frame) {
-    if (!this.ws || this.ws.readyState !== 1) return;
+    if (!this.ws || this.mode !== 'websocket' || this.ws.readyState !== 1) return;
     this.outbox.push(frame);
     this.flush();
   }
@@ -287,6 +398,7 @@ export class Herald {
   }
 
   sendSubscribe(sub) {
+    if (this.mode === 'sse') return this.scheduleRestream();
     const frame = { type: 'subscribe', ref: ++this.ref, channel: sub.channel };
     const since = this.cursors.since(sub.channel);
     if (since) frame.since = since;
@@ -324,6 +436,11 @@ export class Herald {
       // Events of the channel were lost on the server's side: the app
       // refetches what it derives from the channel.
       case 'gap': return this.emit('resync', f.channel, f);
+      // SSE: the server ends the stream, as it would close a socket.
+      case 'close':
+        if (this.mode !== 'sse') return;
+        this.teardown();
+        return this.closed(f.code, f.reason, true);
       default: // a pong only proves the link alive
     }
   }
@@ -358,18 +475,30 @@ export class Herald {
     // Without ?since= the welcome names the personal channel's newest id.
     this.cursors.seed(userChannel(this.user), f.last);
     this.beat = new Heartbeat(MISSED_PINGS);
+    this.welcomed = true;
     const ws = this.ws;
+    const sse = this.mode === 'sse';
+    if (!sse) {
+      this.wsWorked = true;
+      this.wsFailures = 0;
+    }
+    // A socket is pinged every heartbeat/2; a stream gets the server's
+    // heartbeat every heartbeat.
     this.timers.ping = setInterval(() => {
       if (this.beat.tick() === 'dead') this.dead(ws, 'heartbeat timeout');
       // Queued frames get answers too: a ping only when nothing waits.
-      else if (!this.outbox.length) this.send({ type: 'ping', ref: ++this.ref });
-    }, this.heartbeat * 500);
+      else if (!sse && !this.outbox.length) this.send({ type: 'ping', ref: ++this.ref });
+    }, this.heartbeat * (sse ? 1000 : 500));
     const resumed = this.resumeFrom !== undefined;
-    this.setState('open', { node: this.node, user: this.user, conn: this.conn, resumed });
+    // A new stream for changed channels is no news to the app's state.
+    if (!this.restreaming) this.setState('open', { node: this.node, user: this.user, conn: this.conn, resumed, transport: this.mode });
+    this.restreaming = false;
     this.emit('welcome', f);
     // A welcome may say whether the personal channel's history covered the gap.
     if (resumed && f.recovered === false) this.emit('resync', userChannel(this.user), f);
-    for (const sub of this.subs.values()) this.sendSubscribe(sub);
+    if (!sse) for (const sub of this.subs.values()) this.sendSubscribe(sub);
+    // Subscribed while the stream was being made: the next one has them.
+    else if ([...this.subs.keys()].some((ch) => !this.streamed.has(ch))) this.scheduleRestream();
   }
 
   // current is the subscription a reply is for, if the app still has it: a
@@ -640,6 +769,42 @@ export function connectURL(base, { ticket, since } = {}) {
   if (since) params.push('since=' + encodeURIComponent(since));
   if (!params.length) return base;
   return base + (base.includes('?') ? '&' : '?') + params.join('&');
+}
+
+// streamURL is the SSE URL of a stream (PROTOCOL §3a): the one-time
+// ticket, the channels (the personal one is implied) and the resume cursor.
+export function streamURL(base, { ticket, channels = [], cursor } = {}) {
+  const params = [];
+  if (ticket) params.push('ticket=' + encodeURIComponent(ticket));
+  for (const ch of channels) params.push('channel=' + encodeURIComponent(ch));
+  if (cursor) params.push('lastEventId=' + encodeURIComponent(cursor));
+  if (!params.length) return base;
+  return base + (base.includes('?') ? '&' : '?') + params.join('&');
+}
+
+const MAX_ID_PART = (1n << 64n) - 1n;
+
+// encodeCursor writes the resume cursor of a stream (PROTOCOL §3a) from
+// the ids to resume after, by position: the personal channel's first, then
+// each channel of the URL's. "1", then per slot "." and the id with both
+// parts in base 36, or nothing; undefined when there is no id at all.
+export function encodeCursor(ids) {
+  const slots = ids.map((id) => {
+    const m = /^(\d+)-(\d+)$/.exec(String(id ?? ''));
+    if (!m) return '';
+    const [ms, seq] = [BigInt(m[1]), BigInt(m[2])];
+    return ms > MAX_ID_PART || seq > MAX_ID_PART ? '' : ms.toString(36) + '-' + seq.toString(36);
+  });
+  while (slots.length && !slots[slots.length - 1]) slots.pop();
+  return slots.length ? '1.' + slots.join('.') : undefined;
+}
+
+// sseURLFrom is the /sse URL beside a WebSocket URL ending in /ws:
+// ws(s)://host/ws → http(s)://host/sse; null for any other URL.
+export function sseURLFrom(url) {
+  const m = /^(wss?):\/\/([^/?#]+)(\/[^?#]*)?(\?[^#]*)?(#.*)?$/.exec(String(url));
+  if (!m || !/\/ws$/.test(m[3] || '')) return null;
+  return (m[1] === 'wss' ? 'https' : 'http') + '://' + m[2] + m[3].slice(0, -2) + 'sse' + (m[4] || '');
 }
 
 // defaultURL is the gateway's /ws on the page's own origin.

@@ -342,19 +342,7 @@ func TestFaultSlowConsumerResumes(t *testing.T) {
 
 	// The client reads nothing while big events pile up, until the
 	// gateway gives up on it.
-	big := strings.Repeat("x", 16<<10)
-	p := herald.NewRedisPublisher(srv.Client(), herald.RedisConfig{HistorySize: 3000})
-	var acked []string
-	for i := 0; r.metric(t, `herald_closes_total{code="4009"}`) < 1; i++ {
-		if i == 3000 {
-			t.Fatal("3000 events published and the stalled client was never closed")
-		}
-		id, err := p.Publish(context.Background(), "user:u", "big", map[string]any{"i": i, "pad": big})
-		if err != nil {
-			t.Fatal(err)
-		}
-		acked = append(acked, id)
-	}
+	acked := stallUntilSlow(t, srv, r)
 	// Now it reads: what reached its socket, then the 4009 close.
 	var got []string
 	var code websocket.StatusCode
@@ -387,6 +375,27 @@ func TestFaultSlowConsumerResumes(t *testing.T) {
 	if !slices.Equal(got, acked) {
 		t.Errorf("after resume: %d events, want the %d published in order (first difference at %d)", len(got), len(acked), firstDiff(got, acked))
 	}
+}
+
+// stallUntilSlow publishes big events on user:u through Redis (history of
+// 3000) until r closes a client with 4009, and returns their ids: the
+// client of user u reads nothing meanwhile.
+func stallUntilSlow(t *testing.T, srv *redistest.Server, r *replica) []string {
+	t.Helper()
+	big := strings.Repeat("x", 16<<10)
+	p := herald.NewRedisPublisher(srv.Client(), herald.RedisConfig{HistorySize: 3000})
+	var acked []string
+	for i := 0; r.metric(t, `herald_closes_total{code="4009"}`) < 1; i++ {
+		if i == 3000 {
+			t.Fatal("3000 events published and the stalled client was never closed")
+		}
+		id, err := p.Publish(context.Background(), "user:u", "big", map[string]any{"i": i, "pad": big})
+		if err != nil {
+			t.Fatal(err)
+		}
+		acked = append(acked, id)
+	}
+	return acked
 }
 
 // --- replicas as real processes, for SIGKILL ---

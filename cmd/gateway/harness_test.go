@@ -65,6 +65,17 @@ func startReplica(t *testing.T, name string, env map[string]string) *replica {
 	return r
 }
 
+// modeReplica starts one replica in mode: "redis" (with a private Redis)
+// or "memory" (single-node, no REDIS_URL).
+func modeReplica(t *testing.T, mode string, env map[string]string) *replica {
+	t.Helper()
+	if mode == "redis" {
+		_, rs := cluster(t, 1, env)
+		return rs[0]
+	}
+	return startReplica(t, "solo", env)
+}
+
 // startReplicaUnready is startReplica without waiting for readiness.
 func startReplicaUnready(t *testing.T, name string, env map[string]string) *replica {
 	t.Helper()

@@ -32,14 +32,7 @@ func equalIDs(t *testing.T, what string, got, want []string) {
 func TestResume(t *testing.T) {
 	for _, mode := range []string{"redis", "memory"} {
 		t.Run(mode, func(t *testing.T) {
-			var r *replica
-			env := map[string]string{"HERALD_HISTORY_SIZE": "5"}
-			if mode == "redis" {
-				_, rs := cluster(t, 1, env)
-				r = rs[0]
-			} else {
-				r = startReplica(t, "solo", env)
-			}
+			r := modeReplica(t, mode, map[string]string{"HERALD_HISTORY_SIZE": "5"})
 			sid := r.newSession(t, "u")
 
 			// A client that drops before its first event resumes from the

@@ -148,15 +148,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case <-gctx.Done(): // a loop failed: shut down the same way
 	}
 
-	// Shutdown: stop accepting, drain sockets, stop loops, close Redis last.
-	log.Info("draining", "window", cfg.DrainTimeout.String(), "sockets", h.Conns())
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	if err := hs.Shutdown(sctx); err != nil {
+	// Shutdown: stop accepting, drain connections, stop loops, close Redis
+	// last. http.Server.Shutdown closes the listener at once, then waits
+	// for the requests in progress, SSE streams among them, which only the
+	// drain ends: the two run together.
+	log.Info("draining", "window", cfg.DrainTimeout.String(), "connections", h.Conns())
+	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout+5*time.Second)
+	shutdown := make(chan error, 1)
+	go func() { shutdown <- hs.Shutdown(dctx) }()
+	srv.Drain(dctx)
+	if err := <-shutdown; err != nil {
 		log.Warn("http shutdown", "err", err)
 	}
-	cancel()
-	dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout+5*time.Second)
-	srv.Drain(dctx)
 	cancel()
 	stopBg()
 	err = g.Wait()

@@ -30,7 +30,6 @@ const (
 type client struct {
 	s    *Server
 	conn *hub.Conn
-	user string
 	bad  int // bad frames in a row
 
 	// The message rate (HERALD_CLIENT_MSG_RATE/_BURST) is per socket, so
@@ -160,7 +159,7 @@ func (cl *client) badFrame(ref int64, msg string) {
 
 func (cl *client) fail(ref int64, code, msg string) {
 	cl.s.metrics.ClientErrors.WithLabelValues(code).Inc()
-	cl.send(appendError(nil, ref, code, msg))
+	cl.send(appendError(nil, ref, "", code, msg))
 }
 
 func (cl *client) send(frame []byte) { cl.conn.Send(frame) }
@@ -184,29 +183,40 @@ func (cl *client) subscribe(ctx context.Context, in inbound) {
 			return
 		}
 	}
-	if code, msg := cl.authorize(ctx, kind, id); code != "" {
+	if code, msg := cl.s.join(ctx, cl.conn, in.Ref, in.Channel, in.Since, kind, id); code != "" {
 		cl.fail(in.Ref, code, msg)
-		return
+	}
+}
+
+// join subscribes conn to channel (of kind and id, parsed; since valid or
+// empty) as a subscribe frame with ref asks, for a socket's subscribe and
+// an SSE stream's channels alike: it applies the rules of PROTOCOL §2, then
+// joins, which queues the `subscribed` reply and what since missed. It
+// returns the error code and message to answer with, or "" when joined or
+// when the connection is closing (nothing to answer).
+func (s *Server) join(ctx context.Context, conn *hub.Conn, ref int64, channel, since string, kind events.Kind, id string) (code, msg string) {
+	if code, msg := s.authorize(ctx, conn.User, kind, id); code != "" {
+		return code, msg
 	}
 	sctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
-	err = cl.s.hub.Join(sctx, cl.conn, in.Channel, in.Since, func(j hub.Joined) []byte {
+	err := s.hub.Join(sctx, conn, channel, since, func(j hub.Joined) []byte {
 		recovered := "true"
 		if j.Resumed {
 			recovered = strconv.FormatBool(j.Recovered)
 		}
-		return appendReply(nil, "subscribed", in.Ref, in.Channel, recovered, j.Last)
+		return appendReply(nil, "subscribed", ref, channel, recovered, j.Last)
 	})
 	cancel()
 	switch {
-	case err == nil:
+	case err == nil, errors.Is(err, hub.ErrClosed):
+		return "", ""
 	case errors.Is(err, hub.ErrTooManyChannels):
-		cl.fail(in.Ref, codeBadRequest, "too many subscriptions")
+		return codeBadRequest, "too many subscriptions"
 	case errors.Is(err, hub.ErrForbidden):
-		cl.fail(in.Ref, codeForbidden, msgForbidden)
-	case errors.Is(err, hub.ErrClosed):
+		return codeForbidden, msgForbidden
 	default:
-		cl.s.log.Warn("subscribe failed", "kind", events.Prefix(in.Channel), "err", err)
-		cl.fail(in.Ref, codeUnavailable, "subscribe failed, try again")
+		s.log.Warn("subscribe failed", "kind", events.Prefix(channel), "err", err)
+		return codeUnavailable, "subscribe failed, try again"
 	}
 }
 
@@ -214,21 +224,21 @@ func (cl *client) subscribe(ctx context.Context, in inbound) {
 // reason, so that a refusal never tells whether another user owns an id.
 const msgForbidden = "not allowed to subscribe to this channel"
 
-// authorize returns an error code and message when the user may not
-// subscribe the channel.
-func (cl *client) authorize(ctx context.Context, kind events.Kind, id string) (code, msg string) {
+// authorize returns an error code and message when user may not
+// subscribe the channel of kind and id.
+func (s *Server) authorize(ctx context.Context, user string, kind events.Kind, id string) (code, msg string) {
 	switch kind {
 	case events.KindUser:
-		if id != cl.user {
+		if id != user {
 			return codeForbidden, "not your channel"
 		}
 	case events.KindEffect:
-		owner, err := cl.s.broker.Owner(ctx, id)
+		owner, err := s.broker.Owner(ctx, id)
 		switch {
 		case err != nil:
-			cl.s.log.Warn("owner lookup failed", "err", err)
+			s.log.Warn("owner lookup failed", "err", err)
 			return codeUnavailable, "owner check failed, try again"
-		case owner != "" && owner != cl.user, owner == "" && !isUUID(id):
+		case owner != "" && owner != user, owner == "" && !isUUID(id):
 			return codeForbidden, msgForbidden
 		}
 	}
@@ -314,10 +324,18 @@ func gapFrame(channel string) []byte {
 	return []byte(`{"type":"gap","channel":"` + channel + `"}`)
 }
 
-func appendError(dst []byte, ref int64, code, msg string) []byte {
+// appendError appends an error frame answering the frame with ref; channel,
+// when not empty, names the channel it is about (an SSE stream's refused
+// channels).
+func appendError(dst []byte, ref int64, channel, code, msg string) []byte {
 	m, _ := json.Marshal(msg)
 	dst = append(dst, `{"type":"error","ref":`...)
 	dst = strconv.AppendInt(dst, ref, 10)
+	if channel != "" { // validated: nothing to escape
+		dst = append(dst, `,"channel":"`...)
+		dst = append(dst, channel...)
+		dst = append(dst, '"')
+	}
 	dst = append(dst, `,"code":"`...)
 	dst = append(dst, code...)
 	dst = append(dst, `","message":`...)

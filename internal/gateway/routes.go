@@ -27,7 +27,11 @@ func (s *Server) routes() *echo.Echo {
 	limit := func(l ratelimit.Limiter, key func(echo.Context) string) echo.MiddlewareFunc {
 		return ratelimit.Middleware(l, key, ratelimit.WithLogger(s.log))
 	}
-	e.GET("/ws", s.handleWS, s.refuseEarly, s.countRefusals(limit(s.connects, connectKey)))
+	// Both transports share the connect limit of a client IP.
+	connectLimit := s.countRefusals(limit(s.connects, connectKey))
+	e.GET("/ws", s.handleWS, s.refuseEarly, connectLimit)
+	e.GET("/sse", s.handleSSE, s.refuseEarly, connectLimit)
+	e.OPTIONS("/sse", s.handleSSEPreflight)
 
 	api := e.Group("/api")
 	perKey := limit(s.publishes, ratelimit.Hashed(apiKey))
@@ -75,7 +79,8 @@ func (s *Server) countRefusals(mw echo.MiddlewareFunc) echo.MiddlewareFunc {
 }
 
 // connectKey is the connect limit's key: "ws:" and the client IP, in the
-// classic ratelimit:{identifier} sorted set.
+// classic ratelimit:{identifier} sorted set, for WebSockets and SSE streams
+// alike.
 func connectKey(c echo.Context) string { return "ws:" + ratelimit.ClientIP(c) }
 
 // apiKey is the bearer token of an API request (already checked).

@@ -125,9 +125,10 @@ func (s *Server) Gap(channel string) {
 	s.hub.Notify(channel, gapFrame(channel))
 }
 
-// Drain closes every socket with 1012 spread over the drain window, waits
-// for their handlers (until ctx is done) and stops dev jobs. Call it after
-// the listener stopped accepting.
+// Drain closes every connection (sockets and SSE streams) with 1012 spread
+// over the drain window, waits for their handlers (until ctx is done) and
+// stops dev jobs. Call it once the listener stops accepting, or as it
+// does: new connects are refused from its first instant.
 func (s *Server) Drain(ctx context.Context) {
 	s.hub.Drain(ctx, hub.CloseRestart, "server restart", s.cfg.DrainTimeout)
 	s.cancel()

@@ -44,7 +44,17 @@ type testServer struct {
 
 func newTestServer(t *testing.T) *testServer {
 	t.Helper()
+	return newTestServerWith(t, nil, hub.Config{})
+}
+
+// newTestServerWith is newTestServer with more settings (env) and a hub
+// tuned by hcfg.
+func newTestServerWith(t *testing.T, more map[string]string, hcfg hub.Config) *testServer {
+	t.Helper()
 	env := map[string]string{"HERALD_API_KEYS": testKey + "," + otherKey, "HERALD_NODE": "t", "HERALD_DRAIN_TIMEOUT": "50ms"}
+	for k, v := range more {
+		env[k] = v
+	}
 	cfg, err := config.Load(nil, func(k string) string { return env[k] }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -55,7 +65,8 @@ func newTestServer(t *testing.T) *testServer {
 	var srv *Server
 	m := metrics.New(reg, func() float64 { return 0 }, func() float64 { return 0 })
 	b := broker.NewMemory(func(ch, id, owner string, f []byte) { h.Broadcast(ch, id, owner, f) }, broker.MemoryConfig{})
-	h = hub.New(hub.Config{OnEvict: func(c *hub.Conn, ch string) { srv.Evicted(c, ch) }}, b, log)
+	hcfg.OnEvict = func(c *hub.Conn, ch string) { srv.Evicted(c, ch) }
+	h = hub.New(hcfg, b, log)
 	connects, _ := ratelimit.NewMemorySlidingWindow(ratelimit.SlidingWindowConfig{Limit: 1000, Window: time.Second}, nil)
 	publishes, _ := ratelimit.NewMemoryTokenBucket(ratelimit.TokenBucketConfig{Rate: 1000, Burst: 1000}, nil)
 	slots, _ := ratelimit.NewMemoryConcurrency(ratelimit.ConcurrencyConfig{Replica: "t"})

@@ -37,24 +37,9 @@ func (s *Server) handleWS(c echo.Context) error {
 	if _, _, err := events.ParseID(since); since != "" && err != nil {
 		return s.refuse(c, errBadRequest("since", "since is not an event id"))
 	}
-	sess, err := s.authenticate(r)
+	sess, release, err := s.admit(c)
 	if err != nil {
 		return s.refuse(c, err)
-	}
-	lease, res, err := s.slots.Acquire(r.Context(), sess.UserID, s.cfg.MaxConnsPerUser)
-	switch {
-	case err != nil:
-		return s.refuse(c, errUnavailable(err))
-	case !res.Allowed:
-		ratelimit.SetHeaders(c.Response().Header(), res)
-		return s.refuse(c, errUserAtCap)
-	}
-	release := func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if err := s.slots.Release(ctx, lease); err != nil {
-			s.log.Warn("socket slot not released; its lease will expire", "err", err)
-		}
 	}
 
 	// Counted before the hijack, so that a Drain waiting for handlers
@@ -81,6 +66,34 @@ func (s *Server) handleWS(c echo.Context) error {
 		s.serveSocket(ws, sess, since)
 	}()
 	return nil
+}
+
+// admit checks the credentials of a connect (PROTOCOL §3) and takes one of
+// the user's connection slots across replicas, for /ws and /sse alike. On
+// success the caller gives the slot back with release once the connection
+// is over; the error is the refusal to answer with.
+func (s *Server) admit(c echo.Context) (sess session.Session, release func(), err error) {
+	r := c.Request()
+	sess, err = s.authenticate(r)
+	if err != nil {
+		return session.Session{}, nil, err
+	}
+	lease, res, err := s.slots.Acquire(r.Context(), sess.UserID, s.cfg.MaxConnsPerUser)
+	switch {
+	case err != nil:
+		return session.Session{}, nil, errUnavailable(err)
+	case !res.Allowed:
+		ratelimit.SetHeaders(c.Response().Header(), res)
+		return session.Session{}, nil, errUserAtCap
+	}
+	release = func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if err := s.slots.Release(ctx, lease); err != nil {
+			s.log.Warn("connection slot not released; its lease will expire", "err", err)
+		}
+	}
+	return sess, release, nil
 }
 
 // refuseEarly answers the connects that need no I/O to refuse: while
@@ -144,10 +157,18 @@ func bearer(r *http.Request) (string, bool) {
 
 // originAllowed applies the allow-list to browsers (requests with Origin).
 // "null" (sandboxed frames, file: pages) is foreign. Without a list only the
-// gateway's own host is allowed.
+// gateway's own host is allowed. A request without Origin is a program's,
+// or a browser's own page's: a WebSocket always carries Origin, but a
+// same-origin EventSource does not, and neither does a request another
+// site's page makes without CORS (an <img> pointing at /sse), which its
+// Sec-Fetch-Site header gives away.
 func (s *Server) originAllowed(r *http.Request) bool {
 	o := r.Header.Get("Origin")
 	if o == "" {
+		switch r.Header.Get("Sec-Fetch-Site") {
+		case "cross-site", "same-site":
+			return false
+		}
 		return true
 	}
 	u, err := url.Parse(o)
@@ -179,23 +200,37 @@ func (t wsTransport) Close(code int, reason string) error {
 func (t wsTransport) CloseNow() error { return t.c.CloseNow() }
 
 // serveSocket registers an accepted socket, joins it to its personal
-// channel (the welcome is the reply to that join, so it comes before any
-// event of the channel), runs its read loop until the socket ends, then
-// releases everything it held.
+// channel, runs its read loop until the socket ends, then releases
+// everything it held.
 func (s *Server) serveSocket(ws *websocket.Conn, sess session.Session, since string) {
 	hash := s.live.add(sess)
 	defer s.live.release(hash)
 
-	conn, err := s.hub.Add(uuid.NewString(), sess.UserID, hash, wsTransport{ws})
-	if err != nil { // draining began after refuseEarly
-		ws.Close(websocket.StatusServiceRestart, "server restart")
+	conn, err := s.openConn(sess, hash, wsTransport{ws}, since)
+	if err != nil {
+		code, reason := openCloseCode(err)
+		ws.Close(websocket.StatusCode(code), reason)
 		return
 	}
-	s.metrics.Connects.Inc()
 	defer func() {
 		s.hub.Remove(conn)
 		ws.CloseNow()
 	}()
+	cl := &client{s: s, conn: conn}
+	cl.readLoop(s.ctx, ws)
+}
+
+// openConn registers a connection of sess on t and joins it to the user's
+// channel, resuming after since when it is not empty. The welcome is that
+// join's reply, so it comes before any event of the channel. On error the
+// connection is not registered: the error is hub.ErrDraining (a drain began
+// after refuseEarly) or the join's, and openCloseCode tells how to close t.
+func (s *Server) openConn(sess session.Session, hash string, t hub.Transport, since string) (*hub.Conn, error) {
+	conn, err := s.hub.Add(uuid.NewString(), sess.UserID, hash, t)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics.Connects.Inc()
 	ctx, cancel := context.WithTimeout(s.ctx, subscribeTimeout)
 	err = s.hub.Join(ctx, conn, events.UserChannel(sess.UserID), since, func(j hub.Joined) []byte {
 		recovered := ""
@@ -206,13 +241,20 @@ func (s *Server) serveSocket(ws *websocket.Conn, sess session.Session, since str
 	})
 	cancel()
 	if err != nil {
-		s.log.Warn("personal channel not joined; closing the socket", "err", err)
+		s.hub.Remove(conn)
+		s.log.Warn("personal channel not joined; closing the connection", "err", err)
 		s.metrics.Closed(hub.CloseTryAgain)
-		ws.Close(websocket.StatusTryAgainLater, "backend unavailable, try again")
-		return
+		return nil, err
 	}
-	cl := &client{s: s, conn: conn, user: sess.UserID}
-	cl.readLoop(s.ctx, ws)
+	return conn, nil
+}
+
+// openCloseCode is the close code and reason for an openConn error.
+func openCloseCode(err error) (int, string) {
+	if errors.Is(err, hub.ErrDraining) {
+		return hub.CloseRestart, "server restart"
+	}
+	return hub.CloseTryAgain, "backend unavailable, try again"
 }
 
 func (s *Server) heartbeatSeconds() int { return int(s.hub.PingInterval() / time.Second) }

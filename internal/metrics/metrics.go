@@ -17,7 +17,8 @@ type Metrics struct {
 	EventsDelivered prometheus.Counter     // frames queued to sockets
 	Closes          *prometheus.CounterVec // sockets closed by the server, by close code
 	Refusals        *prometheus.CounterVec // connects refused before the upgrade, by reason
-	Connects        prometheus.Counter     // sockets accepted
+	Connects        prometheus.Counter     // sockets accepted, SSE streams included
+	SSEConnects     prometheus.Counter     // SSE streams accepted
 	ClientErrors    *prometheus.CounterVec // error frames sent to clients, by code
 	Evictions       prometheus.Counter     // sockets removed from an effect that belongs to another user
 	Gaps            prometheus.Counter     // gap notices: channels whose lost events could not be refilled
@@ -34,13 +35,16 @@ func New(reg prometheus.Registerer, conns, channels func() float64) *Metrics {
 			Name: "herald_events_delivered_total", Help: "Event frames queued to client sockets on this replica.",
 		}),
 		Closes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "herald_closes_total", Help: "Client sockets closed by the server, by WebSocket close code.",
+			Name: "herald_closes_total", Help: "Client connections closed by the server, by WebSocket close code (SSE streams get it in a close frame).",
 		}, []string{"code"}),
 		Refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "herald_refusals_total", Help: "WebSocket connects refused before the upgrade, by reason.",
+			Name: "herald_refusals_total", Help: "Connects (WebSocket or SSE) refused before the upgrade or stream, by reason.",
 		}, []string{"reason"}),
 		Connects: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "herald_connects_total", Help: "WebSocket connections accepted.",
+			Name: "herald_connects_total", Help: "Client connections accepted: WebSockets and SSE streams.",
+		}),
+		SSEConnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_sse_connects_total", Help: "SSE streams accepted (the WebSocket fallback), also counted in herald_connects_total.",
 		}),
 		ClientErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_client_errors_total", Help: "Error frames sent to clients, by code.",
@@ -52,7 +56,7 @@ func New(reg prometheus.Registerer, conns, channels func() float64) *Metrics {
 	m.Gaps = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "herald_gaps_total", Help: "Gap notices: channels whose events were lost on their way to this replica and could not be refilled from history.",
 	})
-	reg.MustRegister(m.EventsIn, m.EventsDelivered, m.Closes, m.Refusals, m.Connects, m.ClientErrors, m.Evictions, m.Gaps,
+	reg.MustRegister(m.EventsIn, m.EventsDelivered, m.Closes, m.Refusals, m.Connects, m.SSEConnects, m.ClientErrors, m.Evictions, m.Gaps,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "herald_connections", Help: "Open client sockets on this replica.",
 		}, conns),

@@ -2,131 +2,15 @@
 // fake WebSocket and a fake clock: node --test web/test/
 // Plain node:test and node:assert only (Node 18 and later): no mock timers,
 // no hooks.
-import { test as nodeTest } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { Herald } from '../herald.js';
+import { FakeSocket, latest, clock, test, flush, startClient } from './fakes.mjs';
 
-// FakeSocket records what the client sends; the test plays the server.
-class FakeSocket {
-  static all = [];
-  constructor(url) {
-    this.url = url;
-    this.readyState = 0;
-    this.sent = [];
-    this.sentAt = []; // the (fake) time of each frame sent
-    this.closedWith = null;
-    FakeSocket.all.push(this);
-  }
-  send(text) { this.sent.push(JSON.parse(text)); this.sentAt.push(Date.now()); }
-  close(code, reason) { this.closedWith = { code, reason }; this.readyState = 3; }
-  // server side
-  open() { this.readyState = 1; this.onopen?.({}); }
-  frame(f) { this.onmessage?.({ data: JSON.stringify(f) }); }
-  welcome(node = 'a', user = '42', heartbeat = 25, more = {}) {
-    this.open();
-    this.frame({ type: 'welcome', conn: 'c-' + FakeSocket.all.length, user, node, heartbeat, ...more });
-  }
-  subscribes() { return this.sent.filter((f) => f.type === 'subscribe'); }
-  event(channel, id, event = 'effect.complete', data = { id }) {
-    this.frame({ type: 'event', channel, id, event, data, ts: 0 });
-  }
-  drop(code = 1006, reason = '') { this.readyState = 3; this.onclose?.({ code, reason }); }
-}
-const latest = () => FakeSocket.all.at(-1);
-
-// FakeClock stands in for setTimeout, setInterval and Date.now while a test
-// runs; tick(ms) moves time and runs what falls due, in order.
-class FakeClock {
-  now = 1_700_000_000_000;
-  seq = 0;
-  timers = new Map(); // id -> {at, fn, every}
-  saved = null;
-
-  install() {
-    const g = globalThis;
-    this.saved = [g.setTimeout, g.clearTimeout, g.setInterval, g.clearInterval, Date.now];
-    g.setTimeout = (fn, ms = 0) => this.add(fn, ms, 0);
-    g.setInterval = (fn, ms = 0) => this.add(fn, ms, Math.max(1, ms));
-    g.clearTimeout = g.clearInterval = (id) => { this.timers.delete(id); };
-    Date.now = () => this.now;
-  }
-
-  uninstall() {
-    const g = globalThis;
-    [g.setTimeout, g.clearTimeout, g.setInterval, g.clearInterval, Date.now] = this.saved;
-  }
-
-  add(fn, ms, every) {
-    const id = ++this.seq;
-    this.timers.set(id, { at: this.now + Math.max(0, Number(ms) || 0), fn, every });
-    return id;
-  }
-
-  tick(ms) {
-    const end = this.now + ms;
-    for (;;) {
-      let next = null;
-      for (const [id, t] of this.timers) {
-        if (t.at <= end && (!next || t.at < next[1].at)) next = [id, t];
-      }
-      if (!next) break;
-      const [id, t] = next;
-      this.now = t.at;
-      if (t.every) t.at += t.every;
-      else this.timers.delete(id);
-      t.fn();
-    }
-    this.now = end;
-  }
-}
-
-let clock;
-let clients;
-
-// test runs fn with a fresh fake clock and closes the clients it made, which
-// must leave no timer and no unhandled rejection behind.
-function test(name, fn) {
-  nodeTest(name, async () => {
-    FakeSocket.all = [];
-    clients = [];
-    clock = new FakeClock();
-    clock.install();
-    const rejections = [];
-    const onRejection = (err) => rejections.push(err);
-    process.on('unhandledRejection', onRejection);
-    try {
-      await fn();
-      clients.forEach((h) => h.close());
-      assert.equal(clock.timers.size, 0, 'timers left after close()');
-      await flush();
-      assert.deepEqual(rejections, [], 'unhandled rejections');
-    } finally {
-      process.off('unhandledRejection', onRejection);
-      try {
-        clients.forEach((h) => h.close());
-      } finally {
-        clock.uninstall();
-      }
-    }
-  });
-}
-
-// client starts a Herald on the fake socket; random is fixed so delays are known.
-async function client(opts = {}) {
-  const h = new Herald({ url: 'ws://gw/ws', WebSocket: FakeSocket, random: () => 0.5, ...opts });
-  clients.push(h);
-  const states = [];
-  h.on('state', (s, info) => states.push([s, info]));
-  const got = [];
-  h.on('event', (f) => got.push(f.channel + ' ' + f.id));
-  await flush();
-  return { h, states, got };
-}
-
-// flush lets queued microtasks (the deferred connect, ticket promises) run:
-// setImmediate (not faked) comes after all of them.
-const flush = () => new Promise((resolve) => setImmediate(resolve));
+// client starts a Herald on the fake socket; random is fixed so delays are
+// known. Its transport is WebSocket alone: the SSE fallback has its own tests
+// (sse.test.mjs), and a Node with a global EventSource must not change these.
+const client = (opts = {}) =>
+  startClient({ url: 'ws://gw/ws', WebSocket: FakeSocket, transport: 'websocket', random: () => 0.5, ...opts });
 
 test('connects, greets, delivers events by name and once per id', async () => {
   const { h, states, got } = await client();

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 
 import {
   BACKOFF, backoffDelay, restartDelay, closeAction, compareIds, parseId, Cursors, Heartbeat,
-  TokenBucket, SEND_RATE, SEND_BURST, connectURL, defaultURL,
+  TokenBucket, SEND_RATE, SEND_BURST, connectURL, defaultURL, streamURL, encodeCursor, sseURLFrom,
 } from '../herald.js';
 
 const fixed = (x) => () => x;
@@ -181,4 +181,28 @@ test('connect URL carries a ticket and the resume point, escaped', () => {
   assert.equal(connectURL('ws://h/ws?x=1', { since: '3-4' }), 'ws://h/ws?x=1&since=3-4');
   assert.equal(defaultURL({ protocol: 'https:', host: 'rt.example.com' }), 'wss://rt.example.com/ws');
   assert.equal(defaultURL({ protocol: 'http:', host: '127.0.0.1:8080' }), 'ws://127.0.0.1:8080/ws');
+});
+
+test('SSE: stream URLs carry the ticket, the channels and the cursor', () => {
+  assert.equal(streamURL('http://gw/sse'), 'http://gw/sse');
+  assert.equal(streamURL('http://gw/sse', { ticket: 't 1', channels: ['effect:a', 'public:b&c'], cursor: '1.a-1' }),
+    'http://gw/sse?ticket=t%201&channel=effect%3Aa&channel=public%3Ab%26c&lastEventId=1.a-1');
+  assert.equal(streamURL('http://gw/sse?x=1', { channels: ['public:a'] }), 'http://gw/sse?x=1&channel=public%3Aa');
+});
+
+test('SSE: the cursor holds every id by position, in base 36', () => {
+  assert.equal(encodeCursor([]), undefined);
+  assert.equal(encodeCursor([undefined, '']), undefined);
+  assert.equal(encodeCursor(['100-0']), '1.2s-0');
+  assert.equal(encodeCursor([undefined, '1702420406568-3', 'junk', '5-0', undefined]), '1..lq2x5kq0-3..5-0');
+  assert.equal(encodeCursor(['18446744073709551615-18446744073709551615']), '1.3w5e11264sgsf-3w5e11264sgsf', 'exact past 2^53');
+  assert.equal(encodeCursor(['18446744073709551616-0', '1-1']), '1..1-1', 'past 2^64: no id, rather than a refused cursor');
+});
+
+test('SSE: the /sse URL beside a /ws one', () => {
+  assert.equal(sseURLFrom('ws://gw/ws'), 'http://gw/sse');
+  assert.equal(sseURLFrom('wss://rt.example.com:8443/herald/ws?x=1'), 'https://rt.example.com:8443/herald/sse?x=1');
+  assert.equal(sseURLFrom('wss://rt.example.com/socket'), null);
+  assert.equal(sseURLFrom('https://rt.example.com/ws'), null);
+  assert.equal(sseURLFrom('ws://gw'), null);
 });

@@ -66,6 +66,11 @@ export function typeErrors(c: Herald): void {
   const s: State = 'opening';
   // @ts-expect-error resultUrl is a string
   const n: number = ({} as EffectComplete).resultUrl;
+  // @ts-expect-error no such transport
+  void new Herald({ transport: 'polling' });
+  // @ts-expect-error the transport in use is never 'auto'
+  const m: 'auto' = c.mode;
   void s;
   void n;
+  void m;
 }
