@@ -244,7 +244,7 @@ type Joined struct {
 	Already   bool   // c had the channel: nothing changed, nothing replayed
 	Resumed   bool   // since was given: Recovered tells whether the gap was covered
 	Recovered bool   // no event after since is lost (also true when Already)
-	Last      string // a fresh join's starting point: every event after it follows the reply
+	Last      string // a fresh join's starting point: every event after it follows the reply; "" otherwise
 }
 
 // Join subscribes c to channel as one operation: it registers c (holding
@@ -259,7 +259,9 @@ type Joined struct {
 // is newer, so a quick unsubscribe and resubscribe sends nothing twice.
 //
 // When c already has channel it only queues reply(Joined{Already: true,
-// Recovered: true, Last}). Errors: ErrClosed, ErrTooManyChannels, the
+// Recovered: true}), without a Last: the channel's newest id may be ahead
+// of events still queued for c, and a client resuming from it would skip
+// them. Errors: ErrClosed, ErrTooManyChannels, the
 // source's Subscribe error, or ErrForbidden when the history belongs to
 // another user; then c is not subscribed and nothing was queued.
 func (h *Hub) Join(ctx context.Context, c *Conn, channel, since string, reply func(Joined) []byte) error {
@@ -270,7 +272,7 @@ func (h *Hub) Join(ctx context.Context, c *Conn, channel, since string, reply fu
 		return ErrClosed
 	case c.has(channel):
 		c.mu.Unlock()
-		c.Send(reply(Joined{Already: true, Recovered: true, Last: h.src.Last(channel)}))
+		c.Send(reply(Joined{Already: true, Recovered: true}))
 		return nil
 	case len(c.channels) >= h.cfg.MaxSubscriptions:
 		c.mu.Unlock()
