@@ -1,0 +1,9 @@
+//go:build !linux
+
+package main
+
+import "os/exec"
+
+// dieWithParent does nothing where there is no parent-death signal; the
+// load tool still stops what it started when it ends normally.
+func dieWithParent(cmd *exec.Cmd) {}
