@@ -16,10 +16,10 @@ import (
 // two cores.
 var benchLoads = [][]string{
 	{"-scenario", "idle", "-conns", "10000", "-duration", "2s"},
-	{"-scenario", "broadcast", "-conns", "5000", "-rate", "10", "-duration", "8s"},
-	{"-scenario", "broadcast", "-conns", "5000", "-rate", "20", "-duration", "8s"},
-	{"-scenario", "personal", "-conns", "10000", "-rate", "5000", "-duration", "8s"},
-	{"-scenario", "personal", "-conns", "10000", "-rate", "20000", "-duration", "8s"},
+	{"-scenario", "broadcast", "-conns", "5000", "-rate", "10", "-duration", "6s", "-settle", "1s"},
+	{"-scenario", "broadcast", "-conns", "5000", "-rate", "20", "-duration", "6s", "-settle", "1s"},
+	{"-scenario", "personal", "-conns", "10000", "-rate", "5000", "-duration", "6s", "-settle", "1s"},
+	{"-scenario", "personal", "-conns", "10000", "-rate", "20000", "-duration", "6s", "-settle", "1s"},
 	{"-scenario", "storm", "-conns", "10000", "-dialers", "128", "-settle", "0s"},
 	{"-scenario", "ceiling", "-conns", "2000", "-publisher", "batch", "-rate", "5000", "-duration", "3s", "-settle", "0s", "-ceiling-steps", "7"},
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -235,12 +236,16 @@ func waitReady(ctx context.Context, url string) error {
 	}
 }
 
-// freePort asks the kernel for a free loopback TCP port.
+// freePort returns a free loopback TCP port below Linux's ephemeral range
+// (32768–60999), so that the sockets the run opens cannot take it between
+// this check and the server's listen.
 func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0
+	for {
+		port := 20000 + rand.IntN(12000)
+		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err == nil {
+			l.Close()
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
