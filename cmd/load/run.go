@@ -26,7 +26,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	if len(args) > 0 {
 		switch args[0] {
 		case "worker":
-			return runWorker(ctx, stdin, stdout)
+			return runWorker(ctx, stdin, stdout, getenv(workerProfileEnv))
 		case "bench":
 			return runBench(ctx, args[1:], getenv, stdout, stderr)
 		case "report":
@@ -160,10 +160,10 @@ func runOnce(ctx context.Context, o options, stderr io.Writer) (res result, err 
 	defer stopProgress()
 	bg.Go(func() { s.printProgress(pctx) })
 
+	defer func() { stopWorkers(s.workers) }() // connect starts them
 	if err := s.connect(ctx); err != nil {
 		return res, err
 	}
-	defer stopWorkers(s.workers)
 
 	switch o.scenario {
 	case "idle":
@@ -205,7 +205,6 @@ func (s *session) channelOf(i int) int {
 // sockets, waits until every socket is ready or failed, and reads memory.
 func (s *session) connect(ctx context.Context) error {
 	o := s.o
-	rssBefore := sumRSS(s.srv.pids)
 	tokens := make([]string, o.users)
 	if o.target == "herald" {
 		s.setLabel("creating sessions")
@@ -235,8 +234,9 @@ func (s *session) connect(ctx context.Context) error {
 	}
 
 	s.setLabel("connecting")
+	rssBefore := sumRSS(s.srv.pids)
 	start := time.Now()
-	cpu0 := sumCPU(s.srv.pids)
+	cpu0, self0, redis0 := sumCPU(s.srv.pids), sumCPU([]int{os.Getpid()}), s.redisCPU(ctx)
 	ws, err := startWorkers(jobs, s.stderr)
 	if err != nil {
 		return err
@@ -244,7 +244,6 @@ func (s *session) connect(ctx context.Context) error {
 	s.workers = ws
 	ready, err := await(ctx, ws)
 	if err != nil {
-		stopWorkers(ws)
 		return fmt.Errorf("connect: %w", err)
 	}
 	took := time.Since(start)
@@ -262,13 +261,16 @@ func (s *session) connect(ctx context.Context) error {
 	}
 	s.res.Errors += int64(len(failed))
 	if s.res.Connected == 0 {
-		stopWorkers(ws)
 		return fmt.Errorf("no socket connected: %v", s.res.ErrorSamples)
 	}
 	s.res.ConnectsPerS = float64(s.res.Connected) / took.Seconds()
 	s.res.ConnectP50, s.res.ConnectP99 = connectHist.quantile(0.5), connectHist.quantile(0.99)
 	if o.scenario == "storm" {
 		s.res.ServerCPU = 100 * (sumCPU(s.srv.pids) - cpu0) / took.Seconds()
+		s.res.ClientCPU = 100 * (sumCPU(workerPIDs(ws)) + sumCPU([]int{os.Getpid()}) - self0) / took.Seconds()
+		if s.rdb != nil {
+			s.res.RedisCPU = 100 * (s.redisCPU(ctx) - redis0) / took.Seconds()
+		}
 	}
 	s.perCh = make([]int64, o.users)
 	for i := range o.conns {
@@ -291,10 +293,16 @@ func (s *session) connect(ctx context.Context) error {
 // the figures in s.res.
 func (s *session) phase(ctx context.Context, rate float64, dur time.Duration) error {
 	o := s.o
-	if _, err := snap(ctx, s.workers); err != nil { // start the latency histogram afresh
+	first, err := snap(ctx, s.workers) // starts the latency histogram afresh
+	if err != nil {
 		return err
 	}
-	before := progress(s.workers)
+	var before workerMsg
+	for _, m := range first {
+		before.Delivered += m.Delivered
+		before.Dups += m.Dups
+		before.Closed += m.Closed
+	}
 	if o.commandStats && s.rdb != nil {
 		s.rdb.ConfigResetStat(ctx)
 	}

@@ -19,7 +19,7 @@ import (
 // processes, which the tool starts by running its own executable.
 func TestMain(m *testing.M) {
 	if os.Getenv(workerRoleEnv) == "worker" {
-		if err := runWorker(context.Background(), os.Stdin, os.Stdout); err != nil {
+		if err := runWorker(context.Background(), os.Stdin, os.Stdout, ""); err != nil {
 			os.Stderr.WriteString(err.Error() + "\n")
 			os.Exit(1)
 		}

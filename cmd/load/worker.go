@@ -8,6 +8,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -86,8 +89,24 @@ func (w *worker) counters(typ string) workerMsg {
 		Dups: w.dups.Load(), Closed: w.closed.Load()}
 }
 
-// runWorker is the worker process's whole life.
-func runWorker(ctx context.Context, in io.Reader, out io.Writer) error {
+// workerProfileEnv names a folder where each worker writes its CPU profile
+// (worker-PID.prof), to see what the load tool itself spends.
+const workerProfileEnv = "HERALD_LOAD_WORKER_PROFILE"
+
+// runWorker is the worker process's whole life. With profileDir set it
+// writes its CPU profile there.
+func runWorker(ctx context.Context, in io.Reader, out io.Writer, profileDir string) error {
+	if profileDir != "" {
+		f, err := os.Create(filepath.Join(profileDir, fmt.Sprintf("worker-%d.prof", os.Getpid())))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 1<<20), 256<<20)
 	if !sc.Scan() {
@@ -186,6 +205,7 @@ func dialClient(src string) *http.Client {
 	d := &net.Dialer{Timeout: 10 * time.Second}
 	if src != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+		d.Control = bindNoPort
 	}
 	return &http.Client{Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}}
 }
