@@ -122,7 +122,8 @@ type session struct {
 	workers []*workerProc
 	rdb     *redis.Client // the servers' Redis, nil for the baseline
 	stderr  io.Writer
-	label   atomic.Pointer[string] // what the progress line says
+	label   atomic.Pointer[string]        // what the progress line says
+	shown   atomic.Pointer[[]*workerProc] // the workers, for the progress line
 	res     result
 	perCh   []int64 // ready sockets per channel
 	nextEv  int64   // the next event's number
@@ -242,6 +243,7 @@ func (s *session) connect(ctx context.Context) error {
 		return err
 	}
 	s.workers = ws
+	s.shown.Store(&ws)
 	ready, err := await(ctx, ws)
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
@@ -575,7 +577,10 @@ func (s *session) printProgress(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		p := progress(s.workers)
+		var p workerMsg
+		if ws := s.shown.Load(); ws != nil {
+			p = progress(*ws)
+		}
 		fmt.Fprintf(s.stderr, "load: %s %s %3.0fs  %s  sockets %d/%d  delivered %d  dups %d  closed %d\n",
 			s.o.target, s.o.scenario, time.Since(start).Seconds(), *s.label.Load(), p.Connected, s.o.conns, p.Delivered, p.Dups, p.Closed)
 	}
