@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -66,6 +67,33 @@ type worker struct {
 
 	errs   []string // the first few distinct errors
 	failed []int
+
+	socketsMu sync.Mutex
+	sockets   map[*websocket.Conn]struct{} // open sockets; nil once stopping; guarded by socketsMu
+}
+
+// track adds ws to the open sockets and reports false when the worker is
+// already stopping (ws is then closed).
+func (w *worker) track(ws *websocket.Conn) bool {
+	w.socketsMu.Lock()
+	defer w.socketsMu.Unlock()
+	if w.sockets == nil {
+		ws.CloseNow()
+		return false
+	}
+	w.sockets[ws] = struct{}{}
+	return true
+}
+
+// closeAll closes every open socket, which ends their readers.
+func (w *worker) closeAll() {
+	w.socketsMu.Lock()
+	open := w.sockets
+	w.sockets = nil
+	w.socketsMu.Unlock()
+	for ws := range open {
+		ws.CloseNow()
+	}
 }
 
 const maxErrors = 5
@@ -116,12 +144,13 @@ func runWorker(ctx context.Context, in io.Reader, out io.Writer, profileDir stri
 	if err := json.Unmarshal(sc.Bytes(), &j); err != nil {
 		return fmt.Errorf("worker: job: %w", err)
 	}
-	w := &worker{out: json.NewEncoder(out)}
+	w := &worker{out: json.NewEncoder(out), sockets: map[*websocket.Conn]struct{}{}}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
 	var all sync.WaitGroup // every goroutine below
 	defer all.Wait()
+	defer w.closeAll()
 	defer cancel()
 	all.Go(func() {
 		t := time.NewTicker(250 * time.Millisecond)
@@ -249,13 +278,22 @@ func (w *worker) serve(ctx context.Context, hc *http.Client, c connSpec, sem cha
 		finish(err)
 		return
 	}
-	defer ws.CloseNow()
+	if !w.track(ws) {
+		return
+	}
 	ws.SetReadLimit(1 << 20)
 
 	welcomed, subscribed := false, c.Sub == ""
 	var seen seqSet
+	var buf bytes.Buffer // reused for every message
 	for {
-		_, msg, err := ws.Read(ctx)
+		// Reads take a context that is never cancelled, which spares
+		// coder/websocket a context.AfterFunc per read; closeAll ends them.
+		_, r, err := ws.Reader(context.Background())
+		if err == nil {
+			buf.Reset()
+			_, err = buf.ReadFrom(r)
+		}
 		if err != nil {
 			if !pending && ctx.Err() == nil {
 				w.closed.Add(1)
@@ -263,6 +301,7 @@ func (w *worker) serve(ctx context.Context, hc *http.Client, c connSpec, sem cha
 			}
 			return
 		}
+		msg := buf.Bytes()
 		now := time.Now().UnixNano()
 		frames(msg, func(f []byte) {
 			if seq, sent, ok := parseEvent(f); ok {
