@@ -128,8 +128,9 @@ type pumpResult struct {
 // pump publishes at rate events per second for dur, the k-th event (k
 // counting on from *next) going to the channel and sequence that eventOf
 // says. Calls run inflight at a time; when they cannot keep up the pace
-// falls behind and the achieved rate shows it. Each call carries up to
-// batch events that fell due together.
+// falls behind, events that were not sent by the end of dur are never
+// sent, and the achieved rate shows it. Each call carries up to batch
+// events that fell due together.
 func pump(ctx context.Context, pub publisher, rate float64, dur time.Duration, inflight, batch, channels int,
 	next *int64, eventOf func(k int64) event) pumpResult {
 	res := pumpResult{accepted: make([]int64, channels)}
@@ -167,7 +168,7 @@ issue:
 			break
 		}
 		due := min(int64(rate*elapsed.Seconds())+1, int64(rate*dur.Seconds()+0.5))
-		for issued < due {
+		for issued < due && time.Since(start) < dur {
 			n := min(due-issued, int64(batch))
 			evs := make([]event, n)
 			for i := range evs {
