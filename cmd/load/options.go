@@ -20,7 +20,7 @@ type options struct {
 	gateways  []string      // base URLs of running servers; none: start them
 	pids      []int         // the running servers' process ids, for memory and CPU
 	redisAddr string        // a running Redis (with -gateways, for its CPU and the Go publisher)
-	publisher string        // http, batch or go
+	publisher string        // http, batch, go or go-batch
 	conns     int           // sockets
 	users     int           // distinct users (personal channels)
 	rate      float64       // events per second (ceiling: the first step)
@@ -54,7 +54,7 @@ func flags(o *options, fs *flag.FlagSet) (gateways, pids *string) {
 	gateways = fs.String("gateways", "", "comma-separated base URLs of running servers (loopback); empty: start them")
 	pids = fs.String("pids", "", "with -gateways: the servers' process ids, for memory and CPU figures")
 	fs.StringVar(&o.redisAddr, "redis", "", "with -gateways: the servers' Redis (host:port, loopback), for its CPU and -publisher go")
-	fs.StringVar(&o.publisher, "publisher", "http", "http (POST /api/publish), batch (POST /api/publish/batch) or go (herald.NewRedisPublisher)")
+	fs.StringVar(&o.publisher, "publisher", "http", "http (POST /api/publish), batch (POST /api/publish/batch), go (herald.NewRedisPublisher: Publish) or go-batch (PublishBatch)")
 	fs.IntVar(&o.conns, "conns", 1000, "sockets")
 	fs.IntVar(&o.users, "users", 0, "distinct users; 0: one per socket")
 	fs.Float64Var(&o.rate, "rate", 100, "events per second, in all (ceiling: the first step)")
@@ -66,7 +66,7 @@ func flags(o *options, fs *flag.FlagSet) (gateways, pids *string) {
 	fs.IntVar(&o.sources, "sources", 0, "loopback source addresses 127.0.0.1… to dial from; 0: one per 25,000 sockets")
 	fs.IntVar(&o.dialers, "dialers", 64, "dials in flight, in all")
 	fs.IntVar(&o.inflight, "inflight", 64, "publish calls in flight")
-	fs.IntVar(&o.batch, "batch", 100, "most events per batch call")
+	fs.IntVar(&o.batch, "batch", 100, "most events per batch call (publishers batch and go-batch)")
 	fs.IntVar(&o.payload, "payload", 128, "bytes of event data")
 	fs.DurationVar(&o.ceilP99, "ceiling-p99", 100*time.Millisecond, "ceiling: the p99 a rate must keep")
 	fs.IntVar(&o.ceilSteps, "ceiling-steps", 8, "ceiling: most steps")
@@ -154,11 +154,11 @@ func (o *options) finish(gateways, pids string, getenv func(string) string) erro
 		return fmt.Errorf("-scenario: unknown %q", o.scenario)
 	case o.target != "herald" && o.target != "baseline":
 		return fmt.Errorf("-target: unknown %q", o.target)
-	case o.publisher != "http" && o.publisher != "batch" && o.publisher != "go":
+	case o.publisher != "http" && o.publisher != "batch" && o.publisher != "go" && o.publisher != "go-batch":
 		return fmt.Errorf("-publisher: unknown %q", o.publisher)
-	case o.publisher == "go" && o.target != "herald":
+	case strings.HasPrefix(o.publisher, "go") && o.target != "herald":
 		return errors.New("-publisher go publishes through Herald's Redis: -target herald only")
-	case o.publisher == "go" && len(o.gateways) > 0 && o.redisAddr == "":
+	case strings.HasPrefix(o.publisher, "go") && len(o.gateways) > 0 && o.redisAddr == "":
 		return errors.New("-publisher go with -gateways needs -redis")
 	case o.conns < 1 || o.users < 1 || o.users > o.conns:
 		return errors.New("want conns ≥ users ≥ 1")

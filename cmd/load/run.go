@@ -517,7 +517,7 @@ func round3(f float64) float64 { return float64(int64(f*1000+0.5)) / 1000 }
 // publisher builds the publisher that -publisher names.
 func (s *session) publisher() (publisher, error) {
 	o := s.o
-	if o.publisher == "go" {
+	if strings.HasPrefix(o.publisher, "go") {
 		return &goPublisher{pub: herald.NewRedisPublisher(s.rdb, herald.RedisConfig{}), names: s.names(), payload: o.payload}, nil
 	}
 	tr := &http.Transport{MaxIdleConnsPerHost: o.inflight, MaxIdleConns: o.inflight * len(s.srv.urls)}
@@ -529,10 +529,10 @@ func (s *session) publisher() (publisher, error) {
 }
 
 func (s *session) batchSize() int {
-	if s.o.publisher == "http" {
-		return 1
+	if s.o.publisher == "batch" || s.o.publisher == "go-batch" {
+		return s.o.batch
 	}
-	return s.o.batch
+	return 1
 }
 
 // profile saves the CPU profile of the server at base while publishing.
