@@ -21,7 +21,7 @@ var benchLoads = [][]string{
 	{"-scenario", "personal", "-conns", "10000", "-rate", "5000", "-duration", "6s", "-settle", "1s"},
 	{"-scenario", "personal", "-conns", "10000", "-rate", "20000", "-duration", "6s", "-settle", "1s"},
 	{"-scenario", "storm", "-conns", "10000", "-dialers", "128", "-settle", "0s"},
-	{"-scenario", "ceiling", "-conns", "2000", "-publisher", "batch", "-rate", "5000", "-duration", "3s", "-settle", "0s", "-ceiling-steps", "7"},
+	{"-scenario", "ceiling", "-conns", "2000", "-publisher", "batch", "-rate", "5000", "-duration", "3s", "-settle", "0s", "-ceiling-steps", "8"},
 }
 
 // runBench runs the suite -runs times, printing each run's JSON line as it
