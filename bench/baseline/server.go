@@ -22,6 +22,7 @@ import (
 const (
 	queueLen     = 256 // frames a socket may have waiting before it is dropped as slow
 	writeTimeout = 5 * time.Second
+	writeBatch   = 32 // frames written under one deadline
 	maxBody      = 1 << 20
 )
 
@@ -141,8 +142,9 @@ func (s *server) read(c *conn) {
 }
 
 // write sends queued frames until the reader ends. Each wake-up writes
-// everything queued by then under one deadline: a context per frame would
-// cost a quarter of the server's CPU under broadcast.
+// what is queued by then, up to writeBatch frames, under one deadline: a
+// context per frame would cost a quarter of the server's CPU under
+// broadcast.
 func (s *server) write(c *conn) {
 	for {
 		select {
@@ -151,12 +153,12 @@ func (s *server) write(c *conn) {
 		case b := <-c.queue:
 			ctx, cancel := context.WithTimeout(s.ctx, writeTimeout)
 			err := c.ws.Write(ctx, websocket.MessageText, b)
-			for more := true; more && err == nil; {
+			for n := 1; n < writeBatch && err == nil; n++ {
 				select {
 				case b = <-c.queue:
 					err = c.ws.Write(ctx, websocket.MessageText, b)
 				default:
-					more = false
+					n = writeBatch
 				}
 			}
 			cancel()
