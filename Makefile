@@ -39,6 +39,15 @@ test-e2e: deps
 deps:
 	./scripts/ensure-deps.sh
 
+# Every load of cmd/load's suite for Herald and the bare baseline, alternating,
+# with a fresh server per run; under 5 minutes on 2 cores. Prints one JSON line
+# per run, then a table with Herald/baseline ratios (docs/BENCHMARKS.md).
+# BENCH_ARGS passes more flags to the suite, e.g. BENCH_ARGS="-runs 3".
+BENCH_ARGS ?=
+bench: deps
+	$(GO) build -o bin/ ./cmd/gateway ./cmd/load ./bench/baseline
+	bin/load bench -out bin/bench.jsonl -args "-commit $$(git describe --always --dirty)" $(BENCH_ARGS)
+
 build:
 	$(GO) build -o bin/ ./cmd/... ./deploy/probe
 

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -123,6 +124,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		closeRedis(rdb)
 		return fmt.Errorf("HERALD_ADDR: listen: %w", err)
 	}
+	var (
+		debug *http.Server // profiles, when HERALD_DEBUG_ADDR is set
+		dln   net.Listener
+	)
+	if cfg.DebugAddr != "" {
+		if dln, err = net.Listen("tcp", cfg.DebugAddr); err != nil {
+			ln.Close()
+			b.Close()
+			closeRedis(rdb)
+			return fmt.Errorf("HERALD_DEBUG_ADDR: listen: %w", err)
+		}
+		debug = &http.Server{Handler: debugHandler(), ReadHeaderTimeout: 5 * time.Second}
+	}
 	hs := &http.Server{
 		Handler:           srv.Handler(),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -140,6 +154,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		return nil
 	})
+	if debug != nil {
+		g.Go(func() error { return serveDebug(debug, dln, log) })
+	}
 	log.Info("listening", "addr", ln.Addr().String())
 	fmt.Fprintf(stdout, "listening on %s\n", ln.Addr())
 
@@ -160,6 +177,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := <-shutdown; err != nil {
 		log.Warn("http shutdown", "err", err)
 	}
+	if debug != nil {
+		debug.Close() // a profile being taken is cut short
+	}
 	cancel()
 	stopBg()
 	err = g.Wait()
@@ -168,6 +188,26 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	closeRedis(rdb)
 	log.Info("stopped")
 	return err
+}
+
+// debugHandler serves net/http/pprof (HERALD_DEBUG_ADDR, loopback only).
+func debugHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+// serveDebug serves profiles on ln until ds is closed.
+func serveDebug(ds *http.Server, ln net.Listener, log *slog.Logger) error {
+	log.Info("profiles served", "addr", ln.Addr().String(), "path", "/debug/pprof/")
+	if err := ds.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("debug serve: %w", err)
+	}
+	return nil
 }
 
 func closeRedis(rdb *redis.Client) {

@@ -1,14 +1,28 @@
-// Command load is Herald's load tool: it opens many WebSocket connections
-// to one or more gateways, publishes events to their users at a steady
-// rate through the HTTP API, and reports connect times, delivery latency
-// (publish call to frame received), losses and the gateways' memory per
-// socket. It targets loopback gateways and stops by itself after its
-// duration.
+// Command load is Herald's load tool. It measures what users feel: it
+// starts the servers under test itself (Herald replicas with their own
+// redis-server, or the bare baseline of bench/baseline) or takes the
+// addresses of running ones, opens sockets from worker processes and
+// several loopback source addresses, publishes at a steady rate, and
+// reports publish→deliver latency (from a timestamp in each event's data),
+// losses, duplicates, connect rate, the servers' memory per socket and CPU,
+// and Redis's CPU as one JSON line on stdout. Progress goes to stderr. It
+// runs against loopback addresses only and stops by itself.
 //
-//	load -gateways http://127.0.0.1:8081,http://127.0.0.1:8082 -conns 10000 -users 1000 -rate 200 -duration 30s
+//	load -scenario broadcast -target herald -conns 5000 -rate 20 -duration 10s
+//	load -scenario personal -target baseline -conns 10000 -rate 5000
+//	load bench            # every scenario, Herald and baseline alternating, then a table
+//	load report FILE…     # the table of JSON lines (medians per scenario and target)
 //
-// The API key comes from HERALD_API_KEY (not a flag, to keep it out of the
-// process list).
+// Scenarios:
+//
+//	idle       open the sockets, wait, report memory per socket
+//	personal   one user per socket (user:{id}), events to the users in turn, -rate ev/s in all
+//	broadcast  every socket on one public: channel, -rate ev/s to it
+//	storm      authenticated connects as fast as -dialers allows (sessions made through the API first)
+//	ceiling    the highest publish rate (personal shape) whose p99 stays ≤ -ceiling-p99
+//
+// With -gateways the tool starts nothing; HERALD_API_KEY then holds the API
+// key (not a flag, to keep it out of the process list).
 package main
 
 import (
@@ -22,7 +36,7 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdin, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "load:", err)
 		os.Exit(1)
 	}

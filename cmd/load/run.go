@@ -1,235 +1,644 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
-	"net/url"
-	"slices"
-	"strconv"
+	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/coder/websocket"
-	"golang.org/x/sync/errgroup"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/heraldgw/herald"
 )
 
-type options struct {
-	gateways []string
-	conns    int
-	users    int
-	rate     int
-	duration time.Duration
-	apiKey   string
-	dialers  int
-}
-
-func parse(args []string, getenv func(string) string) (options, error) {
-	fs := flag.NewFlagSet("load", flag.ContinueOnError)
-	gw := fs.String("gateways", "http://127.0.0.1:8080", "comma-separated gateway base URLs (loopback)")
-	o := options{apiKey: getenv("HERALD_API_KEY")}
-	fs.IntVar(&o.conns, "conns", 1000, "WebSocket connections to hold open")
-	fs.IntVar(&o.users, "users", 100, "distinct users the connections belong to")
-	fs.IntVar(&o.rate, "rate", 100, "events per second published (each to one user's channel)")
-	fs.DurationVar(&o.duration, "duration", 10*time.Second, "how long to publish")
-	fs.IntVar(&o.dialers, "dialers", 64, "connections opened in parallel")
-	if err := fs.Parse(args); err != nil {
-		return o, err
-	}
-	for _, g := range strings.Split(*gw, ",") {
-		u, err := url.Parse(strings.TrimSpace(g))
-		if err != nil || u.Host == "" {
-			return o, fmt.Errorf("-gateways: bad URL %q", g)
+// run dispatches the subcommands: `worker` (internal), `bench`, `report`,
+// and otherwise one run with the given flags.
+func run(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "worker":
+			return runWorker(ctx, stdin, stdout, getenv(workerProfileEnv))
+		case "bench":
+			return runBench(ctx, args[1:], getenv, stdout, stderr)
+		case "report":
+			return runReport(args[1:], stdin, stdout)
 		}
-		if h := u.Hostname(); h != "localhost" && !strings.HasPrefix(h, "127.") && h != "::1" {
-			return o, fmt.Errorf("-gateways: %s is not a loopback address; load runs against local gateways only", h)
-		}
-		o.gateways = append(o.gateways, strings.TrimRight(u.String(), "/"))
 	}
-	switch {
-	case o.apiKey == "":
-		return o, errors.New("HERALD_API_KEY is not set")
-	case o.conns < 1 || o.users < 1 || o.users > o.conns || o.rate < 1 || o.duration <= 0:
-		return o, errors.New("want conns ≥ users ≥ 1, rate ≥ 1, duration > 0")
-	}
-	return o, nil
-}
-
-// run opens the connections, measures memory, publishes for the duration,
-// waits briefly for stragglers and prints the report.
-func run(ctx context.Context, args []string, getenv func(string) string, out io.Writer) error {
-	o, err := parse(args, getenv)
+	o, err := parseTo(args, getenv, stderr)
 	if err != nil {
 		return err
 	}
-	rssBefore := totalRSS(o.gateways)
-
-	sessions := make([]string, o.users)
-	for u := range sessions {
-		if sessions[u], err = createSession(ctx, o.gateways[u%len(o.gateways)], o.apiKey, fmt.Sprintf("load-%d", u)); err != nil {
-			return err
-		}
-	}
-
-	st := &stats{sent: map[string]time.Time{}}
-	conns := make([]*websocket.Conn, o.conns)
-	connectStart := time.Now()
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(o.dialers)
-	for i := range o.conns {
-		g.Go(func() error {
-			gw := o.gateways[i%len(o.gateways)]
-			c, _, err := websocket.Dial(gctx, "ws"+strings.TrimPrefix(gw, "http")+"/ws",
-				&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + sessions[i%o.users]}}})
-			if err != nil {
-				return fmt.Errorf("connection %d: %w", i, err)
-			}
-			conns[i] = c
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		closeAll(conns)
+	res, err := runOnce(ctx, o, stderr)
+	if err != nil {
 		return err
 	}
-	connectTime := time.Since(connectStart)
-	defer closeAll(conns)
+	return json.NewEncoder(stdout).Encode(res.rounded())
+}
 
-	var readers sync.WaitGroup
-	rctx, stopReaders := context.WithCancel(context.Background())
-	defer stopReaders()
-	for _, c := range conns {
-		readers.Go(func() { st.read(rctx, c) })
+// result is one run's JSON line. Latencies are publish call → frame read
+// by the client, in milliseconds.
+type result struct {
+	Scenario       string             `json:"scenario"`
+	Target         string             `json:"target"`
+	Replicas       int                `json:"replicas"`
+	Publisher      string             `json:"publisher"`
+	Conns          int                `json:"conns"`
+	Connected      int64              `json:"connected"`
+	Users          int                `json:"users"`
+	Rate           float64            `json:"rate"` // asked for, events/s
+	DurationS      float64            `json:"duration_s"`
+	Events         int64              `json:"events"` // accepted publishes
+	EventsPerS     float64            `json:"events_per_s"`
+	Expected       int64              `json:"expected"` // deliveries the accepted events owe
+	Deliveries     int64              `json:"deliveries"`
+	DeliveriesPerS float64            `json:"deliveries_per_s"`
+	P50            float64            `json:"p50_ms"`
+	P99            float64            `json:"p99_ms"`
+	P999           float64            `json:"p999_ms"`
+	Max            float64            `json:"max_ms"`
+	Lost           int64              `json:"lost"`
+	Dups           int64              `json:"dups"`
+	ConnectsPerS   float64            `json:"connects_per_s"`
+	ConnectP50     float64            `json:"connect_p50_ms"` // dial → welcomed (and subscribed)
+	ConnectP99     float64            `json:"connect_p99_ms"`
+	SessionsPerS   float64            `json:"sessions_per_s,omitempty"` // POST /api/sessions, Herald
+	RSSPerConn     int64              `json:"rss_per_conn_bytes"`       // server RSS delta / sockets, after -settle
+	ServerCPU      float64            `json:"server_cpu_pct"`           // % of one core, all server processes
+	RedisCPU       float64            `json:"redis_cpu_pct"`            // % of one core
+	ClientCPU      float64            `json:"client_cpu_pct"`           // the load tool and its workers
+	Ceiling        float64            `json:"ceiling_events_per_s,omitempty"`
+	Steps          []step             `json:"steps,omitempty"`
+	RedisCommands  map[string]cmdStat `json:"redis_commands,omitempty"` // per event, with -commandstats
+	Errors         int64              `json:"errors"`                   // failed connects + failed publishes + sockets the server closed
+	ErrorSamples   []string           `json:"error_samples,omitempty"`
+	LoadAvg        float64            `json:"loadavg"` // the machine's 1-minute load average at the start
+	Commit         string             `json:"commit,omitempty"`
+	Time           string             `json:"time"`
+}
+
+// rounded returns r with its figures rounded to what they can tell.
+func (r result) rounded() result {
+	for _, f := range []*float64{&r.EventsPerS, &r.DeliveriesPerS, &r.ConnectsPerS, &r.SessionsPerS, &r.Ceiling} {
+		*f = math.Round(*f)
 	}
-	time.Sleep(2 * time.Second) // let the sockets settle before the memory reading
-	rssIdle := totalRSS(o.gateways)
+	for _, f := range []*float64{&r.P50, &r.P99, &r.P999, &r.Max, &r.ConnectP50, &r.ConnectP99, &r.ServerCPU, &r.RedisCPU, &r.ClientCPU} {
+		*f = math.Round(*f*100) / 100
+	}
+	for i := range r.Steps {
+		r.Steps[i].EventsPerS = math.Round(r.Steps[i].EventsPerS)
+	}
+	return r
+}
 
-	pub := &http.Client{Timeout: 10 * time.Second}
-	tick := time.NewTicker(time.Second / time.Duration(o.rate))
-	defer tick.Stop()
-	end := time.After(o.duration)
-	n := 0
-publish:
-	for {
-		select {
-		case <-ctx.Done():
-			break publish
-		case <-end:
-			break publish
-		case <-tick.C:
+// step is one rate tried by the ceiling search.
+type step struct {
+	Rate       float64 `json:"rate"`
+	EventsPerS float64 `json:"events_per_s"`
+	P99        float64 `json:"p99_ms"`
+	Lost       int64   `json:"lost"`
+	Errors     int64   `json:"errors"`
+	OK         bool    `json:"ok"`
+}
+
+// cmdStat is one Redis command's cost per published event.
+type cmdStat struct {
+	Calls float64 `json:"calls"`
+	Usec  float64 `json:"usec"`
+}
+
+// session is one run in progress: its servers, workers and counters.
+type session struct {
+	o       options
+	srv     *servers
+	workers []*workerProc
+	rdb     *redis.Client // the servers' Redis, nil for the baseline
+	stderr  io.Writer
+	label   atomic.Pointer[string]        // what the progress line says
+	shown   atomic.Pointer[[]*workerProc] // the workers, for the progress line
+	res     result
+	perCh   []int64 // ready sockets per channel
+	nextEv  int64   // the next event's number
+}
+
+// runOnce runs one scenario against one target and returns its result.
+func runOnce(ctx context.Context, o options, stderr io.Writer) (res result, err error) {
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	s := &session{o: o, stderr: stderr}
+	s.res = result{Scenario: o.scenario, Target: o.target, Replicas: o.replicas, Publisher: o.publisher,
+		Conns: o.conns, Users: o.users, LoadAvg: loadAverage(), Commit: cmp.Or(o.commit, commit()), Time: time.Now().UTC().Format(time.RFC3339)}
+	if o.scenario != "idle" && o.scenario != "storm" {
+		s.res.Rate, s.res.DurationS = o.rate, o.duration.Seconds()
+	}
+	s.setLabel("starting servers")
+
+	if s.srv, err = startServers(ctx, o, stderr); err != nil {
+		return res, err
+	}
+	defer func() {
+		if err != nil && s.srv.dir != "" {
+			fmt.Fprintf(stderr, "load: server logs kept in %s\n", s.srv.dir)
 		}
-		user := n % o.users
-		n++
-		go st.publish(pub, o.gateways[n%len(o.gateways)], o.apiKey, user, n)
+		s.srv.stop(err != nil)
+	}()
+	if s.srv.redis != "" {
+		s.rdb = redis.NewClient(&redis.Options{Addr: s.srv.redis, PoolSize: o.inflight + 4})
+		defer s.rdb.Close()
 	}
-	// Expected deliveries: each event reaches every connection of its user.
-	perUser := make([]int, o.users)
-	for i := range o.conns {
-		perUser[i%o.users]++
-	}
-	time.Sleep(3 * time.Second) // stragglers
-	stopReaders()
-	closeAll(conns)
-	readers.Wait()
 
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	want := 0
-	for id := range st.sent {
-		u, _ := strconv.Atoi(strings.SplitN(id, "/", 2)[0])
-		want += perUser[u]
+	var bg sync.WaitGroup // the progress printer
+	pctx, stopProgress := context.WithCancel(ctx)
+	defer bg.Wait()
+	defer stopProgress()
+	bg.Go(func() { s.printProgress(pctx) })
+
+	defer func() { stopWorkers(s.workers) }() // connect starts them
+	if err := s.connect(ctx); err != nil {
+		return res, err
 	}
-	slices.Sort(st.lat)
-	fmt.Fprintf(out, "connections: %d to %d gateway(s) in %v (%.0f/s)\n", o.conns, len(o.gateways), connectTime.Round(time.Millisecond), float64(o.conns)/connectTime.Seconds())
-	if rssBefore > 0 && rssIdle > 0 {
-		fmt.Fprintf(out, "gateway memory: %.1f MiB before, %.1f MiB with the sockets idle: %.1f KiB per socket (RSS delta)\n",
-			float64(rssBefore)/(1<<20), float64(rssIdle)/(1<<20), float64(rssIdle-rssBefore)/1024/float64(o.conns))
+
+	switch o.scenario {
+	case "idle":
+		s.setLabel("idle")
+		err = s.measureCPU(ctx, func() error { return sleep(ctx, o.duration) })
+	case "storm":
+		// The connect phase was the measurement.
+	case "personal", "broadcast":
+		err = s.phase(ctx, o.rate, o.duration)
+	case "ceiling":
+		err = s.ceiling(ctx)
 	}
-	fmt.Fprintf(out, "events: %d published (%d failed) at %d/s for %v; %d of %d expected deliveries (%d duplicates)\n",
-		len(st.sent), st.pubErrors, o.rate, o.duration, st.delivered, want, st.dups)
-	if len(st.lat) > 0 {
-		fmt.Fprintf(out, "delivery latency: p50 %v  p99 %v  max %v\n", pct(st.lat, 50), pct(st.lat, 99), st.lat[len(st.lat)-1])
+	if err != nil {
+		return res, err
+	}
+	return s.res, nil
+}
+
+// names returns the channel of each channel index: users' personal channels
+// or the one broadcast channel.
+func (s *session) names() func(int) string {
+	if s.o.scenario == "broadcast" {
+		return func(int) string { return "public:load" }
+	}
+	return func(ch int) string { return "user:" + userName(ch) }
+}
+
+func userName(u int) string { return fmt.Sprintf("load-%d", u) }
+
+// channelOf is the channel index of socket i.
+func (s *session) channelOf(i int) int {
+	if s.o.scenario == "broadcast" {
+		return 0
+	}
+	return i % s.o.users
+}
+
+// connect creates the sessions (Herald), starts the workers with their
+// sockets, waits until every socket is ready or failed, and reads memory.
+func (s *session) connect(ctx context.Context) error {
+	o := s.o
+	tokens := make([]string, o.users)
+	if o.target == "herald" {
+		s.setLabel("creating sessions")
+		start := time.Now()
+		var err error
+		if tokens, err = createSessions(ctx, s.srv.urls, o.apiKey, o.users); err != nil {
+			return err
+		}
+		s.res.SessionsPerS = float64(o.users) / time.Since(start).Seconds()
+	}
+
+	jobs := make([]job, o.workers)
+	for w := range jobs {
+		jobs[w].Dialers = max(1, o.dialers/o.workers)
+	}
+	for i := range o.conns {
+		u := i % o.users
+		base := "ws" + strings.TrimPrefix(s.srv.urls[i%len(s.srv.urls)], "http") + "/ws"
+		c := connSpec{I: i, URL: base, Token: tokens[u], Src: fmt.Sprintf("127.0.0.%d", 1+i%o.sources)}
+		if o.target == "baseline" {
+			c.URL += "?user=" + userName(u)
+		}
+		if o.scenario == "broadcast" {
+			c.Sub = "public:load"
+		}
+		jobs[i%o.workers].Conns = append(jobs[i%o.workers].Conns, c)
+	}
+
+	s.setLabel("connecting")
+	rssBefore := sumRSS(s.srv.pids)
+	start := time.Now()
+	cpu0, self0, redis0 := sumCPU(s.srv.pids), sumCPU([]int{os.Getpid()}), s.redisCPU(ctx)
+	ws, err := startWorkers(jobs, s.stderr)
+	if err != nil {
+		return err
+	}
+	s.workers = ws
+	s.shown.Store(&ws)
+	ready, err := await(ctx, ws)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	took := time.Since(start)
+	failed := map[int]bool{}
+	var connectHist histSnap
+	for _, m := range ready {
+		s.res.Connected += m.Connected
+		for _, i := range m.Failed {
+			failed[i] = true
+		}
+		s.noteErrors(m.Errors)
+		if m.Hist != nil {
+			connectHist.add(*m.Hist)
+		}
+	}
+	s.res.Errors += int64(len(failed))
+	if s.res.Connected == 0 {
+		return fmt.Errorf("no socket connected: %v", s.res.ErrorSamples)
+	}
+	s.res.ConnectsPerS = float64(s.res.Connected) / took.Seconds()
+	s.res.ConnectP50, s.res.ConnectP99 = connectHist.quantile(0.5), connectHist.quantile(0.99)
+	if o.scenario == "storm" {
+		s.res.ServerCPU = 100 * (sumCPU(s.srv.pids) - cpu0) / took.Seconds()
+		s.res.ClientCPU = 100 * (sumCPU(workerPIDs(ws)) + sumCPU([]int{os.Getpid()}) - self0) / took.Seconds()
+		if s.rdb != nil {
+			s.res.RedisCPU = 100 * (s.redisCPU(ctx) - redis0) / took.Seconds()
+		}
+	}
+	s.perCh = make([]int64, o.users)
+	for i := range o.conns {
+		if !failed[i] {
+			s.perCh[s.channelOf(i)]++
+		}
+	}
+
+	s.setLabel("settling")
+	if err := sleep(ctx, o.settle); err != nil {
+		return err
+	}
+	if rssBefore > 0 {
+		s.res.RSSPerConn = (sumRSS(s.srv.pids) - rssBefore) / s.res.Connected
 	}
 	return nil
 }
 
-type stats struct {
-	mu        sync.Mutex
-	sent      map[string]time.Time // "user/n" → publish time
-	lat       []time.Duration
-	delivered int
-	dups      int
-	pubErrors int
-	seen      sync.Map // "conn pointer/id" dedup
+// phase publishes at rate for dur, waits for the deliveries, and records
+// the figures in s.res.
+func (s *session) phase(ctx context.Context, rate float64, dur time.Duration) error {
+	o := s.o
+	first, err := snap(ctx, s.workers) // starts the latency histogram afresh
+	if err != nil {
+		return err
+	}
+	var before workerMsg
+	for _, m := range first {
+		before.Delivered += m.Delivered
+		before.Dups += m.Dups
+		before.Closed += m.Closed
+	}
+	if o.commandStats && s.rdb != nil {
+		s.rdb.ConfigResetStat(ctx)
+	}
+	pub, err := s.publisher()
+	if err != nil {
+		return err
+	}
+	channels := len(s.perCh)
+	eventOf := func(k int64) event { return event{ch: int(k % int64(channels)), seq: k / int64(channels)} }
+	if o.scenario == "broadcast" {
+		channels = 1
+		eventOf = func(k int64) event { return event{seq: k} }
+	}
+
+	var pr pumpResult
+	var expected int64
+	err = s.measureCPU(ctx, func() error {
+		var prof sync.WaitGroup
+		defer prof.Wait()
+		if o.cpuProfile != "" && s.srv.debug[0] != "" {
+			prof.Go(func() { s.profile(ctx, s.srv.debug[0], dur) })
+		}
+		s.setLabel(fmt.Sprintf("publishing %.0f/s", rate))
+		pr = pump(ctx, pub, rate, dur, o.inflight, s.batchSize(), channels, &s.nextEv, eventOf)
+		for ch, n := range pr.accepted {
+			if o.scenario == "broadcast" {
+				expected += n * s.res.Connected
+			} else {
+				expected += n * s.perCh[ch]
+			}
+		}
+		s.setLabel("draining")
+		return s.awaitDeliveries(ctx, before.Delivered+expected)
+	})
+	if err != nil {
+		return err
+	}
+	after, err := snap(ctx, s.workers)
+	if err != nil {
+		return err
+	}
+	var h histSnap
+	var delivered, dups, closed int64
+	for _, m := range after {
+		delivered += m.Delivered
+		dups += m.Dups
+		closed += m.Closed
+		s.noteErrors(m.Errors)
+		if m.Hist != nil {
+			h.add(*m.Hist)
+		}
+	}
+	r := &s.res
+	r.Events, r.EventsPerS = pr.events, float64(pr.events)/pr.elapsed.Seconds()
+	r.Expected, r.Deliveries = expected, delivered-before.Delivered
+	r.DeliveriesPerS = float64(r.Deliveries) / pr.elapsed.Seconds()
+	r.Dups = dups - before.Dups
+	r.Lost = max(0, expected-r.Deliveries)
+	r.P50, r.P99, r.P999, r.Max = h.quantile(0.5), h.quantile(0.99), h.quantile(0.999), float64(h.Max)/1000
+	r.Errors += pr.failed + (closed - before.Closed)
+	s.noteErrors(pr.errs)
+	if o.commandStats && s.rdb != nil && pr.events > 0 {
+		r.RedisCommands = commandStats(ctx, s.rdb, pr.events)
+	}
+	return nil
 }
 
-func (s *stats) publish(c *http.Client, gw, key string, user, n int) {
-	id := fmt.Sprintf("%d/%d", user, n)
-	body, _ := json.Marshal(map[string]any{"channel": fmt.Sprintf("user:load-%d", user), "event": "load", "data": map[string]string{"id": id}})
-	req, _ := http.NewRequest("POST", gw+"/api/publish", bytes.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+key)
+// ceiling searches the highest rate whose p99 stays within -ceiling-p99,
+// with nothing lost or refused and the rate really achieved: up by half
+// while a step passes, then halfway between the best pass and the first
+// failure. A failed step is tried once more before the rate counts as
+// failed.
+func (s *session) ceiling(ctx context.Context) error {
+	o := s.o
+	var best result
+	lo, hi := 0.0, 0.0
+	rate := o.rate
+	retried := false
+	for range o.ceilSteps {
+		errsBefore := s.res.Errors
+		if err := s.phase(ctx, rate, o.duration); err != nil {
+			return err
+		}
+		r := s.res
+		st := step{Rate: rate, EventsPerS: r.EventsPerS, P99: r.P99, Lost: r.Lost, Errors: r.Errors - errsBefore}
+		st.OK = r.EventsPerS >= 0.95*rate && r.P99 <= float64(o.ceilP99.Milliseconds()) && st.Lost == 0 && st.Errors == 0
+		fmt.Fprintf(s.stderr, "load: ceiling step %.0f/s: achieved %.0f/s, p99 %.1f ms, lost %d, errors %d: ok %v\n",
+			rate, st.EventsPerS, st.P99, st.Lost, st.Errors, st.OK)
+		best.Steps = append(best.Steps, st)
+		if !st.OK && !retried {
+			// One bad moment of a shared machine fails a short step: a
+			// rate fails only when it fails twice in a row.
+			retried = true
+			continue
+		}
+		retried = false
+		if st.OK {
+			steps := best.Steps
+			lo, best = rate, r
+			best.Steps = steps
+		} else {
+			hi = rate
+		}
+		if hi == 0 { // no failure yet: go up
+			if rate >= o.ceilMax {
+				break
+			}
+			rate = min(rate*1.5, o.ceilMax)
+			continue
+		}
+		if hi-lo < 0.05*hi {
+			break
+		}
+		rate = (lo + hi) / 2
+	}
+	if lo == 0 { // nothing passed: report the last step as it was
+		steps := best.Steps
+		best = s.res
+		best.Steps = steps
+	}
+	best.Ceiling = lo
+	best.Rate = lo
+	s.res = best
+	return nil
+}
+
+// awaitDeliveries waits until the workers have received want frames in
+// all, or nothing more arrived for a second, or -drain passed.
+func (s *session) awaitDeliveries(ctx context.Context, want int64) error {
+	deadline := time.Now().Add(s.o.drain)
+	last, lastChange := int64(-1), time.Now()
+	for time.Now().Before(deadline) {
+		got := progress(s.workers).Delivered
+		if got >= want {
+			break
+		}
+		if got != last {
+			last, lastChange = got, time.Now()
+		} else if time.Since(lastChange) > time.Second {
+			break
+		}
+		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	return sleep(ctx, 300*time.Millisecond) // progress lines lag by up to 250 ms
+}
+
+// measureCPU runs fn and records the servers', Redis's and the tool's CPU
+// use while it ran.
+func (s *session) measureCPU(ctx context.Context, fn func() error) error {
+	client := append(workerPIDs(s.workers), os.Getpid())
+	srv0, cli0, redis0 := sumCPU(s.srv.pids), sumCPU(client), s.redisCPU(ctx)
 	start := time.Now()
-	s.mu.Lock()
-	s.sent[id] = start
-	s.mu.Unlock()
-	resp, err := c.Do(req)
-	if err == nil {
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+	if err := fn(); err != nil {
+		return err
 	}
-	if err != nil || resp.StatusCode != http.StatusAccepted {
-		s.mu.Lock()
-		delete(s.sent, id)
-		s.pubErrors++
-		s.mu.Unlock()
+	wall := time.Since(start).Seconds()
+	s.res.ServerCPU = 100 * (sumCPU(s.srv.pids) - srv0) / wall
+	s.res.ClientCPU = 100 * (sumCPU(client) - cli0) / wall
+	if s.rdb != nil {
+		s.res.RedisCPU = 100 * (s.redisCPU(ctx) - redis0) / wall
 	}
+	return nil
 }
 
-func (s *stats) read(ctx context.Context, c *websocket.Conn) {
-	for {
-		_, b, err := c.Read(ctx)
-		if err != nil {
-			return
-		}
-		now := time.Now()
-		var f struct {
-			Type string `json:"type"`
-			ID   string `json:"id"`
-			Data struct {
-				ID string `json:"id"`
-			} `json:"data"`
-		}
-		if json.Unmarshal(b, &f) != nil || f.Type != "event" {
-			continue
-		}
-		key := fmt.Sprintf("%p/%s", c, f.ID)
-		if _, dup := s.seen.LoadOrStore(key, true); dup {
-			s.mu.Lock()
-			s.dups++
-			s.mu.Unlock()
-			continue
-		}
-		s.mu.Lock()
-		if t, ok := s.sent[f.Data.ID]; ok {
-			s.lat = append(s.lat, now.Sub(t))
-		}
-		s.delivered++
-		s.mu.Unlock()
+// redisCPU returns the CPU seconds Redis has used (INFO cpu), 0 without it.
+func (s *session) redisCPU(ctx context.Context) float64 {
+	if s.rdb == nil {
+		return 0
 	}
+	info, err := s.rdb.Info(ctx, "cpu").Result()
+	if err != nil {
+		return 0
+	}
+	var total float64
+	for line := range strings.SplitSeq(info, "\n") {
+		k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
+		if k == "used_cpu_sys" || k == "used_cpu_user" {
+			var f float64
+			fmt.Sscan(v, &f)
+			total += f
+		}
+	}
+	return total
 }
 
-func createSession(ctx context.Context, gw, key, user string) (string, error) {
-	body := fmt.Sprintf(`{"userId":%q,"ttl":3600}`, user)
-	req, _ := http.NewRequestWithContext(ctx, "POST", gw+"/api/sessions", strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+key)
+// commandStats reads INFO commandstats and divides it by events. Commands
+// a script runs are counted on their own lines as well as in the script's.
+func commandStats(ctx context.Context, rdb *redis.Client, events int64) map[string]cmdStat {
+	info, err := rdb.Info(ctx, "commandstats").Result()
+	if err != nil {
+		return nil
+	}
+	out := map[string]cmdStat{}
+	for line := range strings.SplitSeq(info, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		name, isCmd := strings.CutPrefix(name, "cmdstat_")
+		if !ok || !isCmd {
+			continue
+		}
+		var calls, usec float64
+		for kv := range strings.SplitSeq(rest, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			switch k {
+			case "calls":
+				fmt.Sscan(v, &calls)
+			case "usec":
+				fmt.Sscan(v, &usec)
+			}
+		}
+		out[name] = cmdStat{Calls: round3(calls / float64(events)), Usec: round3(usec / float64(events))}
+	}
+	return out
+}
+
+func round3(f float64) float64 { return float64(int64(f*1000+0.5)) / 1000 }
+
+// publisher builds the publisher that -publisher names.
+func (s *session) publisher() (publisher, error) {
+	o := s.o
+	if strings.HasPrefix(o.publisher, "go") {
+		return &goPublisher{pub: herald.NewRedisPublisher(s.rdb, herald.RedisConfig{}), names: s.names(), payload: o.payload}, nil
+	}
+	tr := &http.Transport{MaxIdleConnsPerHost: o.inflight, MaxIdleConns: o.inflight * len(s.srv.urls)}
+	return &httpPublisher{
+		client: &http.Client{Transport: tr, Timeout: 10 * time.Second},
+		urls:   s.srv.urls, toAll: o.target == "baseline", batch: o.publisher == "batch",
+		key: o.apiKey, names: s.names(), payload: o.payload,
+	}, nil
+}
+
+func (s *session) batchSize() int {
+	if s.o.publisher == "batch" || s.o.publisher == "go-batch" {
+		return s.o.batch
+	}
+	return 1
+}
+
+// profile saves the CPU profile of the server at base while publishing.
+func (s *session) profile(ctx context.Context, base string, dur time.Duration) {
+	secs := max(1, int(dur.Seconds()))
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", base, secs), nil)
 	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Fprintf(s.stderr, "load: cpu profile: %v\n", err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(s.o.cpuProfile)
+	if err != nil {
+		fmt.Fprintf(s.stderr, "load: cpu profile: %v\n", err)
+		return
+	}
+	defer f.Close()
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		fmt.Fprintf(s.stderr, "load: cpu profile: %v\n", err)
+	}
+}
+
+func (s *session) noteErrors(errs []string) {
+	for _, e := range errs {
+		if len(s.res.ErrorSamples) < maxErrors {
+			s.res.ErrorSamples = append(s.res.ErrorSamples, e)
+		}
+	}
+}
+
+func (s *session) setLabel(l string) { s.label.Store(&l) }
+
+// printProgress writes a progress line to stderr every second.
+func (s *session) printProgress(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	start := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var p workerMsg
+		if ws := s.shown.Load(); ws != nil {
+			p = progress(*ws)
+		}
+		fmt.Fprintf(s.stderr, "load: %s %s %3.0fs  %s  sockets %d/%d  delivered %d  dups %d  closed %d\n",
+			s.o.target, s.o.scenario, time.Since(start).Seconds(), *s.label.Load(), p.Connected, s.o.conns, p.Delivered, p.Dups, p.Closed)
+	}
+}
+
+// createSessions makes one session per user through POST /api/sessions,
+// spread over the replicas, a few at a time.
+func createSessions(ctx context.Context, urls []string, key string, users int) ([]string, error) {
+	tokens := make([]string, users)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 32}}
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+	)
+	next := atomic.Int64{}
+	for range 32 {
+		wg.Go(func() {
+			for {
+				u := int(next.Add(1) - 1)
+				if u >= users || ctx.Err() != nil {
+					return
+				}
+				tok, err := createSession(ctx, client, urls[u%len(urls)], key, userName(u))
+				if err != nil {
+					mu.Lock()
+					first = cmp.Or(first, err)
+					mu.Unlock()
+					return
+				}
+				tokens[u] = tok
+			}
+		})
+	}
+	wg.Wait()
+	if first == nil {
+		first = ctx.Err()
+	}
+	return tokens, first
+}
+
+func createSession(ctx context.Context, client *http.Client, base, key, user string) (string, error) {
+	body := fmt.Sprintf(`{"userId":%q,"ttl":3600}`, user)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/api/sessions", strings.NewReader(body))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := client.Do(req)
 	if err != nil {
 		return "", fmt.Errorf("create session: %w", err)
 	}
@@ -243,40 +652,37 @@ func createSession(ctx context.Context, gw, key, user string) (string, error) {
 	return out.SessionID, nil
 }
 
-// totalRSS sums process_resident_memory_bytes from the gateways' /metrics;
-// 0 when any is unreadable.
-func totalRSS(gateways []string) int64 {
-	var total int64
-	for _, gw := range gateways {
-		resp, err := http.Get(gw + "/metrics")
-		if err != nil {
-			return 0
-		}
-		sc := bufio.NewScanner(resp.Body)
-		found := false
-		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), "process_resident_memory_bytes "); ok {
-				f, _ := strconv.ParseFloat(v, 64)
-				total += int64(f)
-				found = true
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// commit is the VCS revision the tool was built from ("…-dirty" with
+// uncommitted changes), when the build recorded it.
+func commit() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return ""
+	}
+	var rev, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "-dirty"
 			}
 		}
-		resp.Body.Close()
-		if !found {
-			return 0
-		}
 	}
-	return total
-}
-
-func closeAll(conns []*websocket.Conn) {
-	for _, c := range conns {
-		if c != nil {
-			c.CloseNow()
-		}
+	if rev == "" {
+		return ""
 	}
-}
-
-func pct(sorted []time.Duration, p int) time.Duration {
-	return sorted[min(len(sorted)-1, len(sorted)*p/100)].Round(10 * time.Microsecond)
+	return rev[:min(12, len(rev))] + dirty
 }

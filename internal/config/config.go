@@ -46,6 +46,7 @@ type Config struct {
 	SessionCheck time.Duration // HERALD_SESSION_CHECK, how often live sockets' sessions are re-checked; 30s
 	LogLevel     slog.Level    // HERALD_LOG_LEVEL: debug, info, warn, error; info
 	KeyPrefix    string        // HERALD_KEY_PREFIX, prefix of Herald's own Redis keys; empty
+	DebugAddr    string        // HERALD_DEBUG_ADDR, loopback address serving net/http/pprof; unset: off
 }
 
 // setting is one configuration variable: its environment name, its default
@@ -182,6 +183,21 @@ func settings() []setting {
 				return errors.New("must not contain { or }: Herald's keys carry their own Redis Cluster hash tags")
 			}
 			c.KeyPrefix = v
+			return nil
+		}},
+		{"HERALD_DEBUG_ADDR", "", "loopback address serving /debug/pprof/ (profiles); unset: off", func(c *Config, v string) error {
+			if v == "" {
+				return nil
+			}
+			host, _, err := splitHostPort(v)
+			if err != nil {
+				return err
+			}
+			// Profiles show the process's inside: never on a public address.
+			if ip, perr := netip.ParseAddr(host); host != "localhost" && (perr != nil || !ip.IsLoopback()) {
+				return errors.New("want a loopback address, e.g. 127.0.0.1:6060")
+			}
+			c.DebugAddr = v
 			return nil
 		}},
 	}

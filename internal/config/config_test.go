@@ -59,6 +59,8 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"HERALD_DEV", "maybe"},
 		{"HERALD_SESSION_CHECK", "-1s"},
 		{"HERALD_LOG_LEVEL", "loud"},
+		{"HERALD_DEBUG_ADDR", "0.0.0.0:6060"},
+		{"HERALD_DEBUG_ADDR", ":6060"},
 	}
 	for _, tt := range tests {
 		_, err := Load(nil, env(map[string]string{tt.env: tt.value}), io.Discard)
