@@ -255,7 +255,14 @@ export class Herald {
     // Bounds a handshake or welcome that never comes.
     this.timers.connect = setTimeout(() => this.dead(link, 'connect timeout'), this.connectTimeout);
     link.onopen = () => { if (this.ws === link) this.linkOpened = true; };
-    link.onmessage = (m) => { if (this.ws === link) this.receive(m.data); };
+    // A message holds one frame or several separated by "\n" (frames
+    // never contain a line break).
+    link.onmessage = (m) => {
+      if (this.ws !== link) return;
+      if (typeof m.data === 'string' && m.data.includes('\n')) {
+        for (const part of m.data.split('\n')) if (this.ws === link) this.receive(part);
+      } else this.receive(m.data);
+    };
     return link;
   }
 

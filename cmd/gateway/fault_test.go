@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -88,23 +87,24 @@ func (r *resumer) run(ctx context.Context, ready chan<- struct{}) {
 				r.mu.Unlock()
 				break
 			}
-			var f frame
-			json.Unmarshal(b, &f)
-			switch f.str("type") {
-			case "welcome":
-				if f["recovered"] == false {
+			fs, _ := splitFrames(b)
+			for _, f := range fs {
+				switch f.str("type") {
+				case "welcome":
+					if f["recovered"] == false {
+						r.mu.Lock()
+						r.gaps++
+						r.mu.Unlock()
+					}
+					if first {
+						first = false
+						close(ready)
+					}
+				case "event":
 					r.mu.Lock()
-					r.gaps++
+					r.ids = append(r.ids, f.str("id"))
 					r.mu.Unlock()
 				}
-				if first {
-					first = false
-					close(ready)
-				}
-			case "event":
-				r.mu.Lock()
-				r.ids = append(r.ids, f.str("id"))
-				r.mu.Unlock()
 			}
 		}
 		c.CloseNow()
@@ -352,10 +352,11 @@ func TestFaultSlowConsumerResumes(t *testing.T) {
 			code = websocket.CloseStatus(err)
 			break
 		}
-		var f frame
-		json.Unmarshal(b, &f)
-		if f.str("type") == "event" {
-			got = append(got, f.str("id"))
+		fs, _ := splitFrames(b)
+		for _, f := range fs {
+			if f.str("type") == "event" {
+				got = append(got, f.str("id"))
+			}
 		}
 	}
 	if code != 4009 {

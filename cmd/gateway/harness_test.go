@@ -254,13 +254,29 @@ func (cl *client) read() {
 			cl.err = err
 			return
 		}
-		var f frame
-		if err := json.Unmarshal(b, &f); err != nil {
-			cl.err = fmt.Errorf("bad frame %q: %w", b, err)
+		fs, err := splitFrames(b)
+		if err != nil {
+			cl.err = err
 			return
 		}
-		cl.frames <- f
+		for _, f := range fs {
+			cl.frames <- f
+		}
 	}
+}
+
+// splitFrames decodes the frames of one WebSocket message: one, or
+// several separated by "\n" (PROTOCOL §4).
+func splitFrames(msg []byte) ([]frame, error) {
+	var out []frame
+	for _, b := range bytes.Split(msg, []byte("\n")) {
+		var f frame
+		if err := json.Unmarshal(b, &f); err != nil {
+			return nil, fmt.Errorf("bad frame %q: %w", b, err)
+		}
+		out = append(out, f)
+	}
+	return out, nil
 }
 
 // next returns the next frame, failing the test after a generous wait.

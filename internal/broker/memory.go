@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -105,10 +106,12 @@ func (m *Memory) Publish(ctx context.Context, idemKey string, pubs ...events.Pub
 	if len(pubs) == 0 {
 		return nil, events.ErrNoPublications
 	}
-	for _, p := range pubs {
+	pubs = slices.Clone(pubs)
+	for i, p := range pubs {
 		if err := p.Validate(); err != nil {
 			return nil, err
 		}
+		pubs[i] = p.Normalized()
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("publish: %w", err)

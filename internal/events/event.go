@@ -46,6 +46,19 @@ func (p Publication) Validate() error {
 	return nil
 }
 
+// Normalized returns p with its data compacted when the data holds a line
+// break (JSON whitespace may): frames never contain one, so a WebSocket
+// message can carry several frames separated by "\n". Validate p first.
+func (p Publication) Normalized() Publication {
+	if bytes.ContainsAny(p.Data, "\r\n") {
+		var b bytes.Buffer
+		if json.Compact(&b, p.Data) == nil {
+			p.Data = b.Bytes()
+		}
+	}
+	return p
+}
+
 // ImpliedOwner returns the user a publication on an effect channel names
 // as the effect's owner: the "userId" of its data (a string or an
 // integer), as a completion carries it. It is "" for other channels and

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -190,11 +191,13 @@ func (l *RedisLog) Append(ctx context.Context, scopedKey string, pubs ...Publica
 		return nil, ErrNoPublications
 	}
 	n := 0
-	for _, p := range pubs {
+	pubs = slices.Clone(pubs)
+	for i, p := range pubs {
 		if err := p.Validate(); err != nil {
 			return nil, err
 		}
-		n += len(p.Channel) + len(p.Event) + len(p.Data)
+		pubs[i] = p.Normalized()
+		n += len(p.Channel) + len(p.Event) + len(pubs[i].Data)
 	}
 	owners, err := l.owners(ctx, pubs)
 	if err != nil {

@@ -6,6 +6,7 @@ package gateway
 // cmd/gateway.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -128,11 +129,13 @@ func (ts *testServer) dial(t *testing.T, user, query string) *wsClient {
 			if err != nil {
 				return
 			}
-			var f map[string]any
-			if json.Unmarshal(b, &f) != nil {
-				f = map[string]any{"type": "unparsable", "raw": string(b)}
+			for _, line := range bytes.Split(b, []byte("\n")) { // several frames per message
+				var f map[string]any
+				if json.Unmarshal(line, &f) != nil {
+					f = map[string]any{"type": "unparsable", "raw": string(line)}
+				}
+				cl.frames <- f
 			}
-			cl.frames <- f
 		}
 	}()
 	return cl

@@ -224,21 +224,24 @@ func (st *sseStream) deadline(ctx context.Context) {
 	st.rc.SetWriteDeadline(d)
 }
 
-// Write sends frame as one SSE event, with the stream's cursor as its id
-// when the frame moves it (events, welcome, subscribed), and flushes it.
-func (st *sseStream) Write(ctx context.Context, frame []byte) error {
+// Write sends each frame as one SSE event, with the stream's cursor as its
+// id when the frame moves it (events, welcome, subscribed), and flushes
+// them together.
+func (st *sseStream) Write(ctx context.Context, frames [][]byte) error {
 	if err := st.acquire(ctx); err != nil {
 		return err
 	}
 	defer st.releaseTurn()
 	st.deadline(ctx)
-	var id []byte
-	if st.cursor.note(frame) {
-		id = append(st.cursor.appendTo(append(st.idBuf[:0], "id: "...)), '\n')
-		st.idBuf = id
-	}
-	if err := writeEvent(st.w, id, frame); err != nil {
-		return err
+	for _, frame := range frames {
+		var id []byte
+		if st.cursor.note(frame) {
+			id = append(st.cursor.appendTo(append(st.idBuf[:0], "id: "...)), '\n')
+			st.idBuf = id
+		}
+		if err := writeEvent(st.w, id, frame); err != nil {
+			return err
+		}
 	}
 	return st.rc.Flush()
 }

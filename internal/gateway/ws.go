@@ -190,9 +190,29 @@ func (s *Server) originAllowed(r *http.Request) bool {
 // wsTransport adapts a coder/websocket connection to the hub.
 type wsTransport struct{ c *websocket.Conn }
 
-func (t wsTransport) Write(ctx context.Context, b []byte) error {
-	return t.c.Write(ctx, websocket.MessageText, b)
+// Write sends frames as one text message, separated by "\n".
+func (t wsTransport) Write(ctx context.Context, frames [][]byte) error {
+	if len(frames) == 1 {
+		return t.c.Write(ctx, websocket.MessageText, frames[0])
+	}
+	w, err := t.c.Writer(ctx, websocket.MessageText)
+	if err != nil {
+		return err
+	}
+	for i, f := range frames {
+		if i > 0 {
+			if _, err := w.Write(newline); err != nil {
+				return err
+			}
+		}
+		if _, err := w.Write(f); err != nil {
+			return err
+		}
+	}
+	return w.Close()
 }
+
+var newline = []byte{'\n'}
 func (t wsTransport) Ping(ctx context.Context) error { return t.c.Ping(ctx) }
 func (t wsTransport) Close(code int, reason string) error {
 	return t.c.Close(websocket.StatusCode(code), reason)

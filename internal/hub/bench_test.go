@@ -14,10 +14,13 @@ import (
 // sink is a Transport that accepts every write at once and counts it.
 type sink struct{ writes *atomic.Int64 }
 
-func (s sink) Write(context.Context, []byte) error { s.writes.Add(1); return nil }
-func (s sink) Ping(context.Context) error          { return nil }
-func (s sink) Close(int, string) error             { return nil }
-func (s sink) CloseNow() error                     { return nil }
+func (s sink) Write(_ context.Context, f [][]byte) error {
+	s.writes.Add(int64(len(f)))
+	return nil
+}
+func (s sink) Ping(context.Context) error { return nil }
+func (s sink) Close(int, string) error    { return nil }
+func (s sink) CloseNow() error            { return nil }
 
 // BenchmarkBroadcast fans one event out to n local subscribers of a
 // channel and waits until every socket write happened: the hub's whole

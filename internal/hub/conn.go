@@ -290,23 +290,25 @@ func (c *Conn) writeLoop() {
 	}
 }
 
-// framesPerDeadline is how many frames share one write deadline: a fresh
-// context per frame would cost four allocations per frame per recipient.
-const framesPerDeadline = 32
-
-// writeBatch writes frames in order and reports whether all went out. Each
-// group of framesPerDeadline frames shares one WriteTimeout deadline.
+// writeBatch writes frames in order and reports whether all went out: in
+// chunks of up to MaxWriteBytes, each one Transport.Write (one message on
+// a WebSocket: a backlog costs a few writes, not one per frame) under one
+// WriteTimeout deadline.
 func (c *Conn) writeBatch(batch [][]byte) bool {
 	h := c.hub
-	for start := 0; start < len(batch); start += framesPerDeadline {
-		ctx, cancel := context.WithTimeout(h.ctx, h.cfg.WriteTimeout)
-		for _, f := range batch[start:min(start+framesPerDeadline, len(batch))] {
-			if err := c.t.Write(ctx, f); err != nil {
-				cancel()
-				return false
-			}
+	for start := 0; start < len(batch); {
+		end, n := start+1, len(batch[start])
+		for end < len(batch) && n+len(batch[end]) < MaxWriteBytes {
+			n += len(batch[end]) + 1
+			end++
 		}
+		ctx, cancel := context.WithTimeout(h.ctx, h.cfg.WriteTimeout)
+		err := c.t.Write(ctx, batch[start:end])
 		cancel()
+		if err != nil {
+			return false
+		}
+		start = end
 	}
 	return true
 }

@@ -52,6 +52,10 @@ const (
 	maxParallelPings   = 256
 )
 
+// MaxWriteBytes bounds the frames of one Transport.Write: one WebSocket
+// message, one write deadline.
+const MaxWriteBytes = 16 << 10
+
 // Errors returned by the hub.
 var (
 	ErrDraining        = errors.New("hub: draining")
@@ -62,11 +66,15 @@ var (
 	ErrForbidden = errors.New("hub: channel belongs to another user")
 )
 
-// Transport is the socket under a connection. Write sends one text message;
-// the hub gives every call a deadline. Close performs a closing handshake
-// and may block for a few seconds; CloseNow drops the socket at once.
+// Transport is the socket under a connection. Write sends frames, in
+// order, before ctx's deadline (the hub gives every call one); a transport
+// may carry several in one message (a WebSocket text message holds them
+// separated by "\n": frames never contain a line break). The hub passes at
+// most MaxWriteBytes per call, unless a single frame is larger. Close
+// performs a closing handshake and may block for a few seconds; CloseNow
+// drops the socket at once.
 type Transport interface {
-	Write(ctx context.Context, frame []byte) error
+	Write(ctx context.Context, frames [][]byte) error
 	Ping(ctx context.Context) error
 	Close(code int, reason string) error
 	CloseNow() error

@@ -23,6 +23,7 @@ import (
 type pipe struct {
 	frames chan []byte
 	gate   chan struct{}
+	writes atomic.Int64 // Write calls
 
 	mu     sync.Mutex
 	code   int // close code, once closed
@@ -36,7 +37,17 @@ func newPipe(buf int) *pipe {
 	return &pipe{frames: make(chan []byte, buf), gate: g, closed: make(chan struct{})}
 }
 
-func (p *pipe) Write(ctx context.Context, b []byte) error {
+func (p *pipe) Write(ctx context.Context, frames [][]byte) error {
+	p.writes.Add(1)
+	for _, f := range frames {
+		if err := p.write(ctx, f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *pipe) write(ctx context.Context, b []byte) error {
 	p.mu.Lock()
 	gate := p.gate
 	p.mu.Unlock()
@@ -55,7 +66,7 @@ func (p *pipe) Write(ctx context.Context, b []byte) error {
 	}
 }
 
-func (p *pipe) Ping(ctx context.Context) error { return p.Write(ctx, nil) }
+func (p *pipe) Ping(ctx context.Context) error { return p.write(ctx, nil) }
 
 func (p *pipe) Close(code int, _ string) error {
 	p.once.Do(func() {
@@ -383,7 +394,7 @@ func TestPingReapsUnresponsive(t *testing.T) {
 // failing is a Transport whose writes fail.
 type failing struct{ *pipe }
 
-func (f failing) Write(context.Context, []byte) error { return io.ErrClosedPipe }
+func (f failing) Write(context.Context, [][]byte) error { return io.ErrClosedPipe }
 
 func TestWriteErrorIsCounted(t *testing.T) {
 	codes := make(chan int, 4)
@@ -575,5 +586,28 @@ func TestIdleQueueGivesMemoryBack(t *testing.T) {
 			t.Fatal("writer still running")
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestBacklogIsWrittenInFewWrites: frames that queued up while a socket
+// was slow go out in few transport writes (one WebSocket message each),
+// not one per frame.
+func TestBacklogIsWrittenInFewWrites(t *testing.T) {
+	h, _ := newHub(t, Config{})
+	p := newPipe(200)
+	p.stall()
+	add(t, h, "1", p, "public:x")
+	h.Broadcast("public:x", future(0), "", []byte("first")) // the writer takes it and blocks
+	for i := range 100 {
+		h.Broadcast("public:x", future(i+1), "", []byte(fmt.Sprintf("f%d", i)))
+	}
+	p.mu.Lock()
+	close(p.gate)
+	p.mu.Unlock()
+	for range 101 {
+		p.next(t)
+	}
+	if n := p.writes.Load(); n > 3 {
+		t.Errorf("101 frames took %d writes, want the backlog in one or two", n)
 	}
 }

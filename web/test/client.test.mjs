@@ -218,6 +218,15 @@ test('resync is reported when the personal channel could not be resumed', async 
   assert.deepEqual(resyncs, ['user:42']);
 });
 
+test('a message carrying several frames separated by newlines delivers each', async () => {
+  const { got } = await client();
+  const ws = latest();
+  ws.welcome('a', '42');
+  const frames = ['10-0', '11-0', '12-0'].map((id) => JSON.stringify({ type: 'event', channel: 'user:42', id, event: 'e', data: { id }, ts: 0 }));
+  ws.onmessage({ data: frames.join('\n') });
+  assert.deepEqual(got, ['user:42 10-0', 'user:42 11-0', 'user:42 12-0']);
+});
+
 test('a gap notice is a resync of its channel; later events still arrive', async () => {
   const { h, got } = await client();
   const ws = latest();
