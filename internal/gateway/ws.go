@@ -213,6 +213,7 @@ func (t wsTransport) Write(ctx context.Context, frames [][]byte) error {
 }
 
 var newline = []byte{'\n'}
+
 func (t wsTransport) Ping(ctx context.Context) error { return t.c.Ping(ctx) }
 func (t wsTransport) Close(code int, reason string) error {
 	return t.c.Close(websocket.StatusCode(code), reason)
