@@ -57,6 +57,15 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"HERALD_DEV", "maybe"},
 		{"HERALD_SESSION_CHECK", "-1s"},
 		{"HERALD_LOG_LEVEL", "loud"},
+		{"HERALD_ALLOWED_ORIGINS", "https://app.example.com/"},
+		{"HERALD_ALLOWED_ORIGINS", "app.example.com,*"},
+		{"HERALD_DEV_FORCE", "yes please"},
+		{"HERALD_BODY_TIMEOUT", "0s"},
+		{"HERALD_MAX_HTTP_CONNS", "0"},
+		{"HERALD_CLIENT_FRAME_RATE", "0"},
+		{"HERALD_CLIENT_FRAME_BURST", "0"},
+		{"HERALD_CLIENT_BYTE_RATE", "-5"},
+		{"HERALD_CLIENT_BYTE_BURST", "4096"},
 	}
 	for _, tt := range tests {
 		_, err := Load(nil, env(map[string]string{tt.env: tt.value}), io.Discard)
@@ -80,5 +89,45 @@ func TestTrustedProxies(t *testing.T) {
 	}
 	if len(c.TrustedProxies) != 2 || c.TrustedProxies[0].String() != "10.0.0.0/8" || c.TrustedProxies[1].String() != "127.0.0.1/32" {
 		t.Errorf("got %v", c.TrustedProxies)
+	}
+}
+
+// TestDevWithSharedRedisNeedsForce: HERALD_DEV with REDIS_URL would let
+// anyone log in as anyone on every replica sharing that Redis; it refuses
+// to start unless HERALD_DEV_FORCE says so.
+func TestDevWithSharedRedisNeedsForce(t *testing.T) {
+	tests := []struct {
+		env     map[string]string
+		wantErr bool
+		wantDev bool
+	}{
+		{map[string]string{}, false, true},
+		{map[string]string{"REDIS_URL": "redis://127.0.0.1:1"}, false, false},
+		{map[string]string{"REDIS_URL": "redis://127.0.0.1:1", "HERALD_DEV": "true"}, true, false},
+		{map[string]string{"REDIS_URL": "redis://127.0.0.1:1", "HERALD_DEV": "true", "HERALD_DEV_FORCE": "true"}, false, true},
+		{map[string]string{"REDIS_URL": "redis://127.0.0.1:1", "HERALD_DEV_FORCE": "true"}, false, false},
+	}
+	for _, tt := range tests {
+		c, err := Load(nil, env(tt.env), io.Discard)
+		if tt.wantErr {
+			if err == nil || !strings.HasPrefix(err.Error(), "HERALD_DEV:") || !strings.Contains(err.Error(), "HERALD_DEV_FORCE") {
+				t.Errorf("%v: err %v, want one naming HERALD_DEV and HERALD_DEV_FORCE", tt.env, err)
+			}
+			continue
+		}
+		if err != nil || c.Dev != tt.wantDev {
+			t.Errorf("%v: dev %v, err %v; want dev %v", tt.env, c.Dev, err, tt.wantDev)
+		}
+	}
+}
+
+func TestHardeningDefaults(t *testing.T) {
+	c, err := Load(nil, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.BodyTimeout != 10*time.Second || c.MaxHTTPConns < 16 || c.ClientFrameRate != 50 || c.ClientFrameBurst != 100 ||
+		c.ClientByteRate != 64<<10 || c.ClientByteBurst != 256<<10 || c.DevForce {
+		t.Errorf("defaults: %+v", c)
 	}
 }

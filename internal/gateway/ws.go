@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"net/url"
-	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -152,28 +150,11 @@ func bearer(r *http.Request) (string, bool) {
 	return "", false
 }
 
-// originAllowed applies the allow-list to browsers (requests with Origin).
-// "null" (sandboxed frames, file: pages) is foreign. Without a list only the
-// gateway's own host is allowed.
+// originAllowed applies the allow-list (package origin) to browsers
+// (requests with Origin). "null" (sandboxed frames, file: pages) is foreign.
+// Without a list only the gateway's own host is allowed.
 func (s *Server) originAllowed(r *http.Request) bool {
-	o := r.Header.Get("Origin")
-	if o == "" {
-		return true
-	}
-	u, err := url.Parse(o)
-	if err != nil || u.Host == "" || o == "null" {
-		return false
-	}
-	host := strings.ToLower(u.Host)
-	if len(s.cfg.AllowedOrigins) == 0 {
-		return host == strings.ToLower(r.Host)
-	}
-	for _, p := range s.cfg.AllowedOrigins {
-		if ok, _ := path.Match(strings.ToLower(p), host); ok {
-			return true
-		}
-	}
-	return false
+	return s.cfg.AllowedOrigins.Allows(r.Header.Get("Origin"), r.Host)
 }
 
 // wsTransport adapts a coder/websocket connection to the hub.
