@@ -335,7 +335,13 @@ func (r *replica) metric(t *testing.T, name string) float64 {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
+	return scanMetric(resp.Body, name)
+}
+
+// scanMetric returns the value of the sample name in the Prometheus text
+// read from r, or -1.
+func scanMetric(r io.Reader, name string) float64 {
+	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		line := sc.Text()
 		if rest, ok := strings.CutPrefix(line, name+" "); ok {

@@ -99,9 +99,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("limits: %w", err)
 	}
 
-	srv := gateway.New(gateway.Deps{
+	var srv *gateway.Server
+	guards := metrics.NewGuards(reg, func() float64 { return float64(srv.HTTPConns()) })
+	srv = gateway.New(gateway.Deps{
 		Config: cfg, Hub: h, Broker: b, Sessions: sessions, Owners: owners,
-		Metrics: m, Gatherer: reg, Log: log, Web: web.FS(),
+		Metrics: m, Guards: guards, Gatherer: reg, Log: log, Web: web.FS(),
 		ConnectLimiter: connects, PublishLimiter: publishes, Slots: slots,
 	})
 	ln, err := net.Listen("tcp", cfg.Addr)
@@ -115,6 +117,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		ReadHeaderTimeout: 5 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 		IdleTimeout:       2 * time.Minute,
+		ConnState:         srv.ConnState,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 

@@ -8,6 +8,7 @@ import (
 	"context"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,7 @@ type Deps struct {
 	Sessions session.Store
 	Owners   Owners
 	Metrics  *metrics.Metrics
+	Guards   *metrics.Guards
 	Gatherer prometheus.Gatherer // what /metrics serves
 	Log      *slog.Logger
 	Web      fs.FS // static files served at /; nil serves none
@@ -59,6 +61,7 @@ type Server struct {
 	sessions  session.Store
 	owners    Owners
 	metrics   *metrics.Metrics
+	guards    *metrics.Guards
 	gatherer  prometheus.Gatherer
 	log       *slog.Logger
 	web       fs.FS
@@ -67,10 +70,11 @@ type Server struct {
 	publishes ratelimit.Limiter
 	slots     Slots
 
-	echo     *echo.Echo
-	live     *liveSessions
-	ready    atomic.Bool // the shared backend answered the last probe
-	watching atomic.Bool // the revocation watch is subscribed
+	echo      *echo.Echo
+	httpConns *httpConns
+	live      *liveSessions
+	ready     atomic.Bool // the shared backend answered the last probe
+	watching  atomic.Bool // the revocation watch is subscribed
 
 	// ctx outlives requests: socket read loops and dev jobs run under it.
 	ctx    context.Context
@@ -83,17 +87,27 @@ func New(d Deps) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		cfg: d.Config, hub: d.Hub, broker: d.Broker, sessions: d.Sessions, owners: d.Owners,
-		metrics: d.Metrics, gatherer: d.Gatherer, log: d.Log, web: d.Web, now: time.Now,
+		metrics: d.Metrics, guards: d.Guards, gatherer: d.Gatherer, log: d.Log, web: d.Web, now: time.Now,
 		connects: d.ConnectLimiter, publishes: d.PublishLimiter, slots: d.Slots,
 		live: newLiveSessions(), ctx: ctx, cancel: cancel,
 	}
 	s.ready.Store(true)
+	s.httpConns = newHTTPConns(d.Config.MaxHTTPConns, d.Guards.HTTPEvictions.Inc)
 	s.echo = s.routes()
 	return s
 }
 
-// Handler returns the HTTP handler of every route.
-func (s *Server) Handler() http.Handler { return s.echo }
+// Handler returns the HTTP handler of every route. Request bodies must
+// arrive within HERALD_BODY_TIMEOUT.
+func (s *Server) Handler() http.Handler { return bodyDeadline(s.echo, s.cfg.BodyTimeout) }
+
+// ConnState is the http.Server's ConnState hook: it caps the connections
+// not upgraded to WebSocket at HERALD_MAX_HTTP_CONNS, closing the stalest
+// when a new one arrives at the cap.
+func (s *Server) ConnState(c net.Conn, st http.ConnState) { s.httpConns.track(c, st) }
+
+// HTTPConns returns how many connections not upgraded to WebSocket are open.
+func (s *Server) HTTPConns() int { return s.httpConns.len() }
 
 // Ready reports whether the server accepts sockets and publishes: the
 // backend answers, revocations are watched, and no drain began.
