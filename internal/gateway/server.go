@@ -69,12 +69,12 @@ type Server struct {
 	connects  ratelimit.Limiter
 	publishes ratelimit.Limiter
 	slots     Slots
+	httpConns *httpConns // connections not upgraded to WebSocket
 
-	echo      *echo.Echo
-	httpConns *httpConns
-	live      *liveSessions
-	ready     atomic.Bool // the shared backend answered the last probe
-	watching  atomic.Bool // the revocation watch is subscribed
+	echo     *echo.Echo
+	live     *liveSessions
+	ready    atomic.Bool // the shared backend answered the last probe
+	watching atomic.Bool // the revocation watch is subscribed
 
 	// ctx outlives requests: socket read loops and dev jobs run under it.
 	ctx    context.Context
