@@ -121,6 +121,13 @@ func (r *replica) wsURL(q string) string  { return "ws://" + r.addr + "/ws" + q 
 // api makes a JSON request; body may be nil, a string or a value to encode.
 func (r *replica) api(t *testing.T, method, path, key string, body any, hdr ...string) (int, map[string]any) {
 	t.Helper()
+	st, out, _ := r.apiHeader(t, method, path, key, body, hdr...)
+	return st, out
+}
+
+// apiHeader is api that also returns the response's headers.
+func (r *replica) apiHeader(t *testing.T, method, path, key string, body any, hdr ...string) (int, map[string]any, http.Header) {
+	t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -146,7 +153,7 @@ func (r *replica) api(t *testing.T, method, path, key string, body any, hdr ...s
 	raw, _ := io.ReadAll(resp.Body)
 	var out map[string]any
 	json.Unmarshal(raw, &out)
-	return resp.StatusCode, out
+	return resp.StatusCode, out, resp.Header
 }
 
 // newSession creates a session through the API and returns its id.

@@ -54,7 +54,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		owners    gateway.Owners
 		rdb       *redis.Client
 		connects  ratelimit.Limiter
-		publishes ratelimit.Limiter
+		publishes gateway.EventLimiter
 		slots     gateway.Slots
 	)
 	windowCfg := ratelimit.SlidingWindowConfig{Limit: cfg.ConnectLimit, Window: cfg.ConnectWindow}

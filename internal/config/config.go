@@ -35,7 +35,7 @@ type Config struct {
 	MaxConnsPerUser int            // HERALD_MAX_CONNS_PER_USER, across replicas; 20
 	ClientMsgRate   float64        // HERALD_CLIENT_MSG_RATE, messages per second per socket; 10
 	ClientMsgBurst  int            // HERALD_CLIENT_MSG_BURST; 20
-	PublishRate     float64        // HERALD_PUBLISH_RATE, publishes per second per API key, shared by replicas; 500
+	PublishRate     float64        // HERALD_PUBLISH_RATE, events published per second per API key, shared by replicas; 500
 	PublishBurst    int            // HERALD_PUBLISH_BURST; 1000
 	HistorySize     int            // HERALD_HISTORY_SIZE, events kept per channel; 100
 	HistoryTTL      time.Duration  // HERALD_HISTORY_TTL; 10m
@@ -140,8 +140,8 @@ func settings() []setting {
 		{"HERALD_MAX_CONNS_PER_USER", "20", "concurrent sockets per user across replicas", intSetting(func(c *Config) *int { return &c.MaxConnsPerUser }, 1)},
 		{"HERALD_CLIENT_MSG_RATE", "10", "messages a client may send per second", rateSetting(func(c *Config) *float64 { return &c.ClientMsgRate })},
 		{"HERALD_CLIENT_MSG_BURST", "20", "burst of client messages", intSetting(func(c *Config) *int { return &c.ClientMsgBurst }, 1)},
-		{"HERALD_PUBLISH_RATE", "500", "publish API calls per second per API key", rateSetting(func(c *Config) *float64 { return &c.PublishRate })},
-		{"HERALD_PUBLISH_BURST", "1000", "burst of publish API calls per API key", intSetting(func(c *Config) *int { return &c.PublishBurst }, 1)},
+		{"HERALD_PUBLISH_RATE", "500", "events published per second per API key (a batch of n costs n)", rateSetting(func(c *Config) *float64 { return &c.PublishRate })},
+		{"HERALD_PUBLISH_BURST", "1000", "most events an API key may publish at once", intSetting(func(c *Config) *int { return &c.PublishBurst }, 1)},
 		{"HERALD_HISTORY_SIZE", "100", "events kept per channel for resume", intSetting(func(c *Config) *int { return &c.HistorySize }, 1)},
 		{"HERALD_HISTORY_TTL", "10m", "how long events are kept for resume", durSetting(func(c *Config) *time.Duration { return &c.HistoryTTL })},
 		{"HERALD_DRAIN_TIMEOUT", "10s", "how long a SIGTERM drain spreads its 1012 closes", durSetting(func(c *Config) *time.Duration { return &c.DrainTimeout })},

@@ -14,6 +14,7 @@ import (
 
 	"github.com/heraldgw/herald/internal/events"
 	"github.com/heraldgw/herald/internal/session"
+	"github.com/heraldgw/herald/ratelimit"
 )
 
 // Body limits of the HTTP APIs.
@@ -128,7 +129,8 @@ func (s *Server) handlePublishBatch(c echo.Context) error {
 }
 
 // publish sends validated publications through the broker, honouring an
-// Idempotency-Key header.
+// Idempotency-Key header, once the API key's budget paid for every one of
+// them.
 func (s *Server) publish(c echo.Context, source string, pubs ...events.Publication) ([]string, error) {
 	if !s.Ready() {
 		return nil, errUnavailable(errors.New("not ready"))
@@ -137,12 +139,36 @@ func (s *Server) publish(c echo.Context, source string, pubs ...events.Publicati
 	if len(key) > 200 {
 		return nil, errBadRequest("Idempotency-Key", "at most 200 characters")
 	}
+	if err := s.chargeEvents(c, len(pubs)); err != nil {
+		return nil, err
+	}
 	ids, err := s.broker.Publish(c.Request().Context(), key, pubs...)
 	if err != nil {
 		return nil, err
 	}
 	s.metrics.EventsIn.WithLabelValues(source).Add(float64(len(pubs)))
 	return ids, nil
+}
+
+// chargeEvents spends n events of the API key's publish budget
+// (HERALD_PUBLISH_RATE/_BURST, the token bucket bucket:{sha256 of the key}
+// shared by all replicas) and sets the X-RateLimit-* headers. Over the
+// budget it is 429 with Retry-After, and nothing is spent; a call of more
+// events than the burst could never pass, so it is 400.
+func (s *Server) chargeEvents(c echo.Context, n int) error {
+	if n > s.cfg.PublishBurst {
+		return errBadRequest("items", fmt.Sprintf("at most %d events per call (the publish burst)", s.cfg.PublishBurst))
+	}
+	res, err := s.publishes.AllowN(c.Request().Context(), ratelimit.HashKey(apiKey(c)), n)
+	if err != nil {
+		return errUnavailable(fmt.Errorf("publish limit: %w", err))
+	}
+	ratelimit.SetHeaders(c.Response().Header(), res)
+	if !res.Allowed {
+		return &apiError{Status: http.StatusTooManyRequests, Code: "rate_limited",
+			Message: fmt.Sprintf("publish rate of this API key exceeded: %d events asked, %d left", n, res.Remaining)}
+	}
+	return nil
 }
 
 // handleCreateSession is POST /api/sessions (PROTOCOL §7); ttl is in

@@ -30,9 +30,9 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/ws", s.handleWS, s.refuseEarly, s.countRefusals(limit(s.connects, connectKey)))
 
 	api := e.Group("/api")
-	perKey := limit(s.publishes, ratelimit.Hashed(apiKey))
-	api.POST("/publish", s.handlePublish, s.requireAPIKey, perKey)
-	api.POST("/publish/batch", s.handlePublishBatch, s.requireAPIKey, perKey)
+	// Publishes are limited per event, in publish, once the body is read.
+	api.POST("/publish", s.handlePublish, s.requireAPIKey)
+	api.POST("/publish/batch", s.handlePublishBatch, s.requireAPIKey)
 	api.POST("/sessions", s.handleCreateSession, s.requireAPIKey)
 	api.DELETE("/sessions/:id", s.handleRevokeSession, s.requireAPIKey)
 	api.POST("/tickets", s.handleTicket)

@@ -42,8 +42,14 @@ type Deps struct {
 	// Limits (PROTOCOL §3, issue 3): connects per client IP, publishes per
 	// API key, and sockets per user across replicas.
 	ConnectLimiter ratelimit.Limiter
-	PublishLimiter ratelimit.Limiter
+	PublishLimiter EventLimiter
 	Slots          Slots
+}
+
+// EventLimiter spends n of a key's budget at once, all or nothing: a
+// publish costs one per event (ratelimit.TokenBucket and its memory twin).
+type EventLimiter interface {
+	AllowN(ctx context.Context, key string, n int) (ratelimit.Result, error)
 }
 
 // Slots counts a user's open sockets across all replicas.
@@ -67,7 +73,7 @@ type Server struct {
 	web       fs.FS
 	now       func() time.Time
 	connects  ratelimit.Limiter
-	publishes ratelimit.Limiter
+	publishes EventLimiter
 	slots     Slots
 	httpConns *httpConns // connections not upgraded to WebSocket
 
