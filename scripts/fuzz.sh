@@ -8,6 +8,8 @@ fuzztime="${1:-3s}"
 targets=(
   "./internal/gateway FuzzDecodeFrame"
   "./internal/gateway FuzzDecodePublication"
+  "./internal/gateway FuzzFrameScanner"
+  "./internal/origin FuzzOrigin"
   "./internal/events FuzzParseChannel"
   "./internal/events FuzzParseClassic"
   "./internal/session FuzzDecodeSession"

@@ -75,7 +75,8 @@ type Server struct {
 	connects  ratelimit.Limiter
 	publishes EventLimiter
 	slots     Slots
-	httpConns *httpConns // connections not upgraded to WebSocket
+	httpConns *httpConns  // connections not upgraded to WebSocket
+	budget    frameBudget // what one socket may send (meter.go)
 
 	echo     *echo.Echo
 	live     *liveSessions
@@ -99,6 +100,11 @@ func New(d Deps) *Server {
 	}
 	s.ready.Store(true)
 	s.httpConns = newHTTPConns(d.Config.MaxHTTPConns, d.Guards.HTTPEvictions.Inc)
+	s.budget = frameBudget{
+		frameRate: d.Config.ClientFrameRate, frameBurst: float64(d.Config.ClientFrameBurst),
+		byteRate: float64(d.Config.ClientByteRate), byteBurst: float64(d.Config.ClientByteBurst),
+		epoch: time.Now(),
+	}
 	s.echo = s.routes()
 	return s
 }

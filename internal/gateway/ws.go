@@ -68,7 +68,9 @@ func (s *Server) handleWS(c echo.Context) error {
 	// cannot miss this one.
 	s.wg.Add(1)
 	// Origin was checked in refuseEarly; the library's own check would differ.
-	ws, err := websocket.Accept(c.Response(), r, &websocket.AcceptOptions{
+	// The library reads the client through a meter (meter.go).
+	mw := &meteredWriter{ResponseWriter: c.Response(), budget: &s.budget}
+	ws, err := websocket.Accept(mw, r, &websocket.AcceptOptions{
 		InsecureSkipVerify: true,
 		CompressionMode:    websocket.CompressionDisabled,
 	})
