@@ -166,6 +166,7 @@ func TestPublishRatePerAPIKey(t *testing.T) {
 	}
 	req, _ := http.NewRequest("POST", r.url("/api/publish"), strings.NewReader(`{"channel":"user:1","event":"e"}`))
 	req.Header.Set("Authorization", "Bearer "+testAPIKey)
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

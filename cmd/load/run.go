@@ -175,6 +175,7 @@ func (s *stats) publish(c *http.Client, gw, key string, user, n int) {
 	body, _ := json.Marshal(map[string]any{"channel": fmt.Sprintf("user:load-%d", user), "event": "load", "data": map[string]string{"id": id}})
 	req, _ := http.NewRequest("POST", gw+"/api/publish", bytes.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/json")
 	start := time.Now()
 	s.mu.Lock()
 	s.sent[id] = start
@@ -229,6 +230,7 @@ func createSession(ctx context.Context, gw, key, user string) (string, error) {
 	body := fmt.Sprintf(`{"userId":%q,"ttl":3600}`, user)
 	req, _ := http.NewRequestWithContext(ctx, "POST", gw+"/api/sessions", strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return "", fmt.Errorf("create session: %w", err)

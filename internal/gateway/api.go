@@ -1,12 +1,15 @@
 package gateway
 
 import (
+	"bytes"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"reflect"
 	"strings"
 	"time"
 
@@ -47,16 +50,28 @@ func (s *Server) validKey(key string) bool {
 	return found == 1
 }
 
-// decodeBody reads a JSON body of at most limit bytes into v.
+// decodeBody reads a JSON body (Content-Type application/json, else 415)
+// of at most limit bytes into v.
 func decodeBody(c echo.Context, limit int64, v any) error {
+	if err := requireJSON(c.Request()); err != nil {
+		return err
+	}
 	return decodeJSON(http.MaxBytesReader(c.Response(), c.Request().Body, limit), v)
 }
 
 // decodeJSON decodes exactly one JSON value from r into v. Unknown fields
-// are refused so that typos surface, and so is anything after the value.
-// Every error is an *apiError naming the field when it can.
+// are refused so that typos surface, and so are fields given twice or in
+// another case (strictFields) and anything after the value. Every error is
+// an *apiError naming the field when it can.
 func decodeJSON(r io.Reader, v any) error {
-	dec := json.NewDecoder(r)
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return bodyError(err)
+	}
+	if err := strictFields(data, reflect.TypeOf(v)); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return bodyError(err)
@@ -77,6 +92,8 @@ func bodyError(err error) error {
 	switch {
 	case errors.As(err, &mbe):
 		return errTooLarge
+	case errors.Is(err, os.ErrDeadlineExceeded): // HERALD_BODY_TIMEOUT
+		return &apiError{Status: http.StatusRequestTimeout, Code: "timeout", Message: "request body too slow"}
 	case errors.As(err, &te):
 		return errBadRequest(te.Field, fmt.Sprintf("%s must be %s", te.Field, te.Type))
 	case errors.Is(err, io.EOF):
@@ -214,6 +231,9 @@ func (s *Server) handleRevokeSession(c echo.Context) error {
 // session in the cookie or bearer header.
 func (s *Server) handleTicket(c echo.Context) error {
 	r := c.Request()
+	if err := requireJSON(r); err != nil { // it takes no body; a form is not JSON
+		return err
+	}
 	var id string
 	if ck, err := r.Cookie(s.cfg.SessionCookie); err == nil && ck.Value != "" {
 		id = ck.Value

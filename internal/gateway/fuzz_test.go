@@ -35,6 +35,8 @@ func FuzzDecodePublication(f *testing.F) {
 		`{"channel":"user:42","event":"e"}`,
 		`{"channel":"user:42","event":"e","data":null} {}`,
 		`{"channel":5}`, `{"dta":1}`, `{"channel":"user:42","event":"e","data":"\u0000"}`, ``, `{`,
+		`{"channel":"user:1","channel":"user:2","event":"e"}`, `{"Channel":"user:1","event":"e"}`,
+		`{"channel":"user:1","event":"e","data":{"a":1,"a":2}}`, `{"channel":[{"x":1,"x":2}]}`,
 	} {
 		f.Add([]byte(s))
 	}

@@ -29,13 +29,16 @@ func (s *Server) routes() *echo.Echo {
 	}
 	e.GET("/ws", s.handleWS, s.refuseEarly, s.countRefusals(limit(s.connects, connectKey)))
 
+	// API paths answer in JSON whatever goes wrong: an unknown path is 404,
+	// a known one with another method 405 with Allow.
 	api := e.Group("/api")
 	// Publishes are limited per event, in publish, once the body is read.
-	api.POST("/publish", s.handlePublish, s.requireAPIKey)
-	api.POST("/publish/batch", s.handlePublishBatch, s.requireAPIKey)
-	api.POST("/sessions", s.handleCreateSession, s.requireAPIKey)
-	api.DELETE("/sessions/:id", s.handleRevokeSession, s.requireAPIKey)
-	api.POST("/tickets", s.handleTicket)
+	apiRoute(api, http.MethodPost, "/publish", s.handlePublish, s.requireAPIKey)
+	apiRoute(api, http.MethodPost, "/publish/batch", s.handlePublishBatch, s.requireAPIKey)
+	apiRoute(api, http.MethodPost, "/sessions", s.handleCreateSession, s.requireAPIKey)
+	apiRoute(api, http.MethodDelete, "/sessions/:id", s.handleRevokeSession, s.requireAPIKey)
+	apiRoute(api, http.MethodPost, "/tickets", s.handleTicket)
+	api.Any("/*", func(c echo.Context) error { return writeError(c, errNotFound) })
 
 	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	e.GET("/readyz", s.handleReady)
@@ -52,6 +55,24 @@ func (s *Server) routes() *echo.Echo {
 		e.GET("/*", echo.WrapHandler(staticHandler(s.web)))
 	}
 	return e
+}
+
+// apiRoute adds h for method at path, and a JSON 405 naming method in
+// Allow for every other method there (without it, the API's JSON 404
+// catch-all would answer them).
+func apiRoute(g *echo.Group, method, path string, h echo.HandlerFunc, mw ...echo.MiddlewareFunc) {
+	g.Add(method, path, h, mw...)
+	var others []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut,
+		http.MethodPatch, http.MethodDelete, http.MethodOptions} {
+		if m != method {
+			others = append(others, m)
+		}
+	}
+	g.Match(others, path, func(c echo.Context) error {
+		c.Response().Header().Set("Allow", method)
+		return writeError(c, errMethodNotAllowed)
+	})
 }
 
 // countRefusals counts, as connect refusals, the requests that mw answers

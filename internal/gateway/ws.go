@@ -120,9 +120,12 @@ func (s *Server) refuseEarly(next echo.HandlerFunc) echo.HandlerFunc {
 func (s *Server) refuse(c echo.Context, err error) error {
 	ae := toAPIError(err)
 	s.metrics.Refusals.WithLabelValues(ae.Code).Inc()
-	if ae.Status >= 500 {
+	switch {
+	case ae.Status >= 500:
 		s.log.Warn("connect refused", "status", ae.Status, "ip", c.RealIP(), "err", err)
-	} else {
+	case errors.Is(err, session.ErrUnusable): // the app wrote it: say why
+		s.log.Warn("connect refused: the session in Redis is unusable", "status", ae.Status, "err", err)
+	default:
 		s.log.Debug("connect refused", "status", ae.Status, "ip", c.RealIP(), "reason", ae.Message)
 	}
 	return writeError(c, ae)
