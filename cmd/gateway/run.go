@@ -60,6 +60,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	windowCfg := ratelimit.SlidingWindowConfig{Limit: cfg.ConnectLimit, Window: cfg.ConnectWindow}
 	bucketCfg := ratelimit.TokenBucketConfig{Rate: cfg.PublishRate, Burst: cfg.PublishBurst}
 	slotsCfg := ratelimit.ConcurrencyConfig{Prefix: cfg.KeyPrefix, Replica: cfg.Node}
+	if cfg.Dev && cfg.RedisURL != "" { // allowed by HERALD_DEV_FORCE only
+		log.Warn("dev mode with a shared Redis (HERALD_DEV_FORCE): anyone can log in as anyone, " +
+			"on every replica sharing this Redis; never with real users' sessions")
+	}
 	if cfg.RedisURL == "" {
 		log.Info("herald starting single-node, in memory: no REDIS_URL, so nothing is shared with other replicas",
 			"addr", cfg.Addr, "dev", cfg.Dev)
@@ -132,6 +136,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	})
 	log.Info("listening", "addr", ln.Addr().String())
 	fmt.Fprintf(stdout, "listening on %s\n", ln.Addr())
+	if cfg.Dev {
+		fmt.Fprintf(stdout, "demo page: %s\n", pageURL(ln.Addr()))
+	}
 
 	select {
 	case <-ctx.Done():
@@ -155,6 +162,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	closeRedis(rdb)
 	log.Info("stopped")
 	return err
+}
+
+// pageURL is the address to open in a browser for a listener on addr: a
+// listener on every interface is reached through localhost.
+func pageURL(addr net.Addr) string {
+	host, port, _ := net.SplitHostPort(addr.String())
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "localhost"
+	}
+	return "http://" + net.JoinHostPort(host, port) + "/"
 }
 
 func closeRedis(rdb *redis.Client) {

@@ -46,9 +46,9 @@ func (s *Server) routes() *echo.Echo {
 
 	if s.cfg.Dev {
 		dev := e.Group("/dev")
-		dev.POST("/login", s.handleDevLogin)
-		dev.POST("/logout", s.handleDevLogout)
-		dev.POST("/jobs", s.handleDevJob)
+		dev.POST("/login", s.handleDevLogin, s.sameSite)
+		dev.POST("/logout", s.handleDevLogout, s.sameSite)
+		dev.POST("/jobs", s.handleDevJob, s.sameSite)
 		dev.GET("/results/:file", s.handleDevResult)
 	}
 	if s.web != nil {
