@@ -180,12 +180,18 @@ func (s *Server) chargeEvents(c echo.Context, n int) error {
 	if err != nil {
 		return errUnavailable(fmt.Errorf("publish limit: %w", err))
 	}
+	return limited(c, res, fmt.Sprintf("publish rate of this API key exceeded: %d events asked, %d left", n, res.Remaining))
+}
+
+// limited sets the X-RateLimit-* headers of a limiter's decision and, when
+// it refused, returns the 429 to answer with msg (Retry-After is among the
+// headers).
+func limited(c echo.Context, res ratelimit.Result, msg string) error {
 	ratelimit.SetHeaders(c.Response().Header(), res)
-	if !res.Allowed {
-		return &apiError{Status: http.StatusTooManyRequests, Code: "rate_limited",
-			Message: fmt.Sprintf("publish rate of this API key exceeded: %d events asked, %d left", n, res.Remaining)}
+	if res.Allowed {
+		return nil
 	}
-	return nil
+	return &apiError{Status: http.StatusTooManyRequests, Code: "rate_limited", Message: msg}
 }
 
 // handleCreateSession is POST /api/sessions (PROTOCOL §7); ttl is in
@@ -228,7 +234,10 @@ func (s *Server) handleRevokeSession(c echo.Context) error {
 }
 
 // handleTicket is POST /api/tickets: a one-time connect ticket for the
-// session in the cookie or bearer header.
+// session in the cookie or bearer header. With the cookie, the browser's
+// Origin must pass the allow-list, as for /ws. Tickets are limited per
+// session like connects per client IP (HERALD_CONNECT_LIMIT per
+// HERALD_CONNECT_WINDOW, on ratelimit:ticket:{session hash}).
 func (s *Server) handleTicket(c echo.Context) error {
 	r := c.Request()
 	if err := requireJSON(r); err != nil { // it takes no body; a form is not JSON
@@ -236,6 +245,9 @@ func (s *Server) handleTicket(c echo.Context) error {
 	}
 	var id string
 	if ck, err := r.Cookie(s.cfg.SessionCookie); err == nil && ck.Value != "" {
+		if !s.originAllowed(r) {
+			return writeError(c, errForbiddenOrigin)
+		}
 		id = ck.Value
 	} else if b, ok := bearer(r); ok {
 		id = b
@@ -244,6 +256,14 @@ func (s *Server) handleTicket(c echo.Context) error {
 	}
 	sess, err := s.sessions.Get(r.Context(), id)
 	if err != nil {
+		return err
+	}
+	// Limited once the session is known: unknown ids must not make keys.
+	res, err := s.connects.Allow(r.Context(), "ticket:"+session.Hash(sess.ID))
+	if err != nil {
+		return errUnavailable(fmt.Errorf("ticket limit: %w", err))
+	}
+	if err := limited(c, res, "too many tickets for this session"); err != nil {
 		return err
 	}
 	t, err := s.sessions.IssueTicket(r.Context(), sess)
