@@ -20,6 +20,7 @@ import (
 	"github.com/heraldgw/herald/internal/events"
 	"github.com/heraldgw/herald/internal/gateway"
 	"github.com/heraldgw/herald/internal/hub"
+	"github.com/heraldgw/herald/internal/logging"
 	"github.com/heraldgw/herald/internal/metrics"
 	"github.com/heraldgw/herald/internal/session"
 	"github.com/heraldgw/herald/ratelimit"
@@ -35,7 +36,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("node", cfg.Node)
+	log := logging.New(stderr, cfg.LogLevel).With("node", cfg.Node)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -82,6 +83,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if opt, err = redis.ParseURL(cfg.RedisURL); err != nil {
 			return fmt.Errorf("REDIS_URL: %w", err)
 		}
+		// go-redis logs through one process-wide logger: with several run()s
+		// in one process (tests), the last to start gets every line.
+		redis.SetLogger(logging.RedisLogger(log))
 		rdb = redis.NewClient(opt)
 		log.Info("herald starting with Redis", "redis", opt.Addr, "addr", cfg.Addr, "dev", cfg.Dev)
 		names := events.Names{Prefix: cfg.KeyPrefix}
