@@ -104,9 +104,10 @@ func apiKey(c echo.Context) string {
 	return k
 }
 
+// handleReady is GET /readyz: 200, or 503 saying why not (readiness.go).
 func (s *Server) handleReady(c echo.Context) error {
-	if !s.Ready() {
-		return writeError(c, errUnavailable(nil))
+	if why := s.unready(); why != "" {
+		return writeError(c, &apiError{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: "not ready: " + why, RetryAfter: 1})
 	}
 	return c.String(http.StatusOK, "ready\n")
 }

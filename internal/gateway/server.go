@@ -77,10 +77,10 @@ type Server struct {
 	slots     Slots
 	httpConns *httpConns  // connections not upgraded to WebSocket
 	budget    frameBudget // what one socket may send (meter.go)
+	backend   backendHealth
 
 	echo     *echo.Echo
 	live     *liveSessions
-	ready    atomic.Bool // the shared backend answered the last probe
 	watching atomic.Bool // the revocation watch is subscribed
 
 	// ctx outlives requests: socket read loops and dev jobs run under it.
@@ -98,7 +98,8 @@ func New(d Deps) *Server {
 		connects: d.ConnectLimiter, publishes: d.PublishLimiter, slots: d.Slots,
 		live: newLiveSessions(), ctx: ctx, cancel: cancel,
 	}
-	s.ready.Store(true)
+	why := notAnswered
+	s.backend.down.Store(&why)
 	s.httpConns = newHTTPConns(d.Config.MaxHTTPConns, d.Guards.HTTPEvictions.Inc)
 	s.budget = frameBudget{
 		frameRate: d.Config.ClientFrameRate, frameBurst: float64(d.Config.ClientFrameBurst),
@@ -123,7 +124,7 @@ func (s *Server) HTTPConns() int { return s.httpConns.len() }
 
 // Ready reports whether the server accepts sockets and publishes: the
 // backend answers, revocations are watched, and no drain began.
-func (s *Server) Ready() bool { return s.ready.Load() && s.watching.Load() && !s.hub.Draining() }
+func (s *Server) Ready() bool { return s.unready() == "" }
 
 // Run runs the background loops (heartbeats, readiness probe, session
 // checks, revocation watch) until ctx is done.
@@ -151,32 +152,6 @@ func (s *Server) Drain(ctx context.Context) {
 	case <-done:
 	case <-ctx.Done():
 		s.log.Warn("drain deadline passed with handlers still running")
-	}
-}
-
-// probeLoop keeps ready in step with the backend, once a second.
-func (s *Server) probeLoop(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		err := s.broker.Ping(pctx)
-		cancel()
-		if ctx.Err() != nil {
-			return
-		}
-		if was := s.ready.Swap(err == nil); was != (err == nil) {
-			if err != nil {
-				s.log.Error("backend unreachable: refusing new sockets and publishes", "err", err)
-			} else {
-				s.log.Info("backend reachable again")
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
 	}
 }
 
