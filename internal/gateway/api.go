@@ -121,11 +121,14 @@ func (s *Server) handlePublish(c echo.Context) error {
 	return c.JSON(http.StatusAccepted, map[string]string{"id": ids[0]})
 }
 
+// publishBatch is the body of POST /api/publish/batch.
+type publishBatch struct {
+	Items []events.Publication `json:"items"`
+}
+
 // handlePublishBatch is POST /api/publish/batch: all items or none.
 func (s *Server) handlePublishBatch(c echo.Context) error {
-	var body struct {
-		Items []events.Publication `json:"items"`
-	}
+	var body publishBatch
 	if err := decodeBody(c, maxBatchBody, &body); err != nil {
 		return err
 	}

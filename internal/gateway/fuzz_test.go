@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/heraldgw/herald/internal/events"
@@ -27,8 +29,10 @@ func FuzzDecodeFrame(f *testing.F) {
 	})
 }
 
-// FuzzDecodePublication: no publish body panics the decoder; every refusal
-// is an *apiError with a status of 4xx, and every acceptance is valid.
+// FuzzDecodePublication: no publish or batch body panics the decoder;
+// every refusal is an *apiError with a status of 4xx; every acceptance is
+// valid and, at the levels Herald reads, names each field once, in its own
+// case.
 func FuzzDecodePublication(f *testing.F) {
 	for _, s := range []string{
 		`{"channel":"user:42","event":"effect.complete","data":{"a":1}}`,
@@ -40,20 +44,56 @@ func FuzzDecodePublication(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
+	f.Add([]byte(`{"items":[{"channel":"user:1","event":"e"},{"channel":"user:1","event":"e","EVENT":"f"}]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
+		var batch publishBatch
+		if err := decodeJSON(bytes.NewReader(b), &batch); err != nil {
+			checkRefusal(t, b, err)
+		}
 		var p events.Publication
 		err := decodeJSON(bytes.NewReader(b), &p)
-		if err == nil {
-			err = p.Validate()
-			var fe *events.FieldError
-			if err != nil && !errors.As(err, &fe) {
-				t.Fatalf("Validate(%q) = %v, want a *FieldError", b, err)
-			}
+		if err != nil {
+			checkRefusal(t, b, err)
 			return
 		}
-		var ae *apiError
-		if !errors.As(err, &ae) || ae.Status < 400 || ae.Status >= 500 {
-			t.Fatalf("decodeJSON(%q) = %v, want a 4xx *apiError", b, err)
+		if keys := topLevelKeys(b); len(keys) != len(slices.Compact(slices.Sorted(slices.Values(keys)))) ||
+			slices.ContainsFunc(keys, func(k string) bool { return k != "channel" && k != "event" && k != "data" }) {
+			t.Fatalf("accepted %q, whose fields are %q", b, keys)
+		}
+		err = p.Validate()
+		var fe *events.FieldError
+		if err != nil && !errors.As(err, &fe) {
+			t.Fatalf("Validate(%q) = %v, want a *FieldError", b, err)
 		}
 	})
+}
+
+func checkRefusal(t *testing.T, b []byte, err error) {
+	t.Helper()
+	var ae *apiError
+	if !errors.As(err, &ae) || ae.Status < 400 || ae.Status >= 500 {
+		t.Fatalf("decodeJSON(%q) = %v, want a 4xx *apiError", b, err)
+	}
+}
+
+// topLevelKeys returns the keys of the JSON object b, in order, repeats
+// included.
+func topLevelKeys(b []byte) []string {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	var keys []string
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil
+	}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return keys
+		}
+		keys = append(keys, tok.(string))
+		var skip json.RawMessage
+		if dec.Decode(&skip) != nil {
+			return keys
+		}
+	}
+	return keys
 }
