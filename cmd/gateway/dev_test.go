@@ -49,7 +49,7 @@ func TestDevEndpointsAreNotCrossSite(t *testing.T) {
 func TestDevModeWithRedisIsNeverAnAccident(t *testing.T) {
 	srv := redistest.Start(t)
 	vars := map[string]string{"HERALD_ADDR": "127.0.0.1:0", "REDIS_URL": srv.URL(), "HERALD_DEV": "true"}
-	err := run(context.Background(), nil, func(k string) string { return vars[k] }, io.Discard, io.Discard)
+	err := runBriefly(t, vars)
 	if err == nil || !strings.HasPrefix(err.Error(), "HERALD_DEV:") {
 		t.Fatalf("run with HERALD_DEV and REDIS_URL returned %v, want an error naming HERALD_DEV", err)
 	}

@@ -100,6 +100,16 @@ func startReplicaUnready(t *testing.T, name string, env map[string]string) *repl
 	return r
 }
 
+// runBriefly runs a gateway with vars that should refuse to start, and
+// returns run's error; one that starts anyway is stopped after a few
+// seconds, and its nil error fails the caller's check.
+func runBriefly(t *testing.T, vars map[string]string) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	return run(ctx, nil, func(k string) string { return vars[k] }, io.Discard, io.Discard)
+}
+
 // stop cancels the replica (as SIGTERM does) and waits for run to return.
 func (r *replica) stop() error {
 	r.cancel()

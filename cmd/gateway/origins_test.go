@@ -1,8 +1,6 @@
 package main
 
 import (
-	"context"
-	"io"
 	"strings"
 	"testing"
 )
@@ -48,7 +46,7 @@ func TestOriginsAsOperatorsWriteThem(t *testing.T) {
 func TestOriginThatCanNeverMatchStopsStart(t *testing.T) {
 	for _, bad := range []string{"https://app.example.com/", "wss://app.example.com", "app.*.example.com", "*"} {
 		vars := map[string]string{"HERALD_ADDR": "127.0.0.1:0", "HERALD_ALLOWED_ORIGINS": "app.example.com," + bad}
-		err := run(context.Background(), nil, func(k string) string { return vars[k] }, io.Discard, io.Discard)
+		err := runBriefly(t, vars)
 		if err == nil || !strings.HasPrefix(err.Error(), "HERALD_ALLOWED_ORIGINS:") || !strings.Contains(err.Error(), `"`+bad+`"`) {
 			t.Errorf("%s: run returned %v, want an error naming HERALD_ALLOWED_ORIGINS and the entry", bad, err)
 		}
