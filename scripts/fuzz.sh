@@ -9,6 +9,7 @@ targets=(
   "./internal/gateway FuzzDecodeFrame"
   "./internal/gateway FuzzDecodePublication"
   "./internal/gateway FuzzFrameScanner"
+  "./internal/gateway FuzzStrictFields"
   "./internal/origin FuzzOrigin"
   "./internal/events FuzzParseChannel"
   "./internal/events FuzzParseClassic"

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/heraldgw/herald/internal/events"
@@ -96,4 +99,92 @@ func topLevelKeys(b []byte) []string {
 		}
 	}
 	return keys
+}
+
+// FuzzStrictFields compares strictFields, which walks JSON text by hand,
+// with a walk over encoding/json's tokens: on valid JSON both find the same
+// field given twice or in another case, or neither does.
+func FuzzStrictFields(f *testing.F) {
+	for _, s := range []string{
+		`{"items":[{"channel":"user:1","event":"e","data":{"x":"}\"{","channel":1}},{"channel":"a","\u0063hannel":"b"}]}`,
+		`{"items":[{"channel":"user:1","data":[{"event":1},"]"],"Event":"e"}]}`,
+		`{"channel":"user:1","event":"e","data":"\\\""} `, `{"items":null}`, `{"items":[null,{}]}`, `[{"channel":1,"channel":2}]`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if !json.Valid(b) {
+			return
+		}
+		for _, typ := range []reflect.Type{reflect.TypeFor[*publishBatch](), reflect.TypeFor[*events.Publication]()} {
+			got := strictFields(b, typ)
+			want := referenceFields(json.NewDecoder(bytes.NewReader(b)), typ, "")
+			var gotField string
+			if ae, ok := got.(*apiError); ok {
+				gotField = ae.Field
+			}
+			if gotField != want {
+				t.Fatalf("%s: strictFields(%s) found %q, the token walk %q", typ, b, gotField, want)
+			}
+		}
+	})
+}
+
+// referenceFields returns the name of the first field of the next value
+// of dec (decoding into t) that is given twice or in another case, or "".
+func referenceFields(dec *json.Decoder, t reflect.Type, path string) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	tok, err := dec.Token()
+	if err != nil {
+		return ""
+	}
+	switch {
+	case tok == json.Delim('[') && t.Kind() == reflect.Slice && t != rawMessageType:
+		for i := 0; dec.More(); i++ {
+			if f := referenceFields(dec, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); f != "" {
+				return f
+			}
+		}
+	case tok == json.Delim('{') && t.Kind() == reflect.Struct:
+		seen := map[string]bool{}
+		for dec.More() {
+			k, _ := dec.Token()
+			key := k.(string)
+			name := key
+			if path != "" {
+				name = path + "." + key
+			}
+			field, ok := t.FieldByNameFunc(func(n string) bool {
+				sf, _ := t.FieldByName(n)
+				tag, _ := jsonName(sf)
+				return strings.EqualFold(tag, key)
+			})
+			if !ok {
+				var skip json.RawMessage
+				dec.Decode(&skip)
+				continue
+			}
+			if tag, _ := jsonName(field); tag != key || seen[key] {
+				return name
+			}
+			seen[key] = true
+			if f := referenceFields(dec, field.Type, name); f != "" {
+				return f
+			}
+		}
+	case tok == json.Delim('{') || tok == json.Delim('['):
+		for dec.More() {
+			if tok == json.Delim('{') {
+				dec.Token()
+			}
+			var skip json.RawMessage
+			dec.Decode(&skip)
+		}
+	default:
+		return ""
+	}
+	dec.Token() // the closing delimiter
+	return ""
 }
