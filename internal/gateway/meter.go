@@ -24,9 +24,9 @@ var errFlood = errors.New("client sent WebSocket frames or bytes over its budget
 // (HERALD_CLIENT_BYTE_RATE/_BURST), each a token bucket. It is shared by
 // every meter and never changes.
 type frameBudget struct {
-	frameRate, frameBurst float64 // frames per second, and at most at once
-	byteRate, byteBurst   float64 // bytes per second, and at most at once
-	epoch                 time.Time
+	frameRate, frameBurst float64   // frames per second, and at most at once
+	byteRate, byteBurst   float64   // bytes per second, and at most at once
+	epoch                 time.Time // origin of the meters' clock (monotonic)
 }
 
 // meter is the client's connection as the WebSocket library reads it: it
@@ -42,10 +42,10 @@ type meter struct {
 	budget  *frameBudget
 	pending []byte // client bytes net/http had read before the hijack, returned first
 	scan    frameScanner
-	frames  float64 // tokens left
-	bytes   float64 // tokens left
-	last    time.Duration
-	over    bool
+	frames  float64       // tokens left
+	bytes   float64       // tokens left
+	last    time.Duration // when the buckets were last refilled, since budget.epoch
+	over    bool          // over budget: every read fails
 }
 
 // newMeter meters c against budget. pre holds the bytes that net/http had
