@@ -1,5 +1,5 @@
 # Herald. The two commands a new machine needs:
-#   make run    — one gateway, single-node in memory, demo page at http://localhost:8080
+#   make run    — one gateway, single-node in memory, demo page at http://127.0.0.1:8080
 #   make test   — installs what tests need (redis-server, nginx, chromium, node, npm, gcc for -race), then
 #                 go test -race -count=1 ./... and a short run of every fuzz target
 # And one to try the horizontal setup without Docker:
@@ -9,8 +9,10 @@ GO ?= go
 
 .PHONY: run run-cluster test test-web test-e2e deps build vet fuzz bench
 
+# On loopback unless HERALD_ADDR says otherwise: dev mode lets anyone log in
+# as anyone. The gateway prints the page's URL.
 run:
-	$(GO) run ./cmd/gateway
+	HERALD_ADDR=$${HERALD_ADDR:-127.0.0.1:8080} $(GO) run ./cmd/gateway
 
 run-cluster: deps
 	./scripts/run-cluster.sh

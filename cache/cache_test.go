@@ -294,10 +294,13 @@ func TestRefreshErrorKeepsStaleValue(t *testing.T) {
 		}
 	}
 	read()
-	waitFor(t, "refresh error counted", func() bool {
-		return counter(t, reg, "herald_cache_errors_total", "swrerr", "refresh") == 1
+	// The error is counted, then logged, on the refresh's goroutine: wait
+	// for both.
+	waitFor(t, "refresh error counted and logged", func() bool {
+		return counter(t, reg, "herald_cache_errors_total", "swrerr", "refresh") == 1 &&
+			strings.Contains(logs.String(), "refresh failed")
 	})
-	if !strings.Contains(logs.String(), "refresh failed") || !strings.Contains(logs.String(), "source down") {
+	if !strings.Contains(logs.String(), "source down") {
 		t.Errorf("log: got %q, want the refresh error", logs.String())
 	}
 	for range 20 {

@@ -186,7 +186,7 @@ func (c *cluster) startGateway(bin, node, origins string, extraEnv []string) *ga
 		"REDIS_URL=" + c.redis.URL(),
 		"HERALD_ADDR=127.0.0.1:0",
 		"HERALD_NODE=" + node,
-		"HERALD_DEV=true",
+		"HERALD_DEV=true", "HERALD_DEV_FORCE=true", // a private Redis
 		"HERALD_API_KEYS=" + apiKey,
 		"HERALD_TRUSTED_PROXIES=127.0.0.1/32",
 		"HERALD_DRAIN_TIMEOUT=200ms",

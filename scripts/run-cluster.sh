@@ -142,7 +142,7 @@ done
 # The cluster's settings, kept for `restart`.
 cat >"$work/env" <<EOF
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
-export HERALD_DEV=true # the demo endpoints, on purpose: a private Redis
+export HERALD_DEV=true HERALD_DEV_FORCE=true # the demo endpoints, on purpose: a private Redis
 export HERALD_API_KEYS="${HERALD_API_KEYS:-local-dev-key-0123456789}"
 export HERALD_TRUSTED_PROXIES=127.0.0.1/32 # nginx
 export HERALD_DRAIN_TIMEOUT="${HERALD_DRAIN_TIMEOUT:-2s}"

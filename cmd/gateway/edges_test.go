@@ -207,7 +207,7 @@ func compareIDs(a, b string) int {
 // owner's sockets receive its events and history; others are unsubscribed
 // with a reason, and refusals do not say whether someone owns the id.
 func TestOwnershipAtPublishTime(t *testing.T) {
-	modes(t, map[string]string{"HERALD_DEV": "true"}, func(t *testing.T, r *replica, srv *redistest.Server) {
+	modes(t, map[string]string{"HERALD_DEV": "true", "HERALD_DEV_FORCE": "true"}, func(t *testing.T, r *replica, srv *redistest.Server) {
 		alice := dial(t, r.wsURL(""), bearerHeader(r.newSession(t, "alice")))
 		mallory := dial(t, r.wsURL(""), bearerHeader(r.newSession(t, "mallory")))
 		alice.nextOf("welcome")

@@ -111,6 +111,16 @@ func startReplicaUnready(t *testing.T, name string, env map[string]string) *repl
 	return r
 }
 
+// runBriefly runs a gateway with vars that should refuse to start, and
+// returns run's error; one that starts anyway is stopped after a few
+// seconds, and its nil error fails the caller's check.
+func runBriefly(t *testing.T, vars map[string]string) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	return run(ctx, nil, func(k string) string { return vars[k] }, io.Discard, io.Discard)
+}
+
 // stop cancels the replica (as SIGTERM does) and waits for run to return.
 func (r *replica) stop() error {
 	r.cancel()
@@ -143,6 +153,13 @@ func (r *replica) wsURL(q string) string  { return "ws://" + r.addr + "/ws" + q 
 // api makes a JSON request; body may be nil, a string or a value to encode.
 func (r *replica) api(t *testing.T, method, path, key string, body any, hdr ...string) (int, map[string]any) {
 	t.Helper()
+	st, out, _ := r.apiHeader(t, method, path, key, body, hdr...)
+	return st, out
+}
+
+// apiHeader is api that also returns the response's headers.
+func (r *replica) apiHeader(t *testing.T, method, path, key string, body any, hdr ...string) (int, map[string]any, http.Header) {
+	t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -168,7 +185,7 @@ func (r *replica) api(t *testing.T, method, path, key string, body any, hdr ...s
 	raw, _ := io.ReadAll(resp.Body)
 	var out map[string]any
 	json.Unmarshal(raw, &out)
-	return resp.StatusCode, out
+	return resp.StatusCode, out, resp.Header
 }
 
 // newSession creates a session through the API and returns its id.
@@ -373,7 +390,13 @@ func (r *replica) metric(t *testing.T, name string) float64 {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
+	return scanMetric(resp.Body, name)
+}
+
+// scanMetric returns the value of the sample name in the Prometheus text
+// read from r, or -1.
+func scanMetric(r io.Reader, name string) float64 {
+	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		line := sc.Text()
 		if rest, ok := strings.CutPrefix(line, name+" "); ok {

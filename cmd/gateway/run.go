@@ -22,6 +22,7 @@ import (
 	"github.com/heraldgw/herald/internal/events"
 	"github.com/heraldgw/herald/internal/gateway"
 	"github.com/heraldgw/herald/internal/hub"
+	"github.com/heraldgw/herald/internal/logging"
 	"github.com/heraldgw/herald/internal/metrics"
 	"github.com/heraldgw/herald/internal/session"
 	"github.com/heraldgw/herald/ratelimit"
@@ -40,7 +41,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel})).With("node", cfg.Node)
+	log := logging.New(stderr, cfg.LogLevel).With("node", cfg.Node)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -51,7 +52,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		sessions  session.Store
 		rdb       *redis.Client
 		connects  ratelimit.Limiter
-		publishes ratelimit.Limiter
+		publishes gateway.EventLimiter
 		slots     gateway.Slots
 	)
 	m := metrics.New(reg,
@@ -65,6 +66,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	windowCfg := ratelimit.SlidingWindowConfig{Limit: cfg.ConnectLimit, Window: cfg.ConnectWindow}
 	bucketCfg := ratelimit.TokenBucketConfig{Rate: cfg.PublishRate, Burst: cfg.PublishBurst}
 	slotsCfg := ratelimit.ConcurrencyConfig{Prefix: cfg.KeyPrefix, Replica: cfg.Node}
+	if cfg.Dev && cfg.RedisURL != "" { // allowed by HERALD_DEV_FORCE only
+		log.Warn("dev mode with a shared Redis (HERALD_DEV_FORCE): anyone can log in as anyone, " +
+			"on every replica sharing this Redis; never with real users' sessions")
+	}
 	if cfg.RedisURL == "" {
 		log.Info("herald starting single-node, in memory: no REDIS_URL, so nothing is shared with other replicas",
 			"addr", cfg.Addr, "dev", cfg.Dev)
@@ -82,6 +87,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if opt, err = redis.ParseURL(cfg.RedisURL); err != nil {
 			return fmt.Errorf("REDIS_URL: %w", err)
 		}
+		// go-redis logs through one process-wide logger: with several run()s
+		// in one process (tests), the last to start gets every line.
+		redis.SetLogger(logging.RedisLogger(log))
 		rdb = redis.NewClient(opt)
 		log.Info("herald starting with Redis", "redis", opt.Addr, "addr", cfg.Addr, "dev", cfg.Dev)
 		names := events.Names{Prefix: cfg.KeyPrefix}
@@ -113,9 +121,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("limits: %w", err)
 	}
 
+	guards := metrics.NewGuards(reg, func() float64 { return float64(srv.HTTPConns()) })
 	srv = gateway.New(gateway.Deps{
 		Config: cfg, Hub: h, Broker: b, Sessions: sessions,
-		Metrics: m, Gatherer: reg, Log: log, Web: web.FS(),
+		Metrics: m, Guards: guards, Gatherer: reg, Log: log, Web: web.FS(),
 		ConnectLimiter: connects, PublishLimiter: publishes, Slots: slots,
 	})
 	ln, err := net.Listen("tcp", cfg.Addr)
@@ -142,6 +151,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		ReadHeaderTimeout: 5 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 		IdleTimeout:       2 * time.Minute,
+		ConnState:         srv.ConnState,
+		ConnContext:       srv.ConnContext,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 
@@ -159,6 +170,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log.Info("listening", "addr", ln.Addr().String())
 	fmt.Fprintf(stdout, "listening on %s\n", ln.Addr())
+	if cfg.Dev {
+		fmt.Fprintf(stdout, "demo page: %s\n", pageURL(ln.Addr()))
+	}
 
 	select {
 	case <-ctx.Done():
@@ -208,6 +222,16 @@ func serveDebug(ds *http.Server, ln net.Listener, log *slog.Logger) error {
 		return fmt.Errorf("debug serve: %w", err)
 	}
 	return nil
+}
+
+// pageURL is the address to open in a browser for a listener on addr: a
+// listener on every interface is reached through localhost.
+func pageURL(addr net.Addr) string {
+	host, port, _ := net.SplitHostPort(addr.String())
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+		host = "localhost"
+	}
+	return "http://" + net.JoinHostPort(host, port) + "/"
 }
 
 func closeRedis(rdb *redis.Client) {

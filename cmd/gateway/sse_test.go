@@ -696,3 +696,32 @@ func TestSSESlowConsumerResumes(t *testing.T) {
 		t.Errorf("after resume: %d events, want the %d published in order (first difference at %d)", len(got), len(acked), firstDiff(got, acked))
 	}
 }
+
+// TestSSEStreamsLeaveTheHTTPConnectionCap: an SSE stream is a long-lived
+// connection like a socket: it never counts toward HERALD_MAX_HTTP_CONNS,
+// so many streams neither crowd out plain requests nor get closed as the
+// stalest of them.
+func TestSSEStreamsLeaveTheHTTPConnectionCap(t *testing.T) {
+	r := startReplica(t, "solo", map[string]string{"HERALD_MAX_HTTP_CONNS": "4"})
+	sid := bearerHeader(r.newSession(t, "u"))
+	var streams []*stream
+	for range 8 {
+		s := openStream(t, r.sseURL(nil), sid)
+		s.nextOf("welcome")
+		streams = append(streams, s)
+	}
+	for range 10 { // plain requests, each on a connection of its own
+		c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+		resp, err := c.Get(r.url("/healthz"))
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("/healthz with 8 streams open: %v %v", resp, err)
+		}
+		resp.Body.Close()
+	}
+	id := r.publish(t, "user:u", "n", 1)
+	for i, s := range streams {
+		if f := s.nextOf("event"); f.str("id") != id {
+			t.Fatalf("stream %d: got %v, want event %s: it was closed", i, f, id)
+		}
+	}
+}

@@ -638,6 +638,7 @@ func createSession(ctx context.Context, client *http.Client, base, key, user str
 		return "", err
 	}
 	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(req)
 	if err != nil {
 		return "", fmt.Errorf("create session: %w", err)

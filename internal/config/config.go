@@ -8,14 +8,16 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/netip"
 	"net/url"
 	"os"
-	"path"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/heraldgw/herald/internal/origin"
 )
 
 // Config is the gateway's whole configuration. The variable that sets each
@@ -24,7 +26,7 @@ type Config struct {
 	RedisURL        string         // REDIS_URL; unset: single-node, in memory
 	Addr            string         // HERALD_ADDR; ":8080"
 	APIKeys         []string       // HERALD_API_KEYS, comma-separated; none: APIs refuse everything
-	AllowedOrigins  []string       // HERALD_ALLOWED_ORIGINS, host patterns (path.Match); none: own host only
+	AllowedOrigins  origin.List    // HERALD_ALLOWED_ORIGINS, full origins or host patterns (package origin); none: own host only
 	TrustedProxies  []netip.Prefix // HERALD_TRUSTED_PROXIES, CIDRs; none
 	SessionCookie   string         // HERALD_SESSION_COOKIE; "sid"
 	ConnectLimit    int            // HERALD_CONNECT_LIMIT, connects per client IP per window; 30
@@ -33,13 +35,14 @@ type Config struct {
 	MaxConnsPerUser int            // HERALD_MAX_CONNS_PER_USER, across replicas; 20
 	ClientMsgRate   float64        // HERALD_CLIENT_MSG_RATE, messages per second per socket; 10
 	ClientMsgBurst  int            // HERALD_CLIENT_MSG_BURST; 20
-	PublishRate     float64        // HERALD_PUBLISH_RATE, publishes per second per API key, shared by replicas; 500
+	PublishRate     float64        // HERALD_PUBLISH_RATE, events published per second per API key, shared by replicas; 500
 	PublishBurst    int            // HERALD_PUBLISH_BURST; 1000
 	HistorySize     int            // HERALD_HISTORY_SIZE, events kept per channel; 100
 	HistoryTTL      time.Duration  // HERALD_HISTORY_TTL; 10m
 	RecordTTL       time.Duration  // HERALD_RECORD_TTL, how long a channel's newest id outlives its history; 24h, at least HistoryTTL
 	DrainTimeout    time.Duration  // HERALD_DRAIN_TIMEOUT, spread of the 1012 closes on SIGTERM; 10s
 	Dev             bool           // HERALD_DEV, demo endpoints; on without REDIS_URL, else off
+	DevForce        bool           // HERALD_DEV_FORCE, allow HERALD_DEV with REDIS_URL (a shared Redis); false
 
 	// Beyond PROTOCOL §9 (documented in docs/PROTOCOL.md):
 	Node         string        // HERALD_NODE, replica name in welcome frames; the host name
@@ -47,6 +50,14 @@ type Config struct {
 	LogLevel     slog.Level    // HERALD_LOG_LEVEL: debug, info, warn, error; info
 	KeyPrefix    string        // HERALD_KEY_PREFIX, prefix of Herald's own Redis keys; empty
 	DebugAddr    string        // HERALD_DEBUG_ADDR, loopback address serving net/http/pprof; unset: off
+
+	// Hardening (issue 12, documented in docs/PROTOCOL.md):
+	BodyTimeout      time.Duration // HERALD_BODY_TIMEOUT, how long a request body may take to arrive after its headers; 10s
+	MaxHTTPConns     int           // HERALD_MAX_HTTP_CONNS, connections not upgraded to WebSocket; 10 % of the open-file limit
+	ClientFrameRate  float64       // HERALD_CLIENT_FRAME_RATE, WebSocket frames of every kind a socket may send per second; 50
+	ClientFrameBurst int           // HERALD_CLIENT_FRAME_BURST; 100
+	ClientByteRate   int           // HERALD_CLIENT_BYTE_RATE, bytes a socket may send per second; 65536
+	ClientByteBurst  int           // HERALD_CLIENT_BYTE_BURST, at least 16384; 262144
 }
 
 // setting is one configuration variable: its environment name, its default
@@ -87,14 +98,10 @@ func settings() []setting {
 			}
 			return nil
 		}},
-		{"HERALD_ALLOWED_ORIGINS", "", "comma-separated allowed Origin host patterns; empty: own host only", func(c *Config, v string) error {
-			c.AllowedOrigins = list(v)
-			for _, p := range c.AllowedOrigins {
-				if _, err := path.Match(p, ""); err != nil {
-					return fmt.Errorf("pattern %q: %w", p, err)
-				}
-			}
-			return nil
+		{"HERALD_ALLOWED_ORIGINS", "", "comma-separated allowed browser origins (https://app.example.com) or host patterns (*.example.com); empty: own host only", func(c *Config, v string) error {
+			l, err := origin.ParseList(v)
+			c.AllowedOrigins = l
+			return err
 		}},
 		{"HERALD_TRUSTED_PROXIES", "", "comma-separated CIDRs whose X-Forwarded-For is believed", func(c *Config, v string) error {
 			c.TrustedProxies = nil
@@ -133,24 +140,10 @@ func settings() []setting {
 			return intSetting(func(c *Config) *int { return &c.MaxConns }, 1)(c, v)
 		}},
 		{"HERALD_MAX_CONNS_PER_USER", "20", "concurrent sockets per user across replicas", intSetting(func(c *Config) *int { return &c.MaxConnsPerUser }, 1)},
-		{"HERALD_CLIENT_MSG_RATE", "10", "messages a client may send per second", func(c *Config, v string) error {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil || f <= 0 {
-				return errors.New("want a positive number")
-			}
-			c.ClientMsgRate = f
-			return nil
-		}},
+		{"HERALD_CLIENT_MSG_RATE", "10", "messages a client may send per second", rateSetting(func(c *Config) *float64 { return &c.ClientMsgRate })},
 		{"HERALD_CLIENT_MSG_BURST", "20", "burst of client messages", intSetting(func(c *Config) *int { return &c.ClientMsgBurst }, 1)},
-		{"HERALD_PUBLISH_RATE", "500", "publish API calls per second per API key", func(c *Config, v string) error {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil || f <= 0 {
-				return errors.New("want a positive number")
-			}
-			c.PublishRate = f
-			return nil
-		}},
-		{"HERALD_PUBLISH_BURST", "1000", "burst of publish API calls per API key", intSetting(func(c *Config) *int { return &c.PublishBurst }, 1)},
+		{"HERALD_PUBLISH_RATE", "500", "events published per second per API key (a batch of n costs n)", rateSetting(func(c *Config) *float64 { return &c.PublishRate })},
+		{"HERALD_PUBLISH_BURST", "1000", "most events an API key may publish at once", intSetting(func(c *Config) *int { return &c.PublishBurst }, 1)},
 		{"HERALD_HISTORY_SIZE", "100", "events kept per channel for resume", intSetting(func(c *Config) *int { return &c.HistorySize }, 1)},
 		{"HERALD_HISTORY_TTL", "10m", "how long events are kept for resume", durSetting(func(c *Config) *time.Duration { return &c.HistoryTTL })},
 		{"HERALD_RECORD_TTL", "24h", "how long a channel's newest event id is remembered after its last publish (exact resume after the history expired); at least HERALD_HISTORY_TTL", durSetting(func(c *Config) *time.Duration { return &c.RecordTTL })},
@@ -160,13 +153,10 @@ func settings() []setting {
 				c.Dev = c.RedisURL == ""
 				return nil
 			}
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				return errors.New("want true or false")
-			}
-			c.Dev = b
-			return nil
+			return boolSetting(func(c *Config) *bool { return &c.Dev })(c, v)
 		}},
+		{"HERALD_DEV_FORCE", "false", "allow HERALD_DEV with REDIS_URL: anyone may log in as anyone on every replica sharing that Redis",
+			boolSetting(func(c *Config) *bool { return &c.DevForce })},
 		{"HERALD_NODE", "", "replica name shown in welcome frames; default the host name", func(c *Config, v string) error {
 			if v == "" {
 				v, _ = os.Hostname()
@@ -200,6 +190,19 @@ func settings() []setting {
 			c.DebugAddr = v
 			return nil
 		}},
+		{"HERALD_BODY_TIMEOUT", "10s", "how long a request body may take to arrive after its headers", durSetting(func(c *Config) *time.Duration { return &c.BodyTimeout })},
+		{"HERALD_MAX_HTTP_CONNS", "", "HTTP connections not upgraded to WebSocket; at the cap the stalest is closed; default from the open-file limit", func(c *Config, v string) error {
+			if v == "" {
+				c.MaxHTTPConns = defaultMaxHTTPConns()
+				return nil
+			}
+			return intSetting(func(c *Config) *int { return &c.MaxHTTPConns }, 1)(c, v)
+		}},
+		{"HERALD_CLIENT_FRAME_RATE", "50", "WebSocket frames of every kind a socket may send per second", rateSetting(func(c *Config) *float64 { return &c.ClientFrameRate })},
+		{"HERALD_CLIENT_FRAME_BURST", "100", "burst of WebSocket frames", intSetting(func(c *Config) *int { return &c.ClientFrameBurst }, 1)},
+		{"HERALD_CLIENT_BYTE_RATE", "65536", "bytes a socket may send per second", intSetting(func(c *Config) *int { return &c.ClientByteRate }, 1)},
+		// A burst below 16 KiB could refuse a single read of one legal 4 KiB frame.
+		{"HERALD_CLIENT_BYTE_BURST", "262144", "burst of bytes a socket may send", intSetting(func(c *Config) *int { return &c.ClientByteBurst }, 16<<10)},
 	}
 }
 
@@ -242,6 +245,10 @@ func Load(args []string, getenv func(string) string, stderr io.Writer) (Config, 
 	}
 	if c.RecordTTL < c.HistoryTTL {
 		return Config{}, fmt.Errorf("HERALD_RECORD_TTL: %v is shorter than HERALD_HISTORY_TTL (%v): a channel's record must outlive its history", c.RecordTTL, c.HistoryTTL)
+	}
+	if c.Dev && c.RedisURL != "" && !c.DevForce {
+		return Config{}, errors.New("HERALD_DEV: dev mode lets anyone log in as anyone, on every replica sharing REDIS_URL; " +
+			"unset HERALD_DEV, or set HERALD_DEV_FORCE=true if this Redis is yours alone")
 	}
 	return c, nil
 }
@@ -306,6 +313,28 @@ func intSetting(field func(*Config) *int, minimum int) func(*Config, string) err
 	}
 }
 
+func rateSetting(field func(*Config) *float64) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || !(f > 0) || math.IsInf(f, 0) {
+			return errors.New("want a positive number")
+		}
+		*field(c) = f
+		return nil
+	}
+}
+
+func boolSetting(field func(*Config) *bool) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return errors.New("want true or false")
+		}
+		*field(c) = b
+		return nil
+	}
+}
+
 func durSetting(field func(*Config) *time.Duration) func(*Config, string) error {
 	return func(c *Config, v string) error {
 		d, err := time.ParseDuration(v)
@@ -330,12 +359,30 @@ func splitHostPort(addr string) (string, int, error) {
 }
 
 // defaultMaxConns leaves headroom below the process's open-file limit for
-// Redis connections, listeners and files: 90 % of the limit, less 64.
+// HTTP connections (defaultMaxHTTPConns), Redis connections, listeners and
+// files: 90 % of the limit, less 64.
 func defaultMaxConns() int {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur == 0 {
+	lim, ok := openFileLimit()
+	if !ok {
 		return 1000
 	}
-	n := int(float64(lim.Cur)*0.9) - 64
-	return max(n, 16)
+	return max(int(float64(lim)*0.9)-64, 16)
+}
+
+// defaultMaxHTTPConns is the other 10 % of the open-file limit, at least 16.
+func defaultMaxHTTPConns() int {
+	lim, ok := openFileLimit()
+	if !ok {
+		return 100
+	}
+	return max(lim/10, 16)
+}
+
+// openFileLimit returns the process's soft RLIMIT_NOFILE, if it can be read.
+func openFileLimit() (int, bool) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur == 0 {
+		return 0, false
+	}
+	return int(min(lim.Cur, 1<<30)), true
 }

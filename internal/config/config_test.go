@@ -61,6 +61,15 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"HERALD_LOG_LEVEL", "loud"},
 		{"HERALD_DEBUG_ADDR", "0.0.0.0:6060"},
 		{"HERALD_DEBUG_ADDR", ":6060"},
+		{"HERALD_ALLOWED_ORIGINS", "https://app.example.com/"},
+		{"HERALD_ALLOWED_ORIGINS", "app.example.com,*"},
+		{"HERALD_DEV_FORCE", "yes please"},
+		{"HERALD_BODY_TIMEOUT", "0s"},
+		{"HERALD_MAX_HTTP_CONNS", "0"},
+		{"HERALD_CLIENT_FRAME_RATE", "0"},
+		{"HERALD_CLIENT_FRAME_BURST", "0"},
+		{"HERALD_CLIENT_BYTE_RATE", "-5"},
+		{"HERALD_CLIENT_BYTE_BURST", "4096"},
 	}
 	for _, tt := range tests {
 		_, err := Load(nil, env(map[string]string{tt.env: tt.value}), io.Discard)
@@ -110,5 +119,45 @@ func TestHelp(t *testing.T) {
 		if strings.Contains(text, "a-secret-key") || strings.Contains(text, " string") {
 			t.Errorf("%s: shows an environment value or a bare type:\n%s", arg, text)
 		}
+	}
+}
+
+// TestDevWithSharedRedisNeedsForce: HERALD_DEV with REDIS_URL would let
+// anyone log in as anyone on every replica sharing that Redis; it refuses
+// to start unless HERALD_DEV_FORCE says so.
+func TestDevWithSharedRedisNeedsForce(t *testing.T) {
+	tests := []struct {
+		env     map[string]string
+		wantErr bool
+		wantDev bool
+	}{
+		{map[string]string{}, false, true},
+		{map[string]string{"REDIS_URL": "redis://127.0.0.1:1"}, false, false},
+		{map[string]string{"REDIS_URL": "redis://127.0.0.1:1", "HERALD_DEV": "true"}, true, false},
+		{map[string]string{"REDIS_URL": "redis://127.0.0.1:1", "HERALD_DEV": "true", "HERALD_DEV_FORCE": "true"}, false, true},
+		{map[string]string{"REDIS_URL": "redis://127.0.0.1:1", "HERALD_DEV_FORCE": "true"}, false, false},
+	}
+	for _, tt := range tests {
+		c, err := Load(nil, env(tt.env), io.Discard)
+		if tt.wantErr {
+			if err == nil || !strings.HasPrefix(err.Error(), "HERALD_DEV:") || !strings.Contains(err.Error(), "HERALD_DEV_FORCE") {
+				t.Errorf("%v: err %v, want one naming HERALD_DEV and HERALD_DEV_FORCE", tt.env, err)
+			}
+			continue
+		}
+		if err != nil || c.Dev != tt.wantDev {
+			t.Errorf("%v: dev %v, err %v; want dev %v", tt.env, c.Dev, err, tt.wantDev)
+		}
+	}
+}
+
+func TestHardeningDefaults(t *testing.T) {
+	c, err := Load(nil, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.BodyTimeout != 10*time.Second || c.MaxHTTPConns < 16 || c.ClientFrameRate != 50 || c.ClientFrameBurst != 100 ||
+		c.ClientByteRate != 64<<10 || c.ClientByteBurst != 256<<10 || c.DevForce {
+		t.Errorf("defaults: %+v", c)
 	}
 }

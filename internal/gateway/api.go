@@ -1,12 +1,15 @@
 package gateway
 
 import (
+	"bytes"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"reflect"
 	"strings"
 	"time"
 
@@ -14,6 +17,7 @@ import (
 
 	"github.com/heraldgw/herald/internal/events"
 	"github.com/heraldgw/herald/internal/session"
+	"github.com/heraldgw/herald/ratelimit"
 )
 
 // Body limits of the HTTP APIs.
@@ -46,16 +50,28 @@ func (s *Server) validKey(key string) bool {
 	return found == 1
 }
 
-// decodeBody reads a JSON body of at most limit bytes into v.
+// decodeBody reads a JSON body (Content-Type application/json, else 415)
+// of at most limit bytes into v.
 func decodeBody(c echo.Context, limit int64, v any) error {
+	if err := requireJSON(c.Request()); err != nil {
+		return err
+	}
 	return decodeJSON(http.MaxBytesReader(c.Response(), c.Request().Body, limit), v)
 }
 
 // decodeJSON decodes exactly one JSON value from r into v. Unknown fields
-// are refused so that typos surface, and so is anything after the value.
-// Every error is an *apiError naming the field when it can.
+// are refused so that typos surface, and so are fields given twice or in
+// another case (strictFields) and anything after the value. Every error is
+// an *apiError naming the field when it can.
 func decodeJSON(r io.Reader, v any) error {
-	dec := json.NewDecoder(r)
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return bodyError(err)
+	}
+	if err := strictFields(data, reflect.TypeOf(v)); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return bodyError(err)
@@ -76,6 +92,8 @@ func bodyError(err error) error {
 	switch {
 	case errors.As(err, &mbe):
 		return errTooLarge
+	case errors.Is(err, os.ErrDeadlineExceeded): // HERALD_BODY_TIMEOUT
+		return &apiError{Status: http.StatusRequestTimeout, Code: "timeout", Message: "request body too slow"}
 	case errors.As(err, &te):
 		return errBadRequest(te.Field, fmt.Sprintf("%s must be %s", te.Field, te.Type))
 	case errors.Is(err, io.EOF):
@@ -103,11 +121,14 @@ func (s *Server) handlePublish(c echo.Context) error {
 	return c.JSON(http.StatusAccepted, map[string]string{"id": ids[0]})
 }
 
+// publishBatch is the body of POST /api/publish/batch.
+type publishBatch struct {
+	Items []events.Publication `json:"items"`
+}
+
 // handlePublishBatch is POST /api/publish/batch: all items or none.
 func (s *Server) handlePublishBatch(c echo.Context) error {
-	var body struct {
-		Items []events.Publication `json:"items"`
-	}
+	var body publishBatch
 	if err := decodeBody(c, maxBatchBody, &body); err != nil {
 		return err
 	}
@@ -128,7 +149,8 @@ func (s *Server) handlePublishBatch(c echo.Context) error {
 }
 
 // publish sends validated publications through the broker, honouring an
-// Idempotency-Key header in the scope of the caller's API key.
+// Idempotency-Key header in the scope of the caller's API key, once the API
+// key's budget paid for every one of them.
 func (s *Server) publish(c echo.Context, source string, pubs ...events.Publication) ([]string, error) {
 	if !s.Ready() {
 		return nil, errUnavailable(errors.New("not ready"))
@@ -137,6 +159,9 @@ func (s *Server) publish(c echo.Context, source string, pubs ...events.Publicati
 	if err := events.CheckIdemKey(key); err != nil {
 		return nil, errBadRequest("Idempotency-Key", "Idempotency-Key "+err.Error())
 	}
+	if err := s.chargeEvents(c, len(pubs)); err != nil {
+		return nil, err
+	}
 	scoped := events.ScopedKey(events.APIKeyScope(apiKey(c)), key)
 	ids, err := s.broker.Publish(c.Request().Context(), scoped, pubs...)
 	if err != nil {
@@ -144,6 +169,33 @@ func (s *Server) publish(c echo.Context, source string, pubs ...events.Publicati
 	}
 	s.metrics.EventsIn.WithLabelValues(source).Add(float64(len(pubs)))
 	return ids, nil
+}
+
+// chargeEvents spends n events of the API key's publish budget
+// (HERALD_PUBLISH_RATE/_BURST, the token bucket bucket:{sha256 of the key}
+// shared by all replicas) and sets the X-RateLimit-* headers. Over the
+// budget it is 429 with Retry-After, and nothing is spent; a call of more
+// events than the burst could never pass, so it is 400.
+func (s *Server) chargeEvents(c echo.Context, n int) error {
+	if n > s.cfg.PublishBurst {
+		return errBadRequest("items", fmt.Sprintf("at most %d events per call (the publish burst)", s.cfg.PublishBurst))
+	}
+	res, err := s.publishes.AllowN(c.Request().Context(), ratelimit.HashKey(apiKey(c)), n)
+	if err != nil {
+		return errUnavailable(fmt.Errorf("publish limit: %w", err))
+	}
+	return limited(c, res, fmt.Sprintf("publish rate of this API key exceeded: %d events asked, %d left", n, res.Remaining))
+}
+
+// limited sets the X-RateLimit-* headers of a limiter's decision and, when
+// it refused, returns the 429 to answer with msg (Retry-After is among the
+// headers).
+func limited(c echo.Context, res ratelimit.Result, msg string) error {
+	ratelimit.SetHeaders(c.Response().Header(), res)
+	if res.Allowed {
+		return nil
+	}
+	return &apiError{Status: http.StatusTooManyRequests, Code: "rate_limited", Message: msg}
 }
 
 // handleCreateSession is POST /api/sessions (PROTOCOL §7); ttl is in
@@ -186,11 +238,20 @@ func (s *Server) handleRevokeSession(c echo.Context) error {
 }
 
 // handleTicket is POST /api/tickets: a one-time connect ticket for the
-// session in the cookie or bearer header.
+// session in the cookie or bearer header. With the cookie, the browser's
+// Origin must pass the allow-list, as for /ws. Tickets are limited per
+// session like connects per client IP (HERALD_CONNECT_LIMIT per
+// HERALD_CONNECT_WINDOW, on ratelimit:ticket:{session hash}).
 func (s *Server) handleTicket(c echo.Context) error {
 	r := c.Request()
+	if err := requireJSON(r); err != nil { // it takes no body; a form is not JSON
+		return err
+	}
 	var id string
 	if ck, err := r.Cookie(s.cfg.SessionCookie); err == nil && ck.Value != "" {
+		if !s.originAllowed(r) {
+			return writeError(c, errForbiddenOrigin)
+		}
 		id = ck.Value
 	} else if b, ok := bearer(r); ok {
 		id = b
@@ -199,6 +260,14 @@ func (s *Server) handleTicket(c echo.Context) error {
 	}
 	sess, err := s.sessions.Get(r.Context(), id)
 	if err != nil {
+		return err
+	}
+	// Limited once the session is known: unknown ids must not make keys.
+	res, err := s.connects.Allow(r.Context(), "ticket:"+session.Hash(sess.ID))
+	if err != nil {
+		return errUnavailable(fmt.Errorf("ticket limit: %w", err))
+	}
+	if err := limited(c, res, "too many tickets for this session"); err != nil {
 		return err
 	}
 	t, err := s.sessions.IssueTicket(r.Context(), sess)

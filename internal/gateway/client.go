@@ -81,6 +81,7 @@ func (cl *client) readLoop(ctx context.Context, ws *websocket.Conn) {
 	for {
 		typ, r, err := ws.Reader(ctx)
 		if err != nil {
+			cl.readFailed(err)
 			return
 		}
 		buf := bufPool.Get().(*bytes.Buffer)
@@ -89,6 +90,7 @@ func (cl *client) readLoop(ctx context.Context, ws *websocket.Conn) {
 		switch {
 		case err != nil:
 			bufPool.Put(buf)
+			cl.readFailed(err)
 			return
 		case n > readLimit:
 			bufPool.Put(buf)

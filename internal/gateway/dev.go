@@ -22,8 +22,22 @@ import (
 
 const devSessionTTL = 12 * time.Hour
 
-// handleDevLogin is POST /dev/login {"userId"}: it creates a session and
-// sets the session cookie.
+// sameSite refuses (403) a dev request that a browser sent from an origin
+// the allow-list does not name, as /ws does: a page elsewhere must not log
+// its visitors in as someone, or start jobs for them. Together with JSON
+// bodies (requireJSON: forms and text/plain are 415), no cross-site page
+// can use the dev endpoints.
+func (s *Server) sameSite(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if !s.originAllowed(c.Request()) {
+			return writeError(c, errForbiddenOrigin)
+		}
+		return next(c)
+	}
+}
+
+// handleDevLogin is POST /dev/login {"userId"} (JSON only): it creates a
+// session and sets the session cookie.
 func (s *Server) handleDevLogin(c echo.Context) error {
 	var body struct {
 		UserID string `json:"userId"`

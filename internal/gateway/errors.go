@@ -34,6 +34,10 @@ var (
 	errTooLarge        = &apiError{Status: http.StatusRequestEntityTooLarge, Code: "too_large", Message: "request body too large"}
 	errUserAtCap       = &apiError{Status: http.StatusTooManyRequests, Code: "rate_limited", Message: "too many open connections for this user"}
 	errNotFound        = &apiError{Status: http.StatusNotFound, Code: "not_found", Message: "not found"}
+
+	errMethodNotAllowed = &apiError{Status: http.StatusMethodNotAllowed, Code: "method_not_allowed", Message: "method not allowed"}
+	errNotJSON          = &apiError{Status: http.StatusUnsupportedMediaType, Code: "unsupported_media_type",
+		Message: "Content-Type must be application/json", Field: "Content-Type"}
 )
 
 func errUnavailable(cause error) *apiError {
@@ -103,8 +107,11 @@ func (s *Server) errorHandler(err error, c echo.Context) {
 		return
 	}
 	ae := toAPIError(err)
-	if ae.Status >= 500 {
+	switch {
+	case ae.Status >= 500:
 		s.log.Error("request failed", "method", c.Request().Method, "path", c.Path(), "status", ae.Status, "err", err)
+	case errors.Is(err, session.ErrUnusable): // the app wrote it: say why
+		s.log.Warn("request refused: the session in Redis is unusable", "path", c.Path(), "status", ae.Status, "err", err)
 	}
 	writeError(c, ae)
 }

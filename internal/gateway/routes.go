@@ -33,13 +33,16 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/sse", s.handleSSE, s.refuseEarly, connectLimit)
 	e.OPTIONS("/sse", s.handleSSEPreflight)
 
+	// API paths answer in JSON whatever goes wrong: an unknown path is 404,
+	// a known one with another method 405 with Allow.
 	api := e.Group("/api")
-	perKey := limit(s.publishes, ratelimit.Hashed(apiKey))
-	api.POST("/publish", s.handlePublish, s.requireAPIKey, perKey)
-	api.POST("/publish/batch", s.handlePublishBatch, s.requireAPIKey, perKey)
-	api.POST("/sessions", s.handleCreateSession, s.requireAPIKey)
-	api.DELETE("/sessions/:id", s.handleRevokeSession, s.requireAPIKey)
-	api.POST("/tickets", s.handleTicket)
+	// Publishes are limited per event, in publish, once the body is read.
+	apiRoute(api, http.MethodPost, "/publish", s.handlePublish, s.requireAPIKey)
+	apiRoute(api, http.MethodPost, "/publish/batch", s.handlePublishBatch, s.requireAPIKey)
+	apiRoute(api, http.MethodPost, "/sessions", s.handleCreateSession, s.requireAPIKey)
+	apiRoute(api, http.MethodDelete, "/sessions/:id", s.handleRevokeSession, s.requireAPIKey)
+	apiRoute(api, http.MethodPost, "/tickets", s.handleTicket)
+	api.Any("/*", func(c echo.Context) error { return writeError(c, errNotFound) })
 
 	e.GET("/healthz", func(c echo.Context) error { return c.String(http.StatusOK, "ok\n") })
 	e.GET("/readyz", s.handleReady)
@@ -47,16 +50,34 @@ func (s *Server) routes() *echo.Echo {
 
 	if s.cfg.Dev {
 		dev := e.Group("/dev")
-		dev.POST("/login", s.handleDevLogin)
-		dev.POST("/logout", s.handleDevLogout)
+		dev.POST("/login", s.handleDevLogin, s.sameSite)
+		dev.POST("/logout", s.handleDevLogout, s.sameSite)
 		dev.GET("/session", s.handleDevSession)
-		dev.POST("/jobs", s.handleDevJob)
+		dev.POST("/jobs", s.handleDevJob, s.sameSite)
 		dev.GET("/results/:file", s.handleDevResult)
 	}
 	if s.web != nil {
 		e.GET("/*", echo.WrapHandler(staticHandler(s.web)))
 	}
 	return e
+}
+
+// apiRoute adds h for method at path, and a JSON 405 naming method in
+// Allow for every other method there (without it, the API's JSON 404
+// catch-all would answer them).
+func apiRoute(g *echo.Group, method, path string, h echo.HandlerFunc, mw ...echo.MiddlewareFunc) {
+	g.Add(method, path, h, mw...)
+	var others []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut,
+		http.MethodPatch, http.MethodDelete, http.MethodOptions} {
+		if m != method {
+			others = append(others, m)
+		}
+	}
+	g.Match(others, path, func(c echo.Context) error {
+		c.Response().Header().Set("Allow", method)
+		return writeError(c, errMethodNotAllowed)
+	})
 }
 
 // countRefusals counts, as connect refusals, the requests that mw answers
@@ -89,9 +110,10 @@ func apiKey(c echo.Context) string {
 	return k
 }
 
+// handleReady is GET /readyz: 200, or 503 saying why not (readiness.go).
 func (s *Server) handleReady(c echo.Context) error {
-	if !s.Ready() {
-		return writeError(c, errUnavailable(nil))
+	if why := s.unready(); why != "" {
+		return writeError(c, &apiError{Status: http.StatusServiceUnavailable, Code: "unavailable", Message: "not ready: " + why, RetryAfter: 1})
 	}
 	return c.String(http.StatusOK, "ready\n")
 }

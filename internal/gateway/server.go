@@ -8,6 +8,7 @@ import (
 	"context"
 	"io/fs"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -32,6 +33,7 @@ type Deps struct {
 	Broker   broker.Broker
 	Sessions session.Store
 	Metrics  *metrics.Metrics
+	Guards   *metrics.Guards
 	Gatherer prometheus.Gatherer // what /metrics serves
 	Log      *slog.Logger
 	Web      fs.FS // static files served at /; nil serves none
@@ -39,8 +41,14 @@ type Deps struct {
 	// Limits (PROTOCOL §3, issue 3): connects per client IP, publishes per
 	// API key, and sockets per user across replicas.
 	ConnectLimiter ratelimit.Limiter
-	PublishLimiter ratelimit.Limiter
+	PublishLimiter EventLimiter
 	Slots          Slots
+}
+
+// EventLimiter spends n of a key's budget at once, all or nothing: a
+// publish costs one per event (ratelimit.TokenBucket and its memory twin).
+type EventLimiter interface {
+	AllowN(ctx context.Context, key string, n int) (ratelimit.Result, error)
 }
 
 // Slots counts a user's open sockets across all replicas.
@@ -57,17 +65,20 @@ type Server struct {
 	broker    broker.Broker
 	sessions  session.Store
 	metrics   *metrics.Metrics
+	guards    *metrics.Guards
 	gatherer  prometheus.Gatherer
 	log       *slog.Logger
 	web       fs.FS
 	now       func() time.Time
 	connects  ratelimit.Limiter
-	publishes ratelimit.Limiter
+	publishes EventLimiter
 	slots     Slots
+	httpConns *httpConns  // connections not upgraded to WebSocket
+	budget    frameBudget // what one socket may send (meter.go)
+	backend   backendHealth
 
 	echo     *echo.Echo
 	live     *liveSessions
-	ready    atomic.Bool // the shared backend answered the last probe
 	watching atomic.Bool // the revocation watch is subscribed
 
 	// ctx outlives requests: socket read loops and dev jobs run under it.
@@ -81,21 +92,46 @@ func New(d Deps) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		cfg: d.Config, hub: d.Hub, broker: d.Broker, sessions: d.Sessions,
-		metrics: d.Metrics, gatherer: d.Gatherer, log: d.Log, web: d.Web, now: time.Now,
+		metrics: d.Metrics, guards: d.Guards, gatherer: d.Gatherer, log: d.Log, web: d.Web, now: time.Now,
 		connects: d.ConnectLimiter, publishes: d.PublishLimiter, slots: d.Slots,
 		live: newLiveSessions(), ctx: ctx, cancel: cancel,
 	}
-	s.ready.Store(true)
+	why := notAnswered
+	s.backend.down.Store(&why)
+	s.httpConns = newHTTPConns(d.Config.MaxHTTPConns, d.Guards.HTTPEvictions.Inc)
+	s.budget = frameBudget{
+		frameRate: d.Config.ClientFrameRate, frameBurst: float64(d.Config.ClientFrameBurst),
+		byteRate: float64(d.Config.ClientByteRate), byteBurst: float64(d.Config.ClientByteBurst),
+		epoch: time.Now(),
+	}
 	s.echo = s.routes()
 	return s
 }
 
-// Handler returns the HTTP handler of every route.
-func (s *Server) Handler() http.Handler { return s.echo }
+// Handler returns the HTTP handler of every route. Request bodies must
+// arrive within HERALD_BODY_TIMEOUT.
+func (s *Server) Handler() http.Handler { return bodyDeadline(s.echo, s.cfg.BodyTimeout) }
+
+// ConnState is the http.Server's ConnState hook: it caps the connections
+// not upgraded to WebSocket at HERALD_MAX_HTTP_CONNS, closing the stalest
+// when a new one arrives at the cap.
+func (s *Server) ConnState(c net.Conn, st http.ConnState) { s.httpConns.track(c, st) }
+
+// ConnContext is the http.Server's ConnContext hook: it remembers each
+// request's connection, so that an SSE stream can leave the cap of
+// ConnState.
+func (s *Server) ConnContext(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, connKey{}, c)
+}
+
+type connKey struct{}
+
+// HTTPConns returns how many connections not upgraded to WebSocket are open.
+func (s *Server) HTTPConns() int { return s.httpConns.len() }
 
 // Ready reports whether the server accepts sockets and publishes: the
 // backend answers, revocations are watched, and no drain began.
-func (s *Server) Ready() bool { return s.ready.Load() && s.watching.Load() && !s.hub.Draining() }
+func (s *Server) Ready() bool { return s.unready() == "" }
 
 // Run runs the background loops (heartbeats, readiness probe, session
 // checks, revocation watch) until ctx is done.
@@ -138,32 +174,6 @@ func (s *Server) Drain(ctx context.Context) {
 	case <-done:
 	case <-ctx.Done():
 		s.log.Warn("drain deadline passed with handlers still running")
-	}
-}
-
-// probeLoop keeps ready in step with the backend, once a second.
-func (s *Server) probeLoop(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		pctx, cancel := context.WithTimeout(ctx, time.Second)
-		err := s.broker.Ping(pctx)
-		cancel()
-		if ctx.Err() != nil {
-			return
-		}
-		if was := s.ready.Swap(err == nil); was != (err == nil) {
-			if err != nil {
-				s.log.Error("backend unreachable: refusing new sockets and publishes", "err", err)
-			} else {
-				s.log.Info("backend reachable again")
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
 	}
 }
 

@@ -72,8 +72,9 @@ func newTestServerWith(t *testing.T, more map[string]string, hcfg hub.Config) *t
 	publishes, _ := ratelimit.NewMemoryTokenBucket(ratelimit.TokenBucketConfig{Rate: 1000, Burst: 1000}, nil)
 	slots, _ := ratelimit.NewMemoryConcurrency(ratelimit.ConcurrencyConfig{Replica: "t"})
 	sessions := session.NewMemory(nil)
+	guards := metrics.NewGuards(reg, func() float64 { return 0 })
 	srv = New(Deps{
-		Config: cfg, Hub: h, Broker: b, Sessions: sessions, Metrics: m, Gatherer: reg, Log: log,
+		Config: cfg, Hub: h, Broker: b, Sessions: sessions, Metrics: m, Guards: guards, Gatherer: reg, Log: log,
 		ConnectLimiter: connects, PublishLimiter: publishes, Slots: slots,
 	})
 	hs := httptest.NewServer(srv.Handler())

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"sync/atomic"
@@ -74,6 +75,11 @@ func (s *Server) handleSSE(c echo.Context) error {
 	since := make([]string, len(cur))
 	for i := range cur {
 		since[i] = cur[i].id()
+	}
+	// A stream is a long-lived connection of its own, like a WebSocket:
+	// it leaves the cap on plain HTTP connections.
+	if nc, ok := c.Request().Context().Value(connKey{}).(net.Conn); ok {
+		s.httpConns.release(nc)
 	}
 	st, err := startStream(c, streamCursor{
 		channels: append([]string{events.UserChannel(sess.UserID)}, channels...),

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"net/url"
-	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -46,7 +44,9 @@ func (s *Server) handleWS(c echo.Context) error {
 	// cannot miss this one.
 	s.wg.Add(1)
 	// Origin was checked in refuseEarly; the library's own check would differ.
-	ws, err := websocket.Accept(c.Response(), r, &websocket.AcceptOptions{
+	// The library reads the client through a meter (meter.go).
+	mw := &meteredWriter{ResponseWriter: c.Response(), budget: &s.budget}
+	ws, err := websocket.Accept(mw, r, &websocket.AcceptOptions{
 		InsecureSkipVerify: true,
 		CompressionMode:    websocket.CompressionDisabled,
 	})
@@ -123,9 +123,12 @@ func (s *Server) refuseEarly(next echo.HandlerFunc) echo.HandlerFunc {
 func (s *Server) refuse(c echo.Context, err error) error {
 	ae := toAPIError(err)
 	s.metrics.Refusals.WithLabelValues(ae.Code).Inc()
-	if ae.Status >= 500 {
+	switch {
+	case ae.Status >= 500:
 		s.log.Warn("connect refused", "status", ae.Status, "ip", c.RealIP(), "err", err)
-	} else {
+	case errors.Is(err, session.ErrUnusable): // the app wrote it: say why
+		s.log.Warn("connect refused: the session in Redis is unusable", "status", ae.Status, "err", err)
+	default:
 		s.log.Debug("connect refused", "status", ae.Status, "ip", c.RealIP(), "reason", ae.Message)
 	}
 	return writeError(c, ae)
@@ -155,13 +158,13 @@ func bearer(r *http.Request) (string, bool) {
 	return "", false
 }
 
-// originAllowed applies the allow-list to browsers (requests with Origin).
-// "null" (sandboxed frames, file: pages) is foreign. Without a list only the
-// gateway's own host is allowed. A request without Origin is a program's,
-// or a browser's own page's: a WebSocket always carries Origin, but a
-// same-origin EventSource does not, and neither does a request another
-// site's page makes without CORS (an <img> pointing at /sse), which its
-// Sec-Fetch-Site header gives away.
+// originAllowed applies the allow-list (package origin) to browsers
+// (requests with Origin). "null" (sandboxed frames, file: pages) is foreign.
+// Without a list only the gateway's own host is allowed. A request without
+// Origin is a program's, or a browser's own page's: a WebSocket always
+// carries Origin, but a same-origin EventSource does not, and neither does
+// a request another site's page makes without CORS (an <img> pointing at
+// /sse), which its Sec-Fetch-Site header gives away.
 func (s *Server) originAllowed(r *http.Request) bool {
 	o := r.Header.Get("Origin")
 	if o == "" {
@@ -169,22 +172,8 @@ func (s *Server) originAllowed(r *http.Request) bool {
 		case "cross-site", "same-site":
 			return false
 		}
-		return true
 	}
-	u, err := url.Parse(o)
-	if err != nil || u.Host == "" || o == "null" {
-		return false
-	}
-	host := strings.ToLower(u.Host)
-	if len(s.cfg.AllowedOrigins) == 0 {
-		return host == strings.ToLower(r.Host)
-	}
-	for _, p := range s.cfg.AllowedOrigins {
-		if ok, _ := path.Match(strings.ToLower(p), host); ok {
-			return true
-		}
-	}
-	return false
+	return s.cfg.AllowedOrigins.Allows(o, r.Host)
 }
 
 // wsTransport adapts a coder/websocket connection to the hub.

@@ -65,7 +65,7 @@ func encode(s Session) []byte {
 
 // decode parses the classic session JSON (see parse) and checks it against
 // now. It returns the session (without its ID) or an error that wraps
-// ErrNotFound (unusable JSON) or is ErrExpired (expiresAt <= now).
+// ErrUnusable (unusable JSON) or is ErrExpired (expiresAt <= now).
 func decode(data []byte, now time.Time) (Session, error) {
 	s, err := parse(data)
 	if err != nil {
@@ -83,7 +83,7 @@ func decode(data []byte, now time.Time) (Session, error) {
 // (apps that JSON.stringify a numeric id write one), which is returned in
 // decimal; expiresAt must be a number of milliseconds (a fraction is
 // dropped). email and plan may be missing or null. Any other shape gives an
-// error wrapping ErrNotFound; its text never includes the input.
+// error wrapping ErrUnusable; its text never includes the input.
 func parse(data []byte) (Session, error) {
 	var w struct {
 		UserID    json.RawMessage `json:"userId"`
@@ -94,21 +94,21 @@ func parse(data []byte) (Session, error) {
 	if err := json.Unmarshal(data, &w); err != nil {
 		var syn *json.SyntaxError
 		if errors.As(err, &syn) {
-			return Session{}, fmt.Errorf("%w: unusable session JSON: syntax error at offset %d", ErrNotFound, syn.Offset)
+			return Session{}, fmt.Errorf("%w: syntax error at offset %d", ErrUnusable, syn.Offset)
 		}
 		var typ *json.UnmarshalTypeError
 		if errors.As(err, &typ) {
-			return Session{}, fmt.Errorf("%w: unusable session JSON: %s is a JSON %s", ErrNotFound, fieldName(typ.Field), typ.Value)
+			return Session{}, fmt.Errorf("%w: %s is a JSON %s", ErrUnusable, fieldName(typ.Field), typ.Value)
 		}
-		return Session{}, fmt.Errorf("%w: unusable session JSON", ErrNotFound)
+		return Session{}, ErrUnusable
 	}
 	user, err := parseUserID(w.UserID)
 	if err != nil {
-		return Session{}, fmt.Errorf("%w: unusable session JSON: %w", ErrNotFound, err)
+		return Session{}, fmt.Errorf("%w: %w", ErrUnusable, err)
 	}
 	exp, err := parseMillis(w.ExpiresAt)
 	if err != nil {
-		return Session{}, fmt.Errorf("%w: unusable session JSON: %w", ErrNotFound, err)
+		return Session{}, fmt.Errorf("%w: %w", ErrUnusable, err)
 	}
 	s := Session{UserID: user, ExpiresAt: exp}
 	if w.Email != nil {
@@ -138,6 +138,10 @@ func parseUserID(raw json.RawMessage) (string, error) {
 		}
 		if s == "" {
 			return "", errors.New("missing userId")
+		}
+		if !events.ValidName(events.UserChannel(s)) {
+			return "", fmt.Errorf("userId cannot form a channel name: user:{userId} must be at most %d characters of [A-Za-z0-9:_.-]",
+				events.MaxNameLen)
 		}
 		return s, nil
 	}

@@ -39,6 +39,9 @@ func TestDecode(t *testing.T) {
 		{"string expiresAt", `{"userId":"u","expiresAt":"1732600060000"}`, Session{}, ErrNotFound},
 		{"huge expiresAt", `{"userId":"u","expiresAt":1e300}`, Session{}, ErrNotFound},
 		{"numeric email", `{"userId":"u","email":5,"expiresAt":1732600060000}`, Session{}, ErrNotFound},
+		{"user not a channel name", `{"userId":"has space","expiresAt":1732600060000}`, Session{}, ErrUnusable},
+		{"user too long", `{"userId":"` + strings.Repeat("u", 124) + `","expiresAt":1732600060000}`, Session{}, ErrUnusable},
+		{"longest user", `{"userId":"` + strings.Repeat("u", 123) + `","expiresAt":1732600060000}`, Session{UserID: strings.Repeat("u", 123), ExpiresAt: 1732600060000}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := decode([]byte(tc.in), decodeNow)

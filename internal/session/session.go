@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -17,6 +18,13 @@ var (
 	ErrNotFound = errors.New("session not found")
 	ErrExpired  = errors.New("session expired")
 )
+
+// ErrUnusable is wrapped by the errors of sessions that exist but whose
+// JSON cannot be used: malformed, without userId or expiresAt, or with a
+// userId that cannot form a channel name. It wraps ErrNotFound (401 to a
+// client), and its errors say why without quoting the JSON: the app that
+// wrote the session has a bug for its operators to see.
+var ErrUnusable = fmt.Errorf("%w: unusable session JSON", ErrNotFound)
 
 // Session is the classic session JSON. ExpiresAt is in milliseconds since
 // the epoch. ID is the secret session id: never log it.
@@ -45,7 +53,7 @@ type Revocation struct {
 type Store interface {
 	// Get returns the session with id, its ID set. It returns ErrNotFound
 	// when there is none (or its JSON is unusable: the error then wraps
-	// ErrNotFound and says why) and ErrExpired when its expiresAt is at or
+	// ErrUnusable, and so ErrNotFound, and says why) and ErrExpired when its expiresAt is at or
 	// before the store's clock, even if the key still exists.
 	Get(ctx context.Context, id string) (Session, error)
 

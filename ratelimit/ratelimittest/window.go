@@ -66,10 +66,18 @@ func RunSlidingWindow(t *testing.T, newLimiter func(t *testing.T, cfg ratelimit.
 		for range 3 {
 			mustAllow(t, l, key)
 		}
-		WaitFor(t, 5*time.Second, "full limit back", func() bool {
-			r := mustAllow(t, l, key)
-			return r.Allowed && r.Remaining == 2
-		})
+		// Probing spends requests too, so: wait for one to pass, let a few
+		// windows go by untouched (the clock is what this test is about),
+		// then the whole limit is there again.
+		WaitFor(t, 5*time.Second, "a request admitted again", func() bool { return mustAllow(t, l, key).Allowed })
+		for quiet := time.Now(); time.Since(quiet) < 3*50*time.Millisecond; {
+			time.Sleep(10 * time.Millisecond)
+		}
+		for i := range 3 {
+			if r := mustAllow(t, l, key); !r.Allowed || r.Remaining != 2-i {
+				t.Fatalf("request %d of a passed window: %+v, want allowed with %d remaining", i+1, r, 2-i)
+			}
+		}
 	})
 	t.Run("Concurrent", func(t *testing.T) {
 		key := keyer(t)("k")

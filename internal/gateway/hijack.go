@@ -1,0 +1,67 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"net/http"
+)
+
+// hijackBuffers sizes the bufio buffers through which a hijacked WebSocket
+// connection is read and written; they live as long as the socket. Zero
+// keeps net/http's own (4 KiB each).
+type hijackBuffers struct {
+	read, write int
+}
+
+// meteredWriter is the http.ResponseWriter handed to websocket.Accept.
+// The library takes the connection through the first http.Hijacker it
+// finds (following Unwrap); this one gives it the client connection
+// wrapped in a meter (see meter), with buffers sized by bufs.
+type meteredWriter struct {
+	http.ResponseWriter
+	budget *frameBudget
+	bufs   hijackBuffers
+}
+
+// Unwrap returns the wrapped writer, for http.ResponseController.
+func (w *meteredWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Hijack hijacks the wrapped writer's connection and returns it metered.
+//
+// The bytes a client sends right after its upgrade request (its first
+// frames: about one connection in seven) may already sit in net/http's
+// reader at this point. They must end up inside the returned reader's
+// buffer, because that is where the library looks for them (it takes
+// Buffered() bytes and resets the reader); a reader merely chained under
+// the new one would lose them and corrupt the stream. So the meter returns
+// them first, and a Peek pulls them into the buffer before it is handed
+// over.
+func (w *meteredWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	pre, _ := brw.Reader.Peek(brw.Reader.Buffered())
+	pre = bytes.Clone(pre) // it aliases the buffer Reset keeps
+	m := newMeter(conn, w.budget, pre)
+
+	br := brw.Reader
+	if w.bufs.read > 0 {
+		br = bufio.NewReaderSize(m, max(w.bufs.read, len(pre)))
+	} else {
+		br.Reset(m) // net/http's buffer (4 KiB) is at least len(pre)
+	}
+	if _, err := br.Peek(len(pre)); err != nil {
+		conn.Close()
+		return nil, nil, fmt.Errorf("refill hijacked reader: %w", err)
+	}
+	bw := brw.Writer // net/http has reset it to write to conn
+	if w.bufs.write > 0 {
+		bw = bufio.NewWriterSize(conn, w.bufs.write)
+	}
+	return m, bufio.NewReadWriter(br, bw), nil
+}
+
+var _ http.Hijacker = (*meteredWriter)(nil)
