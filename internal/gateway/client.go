@@ -79,7 +79,10 @@ var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // readLoop reads frames until the socket fails or is closed.
 func (cl *client) readLoop(ctx context.Context, ws *websocket.Conn) {
 	for {
-		typ, r, err := ws.Reader(ctx)
+		// A context that cannot be cancelled: the library then registers
+		// nothing per read. Drain and revocation end the read by closing
+		// the socket.
+		typ, r, err := ws.Reader(context.Background())
 		if err != nil {
 			cl.readFailed(err)
 			return

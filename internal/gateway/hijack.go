@@ -23,6 +23,7 @@ type meteredWriter struct {
 	http.ResponseWriter
 	budget *frameBudget
 	bufs   hijackBuffers
+	conn   net.Conn // the client connection, once hijacked: for write deadlines
 }
 
 // Unwrap returns the wrapped writer, for http.ResponseController.
@@ -61,6 +62,7 @@ func (w *meteredWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if w.bufs.write > 0 {
 		bw = bufio.NewWriterSize(conn, w.bufs.write)
 	}
+	w.conn = conn
 	return m, bufio.NewReadWriter(br, bw), nil
 }
 

@@ -39,14 +39,22 @@ type frameBudget struct {
 // a time (the library serialises them), so it needs no lock.
 type meter struct {
 	net.Conn
-	budget  *frameBudget
-	pending []byte // client bytes net/http had read before the hijack, returned first
-	scan    frameScanner
-	frames  float64       // tokens left
-	bytes   float64       // tokens left
-	last    time.Duration // when the buckets were last refilled, since budget.epoch
-	over    bool          // over budget: every read fails
+	budget   *frameBudget
+	pending  []byte // client bytes net/http had read before the hijack, returned first
+	scan     frameScanner
+	frames   float64       // tokens left
+	bytes    float64       // tokens left
+	last     time.Duration // when the buckets were last refilled, since budget.epoch
+	over     bool          // over budget: every read fails
+	lingered bool          // the bytes after the flood were discarded for floodLinger
 }
+
+// floodLinger is how long a flooding client's bytes are read and
+// discarded after its budget ran out, once the closing handshake reads
+// again: closing a connection with unread bytes makes the kernel send a
+// reset, which can destroy the close frame (4008) in the client's receive
+// queue before the client reads it.
+const floodLinger = time.Second
 
 // newMeter meters c against budget. pre holds the bytes that net/http had
 // already read from c when it was hijacked: they are counted now and
@@ -71,6 +79,7 @@ func (m *meter) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	if m.over {
+		m.linger()
 		return 0, errFlood
 	}
 	n, err := m.Conn.Read(p)
@@ -79,6 +88,23 @@ func (m *meter) Read(p []byte) (int, error) {
 		return 0, errFlood
 	}
 	return n, err
+}
+
+// linger discards what the client sends for floodLinger, once.
+func (m *meter) linger() {
+	if m.lingered {
+		return
+	}
+	m.lingered = true
+	if m.Conn.SetReadDeadline(time.Now().Add(floodLinger)) != nil {
+		return
+	}
+	buf := make([]byte, 4096)
+	for {
+		if _, err := m.Conn.Read(buf); err != nil {
+			return
+		}
+	}
 }
 
 // spend refills the buckets for the time since the last spend, takes b's

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -45,7 +46,7 @@ func (s *Server) handleWS(c echo.Context) error {
 	s.wg.Add(1)
 	// Origin was checked in refuseEarly; the library's own check would differ.
 	// The library reads the client through a meter (meter.go).
-	mw := &meteredWriter{ResponseWriter: c.Response(), budget: &s.budget}
+	mw := &meteredWriter{ResponseWriter: c.Response(), budget: &s.budget, bufs: socketBuffers}
 	ws, err := websocket.Accept(mw, r, &websocket.AcceptOptions{
 		InsecureSkipVerify: true,
 		CompressionMode:    websocket.CompressionDisabled,
@@ -60,13 +61,18 @@ func (s *Server) handleWS(c echo.Context) error {
 	// The socket's life goes on in a goroutine of its own, and the request
 	// goroutine returns: its stack, grown deep through net/http and echo,
 	// would otherwise stay with every idle socket.
-	go func() {
-		defer s.wg.Done()
-		defer release()
-		s.serveSocket(ws, sess, since)
-	}()
+	go s.serveSocket(ws, mw.conn, sess, since, func() {
+		release()
+		s.wg.Done()
+	})
 	return nil
 }
+
+// socketBuffers are the I/O buffers a WebSocket keeps for its life, instead
+// of net/http's 4 KiB each: an idle socket is mostly its buffers. Client
+// frames are small (4 KiB at most); a server message larger than the write
+// buffer goes to the socket in two writes instead of one.
+var socketBuffers = hijackBuffers{read: 256, write: 512}
 
 // admit checks the credentials of a connect (PROTOCOL §3) and takes one of
 // the user's connection slots across replicas, for /ws and /sse alike. On
@@ -176,15 +182,30 @@ func (s *Server) originAllowed(r *http.Request) bool {
 	return s.cfg.AllowedOrigins.Allows(o, r.Host)
 }
 
-// wsTransport adapts a coder/websocket connection to the hub.
-type wsTransport struct{ c *websocket.Conn }
+// wsTransport adapts a coder/websocket connection to the hub. Writes get
+// their deadline on the connection itself (nc), with a context that cannot
+// be cancelled: the library then sets up nothing per write.
+type wsTransport struct {
+	c  *websocket.Conn
+	nc net.Conn
+}
 
-// Write sends frames as one text message, separated by "\n".
+// Write sends frames as one text message, separated by "\n", before ctx's
+// deadline.
 func (t wsTransport) Write(ctx context.Context, frames [][]byte) error {
-	if len(frames) == 1 {
-		return t.c.Write(ctx, websocket.MessageText, frames[0])
+	wctx := ctx
+	if d, ok := ctx.Deadline(); ok && t.nc != nil {
+		if err := t.nc.SetWriteDeadline(d); err != nil {
+			return err
+		}
+		// Pings and the closing handshake bring their own deadlines.
+		defer t.nc.SetWriteDeadline(time.Time{})
+		wctx = context.Background()
 	}
-	w, err := t.c.Writer(ctx, websocket.MessageText)
+	if len(frames) == 1 {
+		return t.c.Write(wctx, websocket.MessageText, frames[0])
+	}
+	w, err := t.c.Writer(wctx, websocket.MessageText)
 	if err != nil {
 		return err
 	}
@@ -209,32 +230,36 @@ func (t wsTransport) Close(code int, reason string) error {
 }
 func (t wsTransport) CloseNow() error { return t.c.CloseNow() }
 
-// serveSocket registers an accepted socket, joins it to its personal
-// channel, runs its read loop until the socket ends, then releases
-// everything it held.
-func (s *Server) serveSocket(ws *websocket.Conn, sess session.Session, since string) {
+// serveSocket registers an accepted socket and joins it to its personal
+// channel (the welcome is the reply to that join, so it comes before any
+// event of the channel), then runs its read loop until the socket ends and
+// releases everything it held; done runs last.
+//
+// The read loop gets a goroutine of its own, started once the join is
+// done: a new goroutine starts with a stack the size idle ones use, while
+// the join's calls would have grown this one's for the socket's life.
+func (s *Server) serveSocket(ws *websocket.Conn, nc net.Conn, sess session.Session, since string, done func()) {
 	hash := s.live.add(sess)
-	defer s.live.release(hash)
-
-	conn, err := s.openConn(sess, hash, wsTransport{ws}, since)
+	conn, err := s.openConn(sess, hash, wsTransport{c: ws, nc: nc}, since)
 	if err != nil {
 		code, reason := openCloseCode(err)
 		ws.Close(websocket.StatusCode(code), reason)
+		s.live.release(hash)
+		done()
 		return
 	}
-	defer func() {
-		s.hub.Remove(conn)
-		ws.CloseNow()
+	go func() {
+		defer done()
+		defer s.live.release(hash)
+		defer func() {
+			s.hub.Remove(conn)
+			ws.CloseNow()
+		}()
+		cl := &client{s: s, conn: conn}
+		cl.readLoop(s.ctx, ws)
 	}()
-	cl := &client{s: s, conn: conn}
-	cl.readLoop(s.ctx, ws)
 }
 
-// openConn registers a connection of sess on t and joins it to the user's
-// channel, resuming after since when it is not empty. The welcome is that
-// join's reply, so it comes before any event of the channel. On error the
-// connection is not registered: the error is hub.ErrDraining (a drain began
-// after refuseEarly) or the join's, and openCloseCode tells how to close t.
 func (s *Server) openConn(sess session.Session, hash string, t hub.Transport, since string) (*hub.Conn, error) {
 	conn, err := s.hub.Add(uuid.NewString(), sess.UserID, hash, t)
 	if err != nil {

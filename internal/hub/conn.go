@@ -27,21 +27,25 @@ type Conn struct {
 	queue, flight [][]byte
 	bytes, frames int
 	extra         int
-	writing       bool     // a writer goroutine runs; guarded by mu
-	closeCode     int      // non-zero once a close was requested; guarded by mu
-	reason        string   // close reason; guarded by mu
-	closed        bool     // no more frames are accepted; guarded by mu
-	removed       bool     // Remove ran; guarded by mu
-	channels      []string // subscribed channels; guarded by mu
-	// hold keeps, per channel being joined, the live frames that arrive
-	// until the join is released. skip keeps, per channel just joined, the
-	// newest id the join already gave the client: live frames at or below
-	// it (pub/sub lagging behind a history read) are dropped until a newer
-	// one arrives. Both guarded by mu.
-	hold     map[string][]heldFrame
-	skip     map[string]string
-	done     chan struct{} // closed once the transport is closed
-	doneOnce sync.Once
+	writing       bool          // a writer goroutine runs; guarded by mu
+	closeCode     int           // non-zero once a close was requested; guarded by mu
+	reason        string        // close reason; guarded by mu
+	closed        bool          // no more frames are accepted; guarded by mu
+	removed       bool          // Remove ran; guarded by mu
+	subs          []sub         // subscribed channels; guarded by mu
+	done          chan struct{} // made by the first Done; guarded by mu
+	shutDone      bool          // the transport is closed; guarded by mu
+}
+
+// sub is one channel of a connection. While a join is under way (holding)
+// the channel's live frames wait in held. After a join, skip is the newest
+// id the join gave the client: live frames at or below it (pub/sub lagging
+// behind a history read) are dropped until a newer one arrives.
+type sub struct {
+	channel string
+	holding bool
+	held    []heldFrame
+	skip    string
 }
 
 type heldFrame struct {
@@ -51,7 +55,17 @@ type heldFrame struct {
 
 // Done is closed once c's socket has been closed, by a finished closing
 // handshake or by dropping it.
-func (c *Conn) Done() <-chan struct{} { return c.done }
+func (c *Conn) Done() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done == nil { // made on demand: most connections never ask
+		c.done = make(chan struct{})
+		if c.shutDone {
+			close(c.done)
+		}
+	}
+	return c.done
+}
 
 // shut closes the transport (with a handshake when graceful) and marks c
 // done. It blocks while the handshake runs.
@@ -61,24 +75,39 @@ func (c *Conn) shut(graceful bool, code int, reason string) {
 	} else {
 		c.t.CloseNow()
 	}
-	c.doneOnce.Do(func() { close(c.done) })
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.shutDone {
+		c.shutDone = true
+		if c.done != nil {
+			close(c.done)
+		}
+	}
 }
 
-func (c *Conn) has(channel string) bool  { return c.index(channel) >= 0 }
-func (c *Conn) index(channel string) int { return slices.Index(c.channels, channel) }
+// subLocked returns c's subscription of channel, or nil.
+func (c *Conn) subLocked(channel string) *sub {
+	for i := range c.subs {
+		if c.subs[i].channel == channel {
+			return &c.subs[i]
+		}
+	}
+	return nil
+}
 
-// forget removes channel from c's subscriptions and drops what was held or
+// forget removes channel from c's subscriptions, with what was held or
 // skipped for it; it reports whether c had it.
 func (c *Conn) forget(channel string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	i := c.index(channel)
+	i := slices.IndexFunc(c.subs, func(s sub) bool { return s.channel == channel })
 	if i < 0 {
 		return false
 	}
-	c.channels = slices.Delete(c.channels, i, i+1)
-	delete(c.hold, channel)
-	delete(c.skip, channel)
+	c.subs = slices.Delete(c.subs, i, i+1)
+	if len(c.subs) == 0 {
+		c.subs = nil
+	}
 	return true
 }
 
@@ -99,18 +128,22 @@ func (c *Conn) Send(frame []byte) bool {
 func (c *Conn) deliver(channel, id string, frame []byte) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if last, ok := c.skip[channel]; ok {
-		if events.CompareIDs(id, last) <= 0 {
+	s := c.subLocked(channel)
+	if s == nil { // left meanwhile
+		return false
+	}
+	if s.skip != "" {
+		if events.CompareIDs(id, s.skip) <= 0 {
 			return false
 		}
-		delete(c.skip, channel)
+		s.skip = ""
 	}
-	if held, ok := c.hold[channel]; ok && c.openLocked() {
-		if len(held) >= c.hub.cfg.QueueLen {
+	if s.holding && c.openLocked() {
+		if len(s.held) >= c.hub.cfg.QueueLen {
 			c.overflowLocked()
 			return false
 		}
-		c.hold[channel] = append(held, heldFrame{id, frame})
+		s.held = append(s.held, heldFrame{id, frame})
 		return true
 	}
 	return c.sendLocked(frame)
@@ -125,11 +158,12 @@ func (c *Conn) deliver(channel, id string, frame []byte) bool {
 func (c *Conn) release(channel string, first []byte, replay []events.Entry, last string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	held, ok := c.hold[channel]
-	if !ok {
+	s := c.subLocked(channel)
+	if s == nil || !s.holding {
 		return
 	}
-	delete(c.hold, channel)
+	held := s.held
+	s.holding, s.held = false, nil
 	if !c.openLocked() {
 		return
 	}
@@ -152,10 +186,7 @@ func (c *Conn) release(channel string, first []byte, replay []events.Entry, last
 			return
 		}
 	}
-	if c.skip == nil {
-		c.skip = make(map[string]string)
-	}
-	c.skip[channel] = last
+	s.skip = last
 }
 
 func (c *Conn) queueExtraLocked(frame []byte) {
@@ -200,7 +231,10 @@ func (c *Conn) sendLocked(frame []byte) bool {
 // dropQueueLocked forgets everything queued and held, giving the memory
 // back.
 func (c *Conn) dropQueueLocked() {
-	c.queue, c.bytes, c.frames, c.extra, c.hold = nil, 0, 0, 0, nil
+	c.queue, c.bytes, c.frames, c.extra = nil, 0, 0, 0
+	for i := range c.subs {
+		c.subs[i].held = nil
+	}
 }
 
 // Close asks for c to be closed with code after the frames already queued

@@ -164,12 +164,12 @@ type Hub struct {
 
 type channelShard struct {
 	mu   sync.RWMutex
-	subs map[string]map[*Conn]struct{} // guarded by mu
+	subs map[string]*connSet // channel → subscribers; guarded by mu
 }
 
 type userShard struct {
 	mu    sync.RWMutex
-	conns map[string]map[*Conn]struct{} // user → connections; guarded by mu
+	conns map[string]*connSet // user → connections; guarded by mu
 }
 
 // New returns a Hub that subscribes through src. Call Run to start its
@@ -179,8 +179,8 @@ func New(cfg Config, src Source, log *slog.Logger) *Hub {
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &Hub{cfg: cfg, src: src, log: log, seed: maphash.MakeSeed(), ctx: ctx, cancel: cancel}
 	for i := range h.channels {
-		h.channels[i].subs = make(map[string]map[*Conn]struct{})
-		h.users[i].conns = make(map[string]map[*Conn]struct{})
+		h.channels[i].subs = make(map[string]*connSet)
+		h.users[i].conns = make(map[string]*connSet)
 	}
 	return h
 }
@@ -193,7 +193,7 @@ func (h *Hub) shard(key string) int { return int(maphash.String(h.seed, key) % n
 // happen under the user shard's lock, which Drain's snapshot takes too, so
 // a connection is either refused or closed by the drain.
 func (h *Hub) Add(id, user, tag string, t Transport) (*Conn, error) {
-	c := &Conn{ID: id, User: user, Tag: tag, t: t, hub: h, done: make(chan struct{})}
+	c := &Conn{ID: id, User: user, Tag: tag, t: t, hub: h}
 	s := &h.users[h.shard(user)]
 	s.mu.Lock()
 	if h.draining.Load() {
@@ -202,10 +202,10 @@ func (h *Hub) Add(id, user, tag string, t Transport) (*Conn, error) {
 	}
 	m := s.conns[user]
 	if m == nil {
-		m = make(map[*Conn]struct{})
+		m = &connSet{}
 		s.conns[user] = m
 	}
-	m[c] = struct{}{}
+	m.add(c)
 	s.mu.Unlock()
 	h.conns.Add(1)
 	return c, nil
@@ -224,8 +224,11 @@ func (h *Hub) Remove(c *Conn) {
 	c.removed = true
 	c.closed = true // nothing more is queued or written
 	c.dropQueueLocked()
-	chans := c.channels
-	c.channels, c.hold, c.skip = nil, nil, nil
+	chans := make([]string, len(c.subs))
+	for i, s := range c.subs {
+		chans[i] = s.channel
+	}
+	c.subs = nil
 	c.mu.Unlock()
 
 	for _, ch := range chans {
@@ -237,8 +240,8 @@ func (h *Hub) Remove(c *Conn) {
 	s := &h.users[h.shard(c.User)]
 	s.mu.Lock()
 	if m := s.conns[c.User]; m != nil {
-		delete(m, c)
-		if len(m) == 0 {
+		m.remove(c)
+		if m.len() == 0 {
 			delete(s.conns, c.User)
 		}
 	}
@@ -278,19 +281,15 @@ func (h *Hub) Join(ctx context.Context, c *Conn, channel, since string, reply fu
 	case c.closed:
 		c.mu.Unlock()
 		return ErrClosed
-	case c.has(channel):
+	case c.subLocked(channel) != nil:
 		c.mu.Unlock()
 		c.Send(reply(Joined{Already: true, Recovered: true}))
 		return nil
-	case len(c.channels) >= h.cfg.MaxSubscriptions:
+	case len(c.subs) >= h.cfg.MaxSubscriptions:
 		c.mu.Unlock()
 		return ErrTooManyChannels
 	}
-	c.channels = append(c.channels, channel)
-	if c.hold == nil {
-		c.hold = make(map[string][]heldFrame)
-	}
-	c.hold[channel] = nil
+	c.subs = append(c.subs, sub{channel: channel, holding: true})
 	if since != "" {
 		since = c.queuedNewestLocked(channel, since)
 	}
@@ -346,10 +345,10 @@ func (h *Hub) addSub(c *Conn, channel string) {
 	s.mu.Lock()
 	m := s.subs[channel]
 	if m == nil {
-		m = make(map[*Conn]struct{})
+		m = &connSet{}
 		s.subs[channel] = m
 	}
-	m[c] = struct{}{}
+	m.add(c)
 	s.mu.Unlock()
 	h.subs.Add(1)
 }
@@ -358,11 +357,10 @@ func (h *Hub) dropSub(c *Conn, channel string) {
 	s := &h.channels[h.shard(channel)]
 	s.mu.Lock()
 	if m := s.subs[channel]; m != nil {
-		if _, ok := m[c]; ok {
-			delete(m, c)
+		if m.remove(c) {
 			h.subs.Add(-1)
 		}
-		if len(m) == 0 {
+		if m.len() == 0 {
 			delete(s.subs, channel)
 		}
 	}
@@ -380,7 +378,7 @@ func (h *Hub) Broadcast(channel, id, owner string, frame []byte) int {
 	n := 0
 	var evict []*Conn
 	s.mu.RLock()
-	for c := range s.subs[channel] {
+	for c := range s.subs[channel].all() {
 		if owner != "" && c.User != owner {
 			evict = append(evict, c)
 			continue
@@ -404,7 +402,7 @@ func (h *Hub) Notify(channel string, frame []byte) int {
 	s := &h.channels[h.shard(channel)]
 	n := 0
 	s.mu.RLock()
-	for c := range s.subs[channel] {
+	for c := range s.subs[channel].all() {
 		if c.Send(frame) {
 			n++
 		}
@@ -419,7 +417,7 @@ func (h *Hub) CloseUser(user string, match func(*Conn) bool, code int, reason st
 	var victims []*Conn
 	s := &h.users[h.shard(user)]
 	s.mu.RLock()
-	for c := range s.conns[user] {
+	for c := range s.conns[user].all() {
 		if match == nil || match(c) {
 			victims = append(victims, c)
 		}
@@ -452,7 +450,7 @@ func (h *Hub) Each(fn func(*Conn)) {
 		s := &h.users[i]
 		s.mu.RLock()
 		for _, m := range s.conns {
-			for c := range m {
+			for c := range m.all() {
 				fn(c)
 			}
 		}

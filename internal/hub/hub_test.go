@@ -611,3 +611,31 @@ func TestBacklogIsWrittenInFewWrites(t *testing.T) {
 		t.Errorf("101 frames took %d writes, want the backlog in one or two", n)
 	}
 }
+
+func TestConnSet(t *testing.T) {
+	var s connSet
+	conns := make([]*Conn, 3*fewConns)
+	for i := range conns {
+		conns[i] = &Conn{ID: fmt.Sprint(i)}
+		s.add(conns[i])
+		if s.len() != i+1 {
+			t.Fatalf("len after %d adds = %d", i+1, s.len())
+		}
+	}
+	for i, c := range conns {
+		if !s.remove(c) || s.remove(c) {
+			t.Fatalf("remove %d: want true once, then false", i)
+		}
+	}
+	n := 0
+	for range s.all() {
+		n++
+	}
+	var nilSet *connSet
+	for range nilSet.all() {
+		n++
+	}
+	if n != 0 || s.len() != 0 {
+		t.Fatalf("after removing all: %d left, len %d", n, s.len())
+	}
+}
