@@ -4,8 +4,12 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/heraldgw/herald/internal/batch"
 )
 
 // DefaultBucketPrefix is the key prefix of the classic token bucket,
@@ -39,44 +43,49 @@ func (c *TokenBucketConfig) checkCost(n int) error {
 	return nil
 }
 
-// bucketScript refills the bucket for the time since lastRefill, spends n
-// tokens if there are that many, and stores the state, in one atomic step
-// on Redis's clock (TIME). A missing bucket is full; a lastRefill in the
-// future (written by a client with a fast clock) counts as now, and is
-// rewritten, so one skewed writer cannot freeze the refill. The state is
-// written on refusal too (nothing spent), which repairs such a lastRefill.
-// The key lives until the bucket would be full again: a missing key and a
-// full bucket are the same.
+// bucketScript refills the bucket for the time since lastRefill, then, for
+// each request in turn, spends its n tokens if there are that many, and
+// stores the state, in one atomic step on Redis's clock (TIME). A missing
+// bucket is full; a lastRefill in the future (written by a client with a
+// fast clock) counts as now, and is rewritten, so one skewed writer cannot
+// freeze the refill. The state is written on refusal too (nothing spent),
+// which repairs such a lastRefill. The key lives until the bucket would be
+// full again: a missing key and a full bucket are the same.
 //
 // The fields are the classic ones: tokens (a decimal, possibly fractional)
 // and lastRefill (milliseconds since the epoch).
 //
-// KEYS[1] the hash; ARGV[1] rate, tokens/s; ARGV[2] burst; ARGV[3] n.
-// Returns {allowed 0|1, whole tokens left, reset ms, retry ms}.
+// KEYS[1] the hash; ARGV[1] rate, tokens/s; ARGV[2] burst; ARGV[3…] the
+// requests' n. Returns per request {allowed 0|1, whole tokens left, reset
+// ms, retry ms}, flattened.
 var bucketScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
 local v = redis.call('HMGET', KEYS[1], 'tokens', 'lastRefill')
 local tokens = tonumber(v[1]) or burst
 local last = tonumber(v[2]) or now
 if last > now then last = now end
 tokens = math.max(0, math.min(burst, tokens + (now - last) * rate / 1000))
-local allowed, retry = 0, 0
-if tokens >= n then
-  tokens = tokens - n
-  allowed = 1
-else
-  retry = math.max(1, math.ceil((n - tokens) * 1000 / rate))
+local out = {}
+for i = 3, #ARGV do
+  local n = tonumber(ARGV[i])
+  local allowed, retry = 0, 0
+  if tokens >= n then
+    tokens = tokens - n
+    allowed = 1
+  else
+    retry = math.max(1, math.ceil((n - tokens) * 1000 / rate))
+  end
+  local whole = math.floor(tokens)
+  local reset = 0
+  if tokens < burst then reset = math.max(1, math.ceil((whole + 1 - tokens) * 1000 / rate)) end
+  out[#out + 1], out[#out + 2], out[#out + 3], out[#out + 4] = allowed, whole, reset, retry
 end
 redis.call('HSET', KEYS[1], 'tokens', tokens, 'lastRefill', now)
 redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil((burst - tokens) * 1000 / rate)))
-local whole = math.floor(tokens)
-local reset = 0
-if tokens < burst then reset = math.max(1, math.ceil((whole + 1 - tokens) * 1000 / rate)) end
-return {allowed, whole, reset, retry}
+return out
 `)
 
 // TokenBucket admits requests while the key's bucket holds tokens: Rate
@@ -86,6 +95,10 @@ return {allowed, whole, reset, retry}
 // script on the Redis server's clock, so replicas whose clocks disagree
 // still agree. It is safe for concurrent use.
 //
+// Requests for one key that arrive while its script call is under way wait
+// and are decided together by the next one, in arrival order (a busy API
+// key costs Redis one script call per round trip, not one per request).
+//
 // Retries: go-redis may run the script again after a reply was lost. A
 // token bucket has no per-request record to recognise the repeat, so such
 // a request is charged twice: retries can only make the limit stricter,
@@ -94,7 +107,28 @@ return {allowed, whole, reset, retry}
 type TokenBucket struct {
 	rdb redis.Scripter
 	cfg TokenBucketConfig
+
+	// mu guards the requests waiting per key and whether a goroutine
+	// decides them.
+	mu      sync.Mutex
+	waiting map[string][]*bucketCall
 }
+
+// bucketCall is one AllowN waiting to be decided.
+type bucketCall struct {
+	ctx  context.Context
+	n    int
+	res  Result
+	err  error
+	done chan struct{}
+}
+
+// maxBucketBatch bounds the requests one script call decides, and
+// bucketCallTimeout the call.
+const (
+	maxBucketBatch    = 256
+	bucketCallTimeout = 5 * time.Second
+)
 
 var _ Limiter = (*TokenBucket)(nil)
 
@@ -104,7 +138,7 @@ func NewTokenBucket(rdb redis.Scripter, cfg TokenBucketConfig) (*TokenBucket, er
 	if err := cfg.check(); err != nil {
 		return nil, fmt.Errorf("ratelimit: %w", err)
 	}
-	return &TokenBucket{rdb: rdb, cfg: cfg}, nil
+	return &TokenBucket{rdb: rdb, cfg: cfg, waiting: make(map[string][]*bucketCall)}, nil
 }
 
 // Key returns the Redis key that holds key's bucket.
@@ -118,19 +152,83 @@ func (b *TokenBucket) Allow(ctx context.Context, key string) (Result, error) {
 // AllowN spends n tokens of key's bucket if it holds n, and says so; a
 // refused request spends nothing. n must be within 1..Burst, or the error
 // wraps ErrInvalidArgument. Errors (Redis unreachable, ctx done) come with
-// a zero Result; they never name the key.
+// a zero Result; they never name the key. A request whose ctx ends while
+// it waits is not decided; one whose ctx ends while its script call is
+// under way may still have been charged.
 func (b *TokenBucket) AllowN(ctx context.Context, key string, n int) (Result, error) {
 	if err := b.cfg.checkCost(n); err != nil {
 		return Result{}, err
 	}
-	v, err := bucketScript.Run(ctx, b.rdb, []string{b.Key(key)}, b.cfg.Rate, b.cfg.Burst, n).Int64Slice()
-	if err != nil {
-		return Result{}, fmt.Errorf("ratelimit: token bucket script: %w", err)
+	c := &bucketCall{ctx: ctx, n: n, done: make(chan struct{})}
+	b.mu.Lock()
+	q, busy := b.waiting[key]
+	b.waiting[key] = append(q, c)
+	b.mu.Unlock()
+	if !busy {
+		go b.decide(key)
 	}
-	if len(v) != 4 {
-		return Result{}, fmt.Errorf("ratelimit: token bucket script returned %d values, want 4", len(v))
+	select {
+	case <-c.done:
+		return c.res, c.err
+	case <-ctx.Done():
+		return Result{}, fmt.Errorf("ratelimit: token bucket: %w", ctx.Err())
 	}
-	return bucketResult(v[0] == 1, b.cfg.Burst, v[1], v[2], v[3]), nil
+}
+
+// decide runs script calls for key's waiting requests until none waits,
+// then ends: one goroutine per busy key, none per idle one.
+func (b *TokenBucket) decide(key string) {
+	for {
+		b.mu.Lock()
+		var batch []*bucketCall
+		rest := b.waiting[key][:0]
+		for _, c := range b.waiting[key] {
+			switch {
+			case c.ctx.Err() != nil:
+				c.err = fmt.Errorf("ratelimit: token bucket: %w", c.ctx.Err())
+				close(c.done)
+			case len(batch) < maxBucketBatch:
+				batch = append(batch, c)
+			default:
+				rest = append(rest, c)
+			}
+		}
+		if len(batch) == 0 {
+			delete(b.waiting, key) // idle: the next request starts a goroutine
+			b.mu.Unlock()
+			return
+		}
+		b.waiting[key] = rest
+		b.mu.Unlock()
+		b.run(key, batch)
+	}
+}
+
+// run decides calls in one script call, which gives up when every caller
+// did.
+func (b *TokenBucket) run(key string, calls []*bucketCall) {
+	args := make([]any, 0, 2+len(calls))
+	args = append(args, b.cfg.Rate, b.cfg.Burst)
+	ctxs := make([]context.Context, len(calls))
+	for i, c := range calls {
+		args = append(args, c.n)
+		ctxs[i] = c.ctx
+	}
+	ctx, cancel := batch.Context(ctxs, bucketCallTimeout)
+	defer cancel()
+	v, err := bucketScript.Run(ctx, b.rdb, []string{b.Key(key)}, args...).Int64Slice()
+	if err == nil && len(v) != 4*len(calls) {
+		err = fmt.Errorf("returned %d values, want %d", len(v), 4*len(calls))
+	}
+	for i, c := range calls {
+		if err != nil {
+			c.err = fmt.Errorf("ratelimit: token bucket script: %w", err)
+		} else {
+			r := v[4*i:]
+			c.res = bucketResult(r[0] == 1, b.cfg.Burst, r[1], r[2], r[3])
+		}
+		close(c.done)
+	}
 }
 
 func bucketResult(allowed bool, burst int, whole, resetMs, retryMs int64) Result {

@@ -6,10 +6,11 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/heraldgw/herald/internal/batch"
 )
 
 // Publishing is one script call for many publish calls. Calls to Append
@@ -225,7 +226,7 @@ func (l *RedisLog) Append(ctx context.Context, scopedKey string, pubs ...Publica
 func (l *RedisLog) commit() {
 	for {
 		l.mu.Lock()
-		var batch []*appendCall
+		var take []*appendCall
 		events, bytes := 0, 0
 		rest := l.waiting[:0]
 		for _, c := range l.waiting {
@@ -233,8 +234,8 @@ func (l *RedisLog) commit() {
 			case c.ctx.Err() != nil:
 				c.err = c.ctx.Err()
 				close(c.done)
-			case len(batch) == 0 || (events+len(c.pubs) <= maxCallEvents && bytes+c.bytes <= maxCallBytes):
-				batch = append(batch, c)
+			case len(take) == 0 || (events+len(c.pubs) <= maxCallEvents && bytes+c.bytes <= maxCallBytes):
+				take = append(take, c)
 				events, bytes = events+len(c.pubs), bytes+c.bytes
 			default:
 				rest = append(rest, c)
@@ -242,14 +243,14 @@ func (l *RedisLog) commit() {
 		}
 		clear(l.waiting[len(rest):])
 		l.waiting = rest
-		if len(batch) == 0 {
+		if len(take) == 0 {
 			l.committing = false
 			l.waiting = nil
 			l.mu.Unlock()
 			return
 		}
 		l.mu.Unlock()
-		l.publish(batch)
+		l.publish(take)
 	}
 }
 
@@ -269,27 +270,21 @@ type group struct {
 	idx  []int // the call's publications in this group, in order
 }
 
-// publish runs the script calls for batch and hands every call its result.
-func (l *RedisLog) publish(batch []*appendCall) {
-	for _, c := range batch {
+// publish runs the script calls for appends and hands every call its result.
+func (l *RedisLog) publish(appends []*appendCall) {
+	for _, c := range appends {
 		c.ids = make([]string, len(c.pubs))
 	}
-	calls := l.scriptCalls(batch)
+	calls := l.scriptCalls(appends)
 	// The script call gives up when every caller in it did (or after
 	// callTimeout): an event whose caller was told of a failure must not
 	// be published later by a retry in the background.
-	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-	defer cancel()
-	remaining := atomic.Int64{}
-	remaining.Store(int64(len(batch)))
-	for _, c := range batch {
-		stop := context.AfterFunc(c.ctx, func() {
-			if remaining.Add(-1) == 0 {
-				cancel()
-			}
-		})
-		defer stop()
+	ctxs := make([]context.Context, len(appends))
+	for i, c := range appends {
+		ctxs[i] = c.ctx
 	}
+	ctx, cancel := batch.Context(ctxs, callTimeout)
+	defer cancel()
 	var err error
 	if len(calls) == 1 {
 		calls[0].cmd = publishScript.Run(ctx, l.rdb, calls[0].keys, calls[0].args...)
@@ -300,7 +295,7 @@ func (l *RedisLog) publish(batch []*appendCall) {
 	for _, sc := range calls {
 		l.apply(sc)
 	}
-	for _, c := range batch {
+	for _, c := range appends {
 		if c.err == nil && err != nil && !c.complete() {
 			// No channel name here: effect ids are capabilities, kept out of logs.
 			c.err = fmt.Errorf("publish %d event(s): %w", len(c.pubs), err)
