@@ -278,7 +278,7 @@ func TestExtendedSessionsStayOpen(t *testing.T) {
 	cl.nextOf("welcome")
 	write(time.Now().Add(time.Hour))
 	for time.Now().Before(first.Add(500 * time.Millisecond)) {
-		cl.noEventBeforePong() // fails if the socket was closed
+		cl.noEventBeforePong()             // fails if the socket was closed
 		time.Sleep(200 * time.Millisecond) // below the client message rate
 	}
 	write(time.Now().Add(-time.Second))
