@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -105,26 +104,12 @@ return out
 // never admit more than Rate and Burst allow. Use a client with
 // MaxRetries: -1 if that matters more than riding out a dropped connection.
 type TokenBucket struct {
-	rdb redis.Scripter
-	cfg TokenBucketConfig
-
-	// mu guards the requests waiting per key and whether a goroutine
-	// decides them.
-	mu      sync.Mutex
-	waiting map[string][]*bucketCall
+	rdb   redis.Scripter
+	cfg   TokenBucketConfig
+	calls batch.Combiner[int, Result] // n per request, by key
 }
 
-// bucketCall is one AllowN waiting to be decided.
-type bucketCall struct {
-	ctx  context.Context
-	n    int
-	res  Result
-	err  error
-	done chan struct{}
-}
-
-// maxBucketBatch bounds the requests one script call decides, and
-// bucketCallTimeout the call.
+// Limits of one script call of the token bucket.
 const (
 	maxBucketBatch    = 256
 	bucketCallTimeout = 5 * time.Second
@@ -138,7 +123,9 @@ func NewTokenBucket(rdb redis.Scripter, cfg TokenBucketConfig) (*TokenBucket, er
 	if err := cfg.check(); err != nil {
 		return nil, fmt.Errorf("ratelimit: %w", err)
 	}
-	return &TokenBucket{rdb: rdb, cfg: cfg, waiting: make(map[string][]*bucketCall)}, nil
+	b := &TokenBucket{rdb: rdb, cfg: cfg}
+	b.calls = batch.Combiner[int, Result]{Run: b.run, MaxWeight: maxBucketBatch, Timeout: bucketCallTimeout}
+	return b, nil
 }
 
 // Key returns the Redis key that holds key's bucket.
@@ -159,76 +146,33 @@ func (b *TokenBucket) AllowN(ctx context.Context, key string, n int) (Result, er
 	if err := b.cfg.checkCost(n); err != nil {
 		return Result{}, err
 	}
-	c := &bucketCall{ctx: ctx, n: n, done: make(chan struct{})}
-	b.mu.Lock()
-	q, busy := b.waiting[key]
-	b.waiting[key] = append(q, c)
-	b.mu.Unlock()
-	if !busy {
-		go b.decide(key)
+	r, err := b.calls.Do(ctx, key, n)
+	if err != nil {
+		return Result{}, fmt.Errorf("ratelimit: token bucket: %w", err)
 	}
-	select {
-	case <-c.done:
-		return c.res, c.err
-	case <-ctx.Done():
-		return Result{}, fmt.Errorf("ratelimit: token bucket: %w", ctx.Err())
-	}
+	return r, nil
 }
 
-// decide runs script calls for key's waiting requests until none waits,
-// then ends: one goroutine per busy key, none per idle one.
-func (b *TokenBucket) decide(key string) {
-	for {
-		b.mu.Lock()
-		var batch []*bucketCall
-		rest := b.waiting[key][:0]
-		for _, c := range b.waiting[key] {
-			switch {
-			case c.ctx.Err() != nil:
-				c.err = fmt.Errorf("ratelimit: token bucket: %w", c.ctx.Err())
-				close(c.done)
-			case len(batch) < maxBucketBatch:
-				batch = append(batch, c)
-			default:
-				rest = append(rest, c)
-			}
-		}
-		if len(batch) == 0 {
-			delete(b.waiting, key) // idle: the next request starts a goroutine
-			b.mu.Unlock()
-			return
-		}
-		b.waiting[key] = rest
-		b.mu.Unlock()
-		b.run(key, batch)
-	}
-}
-
-// run decides calls in one script call, which gives up when every caller
-// did.
-func (b *TokenBucket) run(key string, calls []*bucketCall) {
-	args := make([]any, 0, 2+len(calls))
+// run decides the requests ns of key in one script call.
+func (b *TokenBucket) run(ctx context.Context, key string, ns []int) ([]Result, error) {
+	args := make([]any, 0, 2+len(ns))
 	args = append(args, b.cfg.Rate, b.cfg.Burst)
-	ctxs := make([]context.Context, len(calls))
-	for i, c := range calls {
-		args = append(args, c.n)
-		ctxs[i] = c.ctx
+	for _, n := range ns {
+		args = append(args, n)
 	}
-	ctx, cancel := batch.Context(ctxs, bucketCallTimeout)
-	defer cancel()
 	v, err := bucketScript.Run(ctx, b.rdb, []string{b.Key(key)}, args...).Int64Slice()
-	if err == nil && len(v) != 4*len(calls) {
-		err = fmt.Errorf("returned %d values, want %d", len(v), 4*len(calls))
+	if err != nil {
+		return nil, fmt.Errorf("script: %w", err)
 	}
-	for i, c := range calls {
-		if err != nil {
-			c.err = fmt.Errorf("ratelimit: token bucket script: %w", err)
-		} else {
-			r := v[4*i:]
-			c.res = bucketResult(r[0] == 1, b.cfg.Burst, r[1], r[2], r[3])
-		}
-		close(c.done)
+	if len(v) != 4*len(ns) {
+		return nil, fmt.Errorf("script returned %d values, want %d", len(v), 4*len(ns))
 	}
+	out := make([]Result, len(ns))
+	for i := range ns {
+		r := v[4*i:]
+		out[i] = bucketResult(r[0] == 1, b.cfg.Burst, r[1], r[2], r[3])
+	}
+	return out, nil
 }
 
 func bucketResult(allowed bool, burst int, whole, resetMs, retryMs int64) Result {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/heraldgw/herald/internal/batch"
 )
 
 // DefaultWindowPrefix is the key prefix of the classic sliding window,
@@ -34,21 +36,22 @@ func (c *SlidingWindowConfig) check() error {
 	return nil
 }
 
-// slidingScript is the whole decision of one request, atomic in Redis:
-// forget what left the window, count what is left, record the request only
-// when it is under the limit, and keep the key no longer than its newest
-// entry needs. A refused request leaves no trace, so a client that keeps
+// slidingScript decides requests, in order, atomically in Redis: forget
+// what left the window, count what is left, and record each request only
+// when it is under the limit; keep the key no longer than its newest entry
+// needs. A refused request leaves no trace, so a client that keeps
 // hammering gets in again as soon as its old requests leave the window.
 //
-// The member is unique per request and chosen by the caller, so a retry of
+// Each member is unique per request and chosen by the caller, so a retry of
 // a request that already ran (go-redis retries after a lost reply) finds
 // its own member and answers "admitted" again without counting twice.
 //
 // An entry with score t counts for now in (t, t+window); the clock is
 // Redis's TIME, in milliseconds.
 //
-// KEYS[1] the sorted set; ARGV[1] limit; ARGV[2] window, ms; ARGV[3] member.
-// Returns {allowed 0|1, count after, reset ms, retry ms}.
+// KEYS[1] the sorted set; ARGV[1] limit; ARGV[2] window, ms; ARGV[3…] the
+// requests' members. Returns per request {allowed 0|1, count after, reset
+// ms, retry ms}, flattened.
 var slidingScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -56,33 +59,42 @@ local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 local count = redis.call('ZCARD', KEYS[1])
-local allowed = 0
-if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
-  allowed = 1
-elseif count < limit then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window)
-  count = count + 1
-  allowed = 1
+local added = false
+local out = {}
+for i = 3, #ARGV do
+  local allowed = 0
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    allowed = 1
+  elseif count < limit then
+    redis.call('ZADD', KEYS[1], now, ARGV[i])
+    count = count + 1
+    allowed = 1
+    added = true
+  end
+  local reset, retry = 0, 0
+  if count > 0 then
+    reset = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]) + window - now
+  end
+  if allowed == 0 then
+    retry = tonumber(redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')[2]) + window - now
+  end
+  out[#out + 1], out[#out + 2], out[#out + 3], out[#out + 4] = allowed, count, reset, retry
 end
-local reset, retry = 0, 0
-if count > 0 then
-  reset = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]) + window - now
-end
-if allowed == 0 then
-  retry = tonumber(redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')[2]) + window - now
-end
-return {allowed, count, reset, retry}
+if added then redis.call('PEXPIRE', KEYS[1], window) end
+return out
 `)
 
 // SlidingWindow admits at most Limit requests per key in any Window,
 // counting only admitted requests, on the classic ratelimit:{id} sorted set
 // shared by every replica (and by apps that still run the classic snippet).
-// Each decision is one script on the Redis server, timed by Redis's clock.
-// It is safe for concurrent use.
+// Decisions are scripts on the Redis server, timed by Redis's clock;
+// requests for one key that arrive while its script call is under way are
+// decided together by the next one, in arrival order. It is safe for
+// concurrent use.
 type SlidingWindow struct {
-	rdb redis.Scripter
-	cfg SlidingWindowConfig
+	rdb   redis.Scripter
+	cfg   SlidingWindowConfig
+	calls batch.Combiner[string, Result] // a member per request, by key
 }
 
 var _ Limiter = (*SlidingWindow)(nil)
@@ -93,7 +105,9 @@ func NewSlidingWindow(rdb redis.Scripter, cfg SlidingWindowConfig) (*SlidingWind
 	if err := cfg.check(); err != nil {
 		return nil, fmt.Errorf("ratelimit: %w", err)
 	}
-	return &SlidingWindow{rdb: rdb, cfg: cfg}, nil
+	w := &SlidingWindow{rdb: rdb, cfg: cfg}
+	w.calls = batch.Combiner[string, Result]{Run: w.run, MaxWeight: maxBucketBatch, Timeout: bucketCallTimeout}
+	return w, nil
 }
 
 // Key returns the Redis key that holds key's window.
@@ -104,15 +118,33 @@ func (w *SlidingWindow) Key(key string) string { return w.cfg.Prefix + key }
 // (Redis unreachable, ctx done) come with a zero Result; they never name
 // the key, which may be derived from a secret.
 func (w *SlidingWindow) Allow(ctx context.Context, key string) (Result, error) {
-	v, err := slidingScript.Run(ctx, w.rdb, []string{w.Key(key)},
-		w.cfg.Limit, w.cfg.Window.Milliseconds(), rand.Text()).Int64Slice()
+	r, err := w.calls.Do(ctx, key, rand.Text())
 	if err != nil {
-		return Result{}, fmt.Errorf("ratelimit: sliding window script: %w", err)
+		return Result{}, fmt.Errorf("ratelimit: sliding window: %w", err)
 	}
-	if len(v) != 4 {
-		return Result{}, fmt.Errorf("ratelimit: sliding window script returned %d values, want 4", len(v))
+	return r, nil
+}
+
+// run decides the requests (their members) of key in one script call.
+func (w *SlidingWindow) run(ctx context.Context, key string, members []string) ([]Result, error) {
+	args := make([]any, 0, 2+len(members))
+	args = append(args, w.cfg.Limit, w.cfg.Window.Milliseconds())
+	for _, m := range members {
+		args = append(args, m)
 	}
-	return windowResult(v[0] == 1, w.cfg.Limit, v[1], v[2], v[3]), nil
+	v, err := slidingScript.Run(ctx, w.rdb, []string{w.Key(key)}, args...).Int64Slice()
+	if err != nil {
+		return nil, fmt.Errorf("script: %w", err)
+	}
+	if len(v) != 4*len(members) {
+		return nil, fmt.Errorf("script returned %d values, want %d", len(v), 4*len(members))
+	}
+	out := make([]Result, len(members))
+	for i := range members {
+		r := v[4*i:]
+		out[i] = windowResult(r[0] == 1, w.cfg.Limit, r[1], r[2], r[3])
+	}
+	return out, nil
 }
 
 // windowResult builds the Result of both sliding windows from the same

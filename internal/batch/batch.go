@@ -1,14 +1,133 @@
-// Package batch holds what the places that serve many callers with one
-// Redis call share: Herald's publishes (events.RedisLog) and its token
-// bucket (ratelimit.TokenBucket) decide the calls that wait while one is
-// under way together, in the next one.
+// Package batch serves many callers with one Redis call: requests for one
+// key that arrive while a call for that key is under way wait, and the next
+// call carries all of them. At low load every request goes out at once,
+// alone; under load the fixed cost of a call (a round trip, a script run)
+// is shared. Herald's publishes (events.RedisLog) and its limiters
+// (ratelimit's token bucket and sliding window) use it.
 package batch
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 )
+
+// Combiner runs requests for one key together. Its zero value is not
+// usable: set Run (and the limits). It is safe for concurrent use. It
+// starts one goroutine per key while requests for that key wait and none
+// once they are served, so it needs no Close.
+type Combiner[Req, Res any] struct {
+	// Run serves reqs, all for key, in one call, and returns their results
+	// in order, or an error for all of them. Its ctx ends when every
+	// caller gave up, or after Timeout.
+	Run func(ctx context.Context, key string, reqs []Req) ([]Res, error)
+
+	// Weight is what one request costs of MaxWeight (nil: 1 each).
+	Weight func(Req) int
+
+	// MaxWeight bounds one call: more waiting requests wait for the next
+	// one. A request heavier than MaxWeight goes alone. Zero: no bound.
+	MaxWeight int
+
+	// Timeout bounds one call.
+	Timeout time.Duration
+
+	mu      sync.Mutex
+	waiting map[string][]*call[Req, Res] // guarded by mu; a key is present while its goroutine runs
+}
+
+type call[Req, Res any] struct {
+	ctx  context.Context
+	req  Req
+	res  Res
+	err  error
+	done chan struct{}
+}
+
+// Do serves req for key with the requests that wait alongside it and
+// returns its result. When ctx ends first it returns ctx's error: a
+// request that was still waiting is dropped; one whose call was under way
+// may have been served.
+func (b *Combiner[Req, Res]) Do(ctx context.Context, key string, req Req) (Res, error) {
+	c := &call[Req, Res]{ctx: ctx, req: req, done: make(chan struct{})}
+	b.mu.Lock()
+	if b.waiting == nil {
+		b.waiting = make(map[string][]*call[Req, Res])
+	}
+	q, busy := b.waiting[key]
+	b.waiting[key] = append(q, c)
+	b.mu.Unlock()
+	if !busy {
+		go b.serve(key)
+	}
+	select {
+	case <-c.done:
+		return c.res, c.err
+	case <-ctx.Done():
+		var zero Res
+		return zero, ctx.Err()
+	}
+}
+
+// serve makes calls for key until no request waits, then ends.
+func (b *Combiner[Req, Res]) serve(key string) {
+	for {
+		b.mu.Lock()
+		var take []*call[Req, Res]
+		weight := 0
+		rest := b.waiting[key][:0]
+		for _, c := range b.waiting[key] {
+			w := 1
+			if b.Weight != nil {
+				w = b.Weight(c.req)
+			}
+			switch {
+			case c.ctx.Err() != nil:
+				c.err = c.ctx.Err()
+				close(c.done)
+			case len(take) == 0 || b.MaxWeight == 0 || weight+w <= b.MaxWeight:
+				take = append(take, c)
+				weight += w
+			default:
+				rest = append(rest, c)
+			}
+		}
+		clear(b.waiting[key][len(rest):])
+		if len(take) == 0 {
+			delete(b.waiting, key) // idle: the next request starts a goroutine
+			b.mu.Unlock()
+			return
+		}
+		b.waiting[key] = rest
+		b.mu.Unlock()
+		b.run(key, take)
+	}
+}
+
+// run makes one call for take and hands every caller its result.
+func (b *Combiner[Req, Res]) run(key string, take []*call[Req, Res]) {
+	ctxs := make([]context.Context, len(take))
+	reqs := make([]Req, len(take))
+	for i, c := range take {
+		ctxs[i], reqs[i] = c.ctx, c.req
+	}
+	ctx, cancel := Context(ctxs, b.Timeout)
+	defer cancel()
+	res, err := b.Run(ctx, key, reqs)
+	if err == nil && len(res) != len(take) {
+		err = fmt.Errorf("batch: %d results for %d requests", len(res), len(take))
+	}
+	for i, c := range take {
+		if err != nil {
+			c.err = err
+		} else {
+			c.res = res[i]
+		}
+		close(c.done)
+	}
+}
 
 // Context returns a context for one call made on behalf of several callers:
 // it ends when every one of ctxs has ended (nobody waits for the answer

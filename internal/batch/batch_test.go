@@ -35,3 +35,59 @@ func TestContextTimeoutAndCancel(t *testing.T) {
 		t.Fatal("cancel did not end it")
 	}
 }
+
+// TestCombinerBatchesWaitingRequests: requests that arrive while a call is
+// under way go out together in the next one, in arrival order, within
+// MaxWeight; each gets its own result.
+func TestCombinerBatchesWaitingRequests(t *testing.T) {
+	release, started := make(chan struct{}), make(chan struct{})
+	var calls [][]int
+	b := Combiner[int, int]{
+		MaxWeight: 5, Timeout: time.Minute,
+		Run: func(_ context.Context, key string, reqs []int) ([]int, error) {
+			calls = append(calls, reqs) // one goroutine per key: no race
+			if len(calls) == 1 {
+				close(started)
+				<-release // hold the first call while others queue
+			}
+			out := make([]int, len(reqs))
+			for i, r := range reqs {
+				out[i] = r * 10
+			}
+			return out, nil
+		},
+	}
+	results := make(chan int, 10)
+	go func() { r, _ := b.Do(context.Background(), "k", 0); results <- r }()
+	waitQueued := func(n int) {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			b.mu.Lock()
+			got := len(b.waiting["k"])
+			b.mu.Unlock()
+			if got == n {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d requests waiting, want %d", got, n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	<-started // the first is under way
+	for i := 1; i <= 7; i++ {
+		go func() { r, _ := b.Do(context.Background(), "k", i); results <- r }()
+		waitQueued(i)
+	}
+	close(release)
+	sum := 0
+	for range 8 {
+		sum += <-results
+	}
+	if sum != 10*(0+1+2+3+4+5+6+7) {
+		t.Fatalf("results sum to %d", sum)
+	}
+	if len(calls) != 3 || len(calls[1]) != 5 || len(calls[2]) != 2 {
+		t.Fatalf("calls %v, want the first alone, then 5 (MaxWeight), then 2", calls)
+	}
+}

@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-
-	"github.com/heraldgw/herald/internal/batch"
 )
 
 // Publishing is one script call for many publish calls. Calls to Append
@@ -152,27 +150,27 @@ redis.call('SET', KEYS[1], table.concat(enc, ';'), 'PX', ARGV[5])
 return out
 `)
 
-// Limits of one script call: it blocks Redis while it runs.
+// Limits of one script call: it blocks Redis while it runs. A call's
+// weight is its events plus one per 4 KiB of data (callWeight).
 const (
-	maxCallEvents = 256
-	maxCallBytes  = 1 << 20
+	maxCallWeight = 512
 	callTimeout   = 5 * time.Second
 )
 
 // ErrNoPublications is returned by Append when given nothing to publish.
 var ErrNoPublications = errors.New("no publications")
 
-// appendCall is one Append waiting to be published.
+// appendCall is one Append to publish.
 type appendCall struct {
-	ctx    context.Context
 	key    string // scoped idempotency key, "" for none
 	pubs   []Publication
 	owners []string // the script's owner argument per publication
 	bytes  int
 	ids    []string
-	err    error
-	done   chan struct{}
+	err    error // this call's own failure (a key reused), or the script call's
 }
+
+func callWeight(c *appendCall) int { return len(c.pubs) + c.bytes/4096 }
 
 // Append validates and publishes pubs atomically and returns their event
 // ids, in order. A non-empty scopedKey (see ScopedKey) makes the call
@@ -204,54 +202,11 @@ func (l *RedisLog) Append(ctx context.Context, scopedKey string, pubs ...Publica
 	if err != nil {
 		return nil, err
 	}
-	c := &appendCall{ctx: ctx, key: scopedKey, pubs: pubs, owners: owners, bytes: n, done: make(chan struct{})}
-	l.mu.Lock()
-	l.waiting = append(l.waiting, c)
-	if !l.committing {
-		l.committing = true
-		go l.commit()
+	c, err := l.calls.Do(ctx, "", &appendCall{key: scopedKey, pubs: pubs, owners: owners, bytes: n})
+	if err != nil {
+		return nil, fmt.Errorf("publish %d event(s): %w", len(pubs), err)
 	}
-	l.mu.Unlock()
-	select {
-	case <-c.done:
-		return c.ids, c.err
-	case <-ctx.Done():
-		return nil, fmt.Errorf("publish %d event(s): %w", len(pubs), ctx.Err())
-	}
-}
-
-// commit publishes the waiting calls, as many per script call as the
-// limits allow, until none waits; then it ends. At most one runs per
-// RedisLog; each script call is bounded by callTimeout.
-func (l *RedisLog) commit() {
-	for {
-		l.mu.Lock()
-		var take []*appendCall
-		events, bytes := 0, 0
-		rest := l.waiting[:0]
-		for _, c := range l.waiting {
-			switch {
-			case c.ctx.Err() != nil:
-				c.err = c.ctx.Err()
-				close(c.done)
-			case len(take) == 0 || (events+len(c.pubs) <= maxCallEvents && bytes+c.bytes <= maxCallBytes):
-				take = append(take, c)
-				events, bytes = events+len(c.pubs), bytes+c.bytes
-			default:
-				rest = append(rest, c)
-			}
-		}
-		clear(l.waiting[len(rest):])
-		l.waiting = rest
-		if len(take) == 0 {
-			l.committing = false
-			l.waiting = nil
-			l.mu.Unlock()
-			return
-		}
-		l.mu.Unlock()
-		l.publish(take)
-	}
+	return c.ids, c.err
 }
 
 // scriptCall is one run of publishScript: its groups (parts of calls),
@@ -270,21 +225,13 @@ type group struct {
 	idx  []int // the call's publications in this group, in order
 }
 
-// publish runs the script calls for appends and hands every call its result.
-func (l *RedisLog) publish(appends []*appendCall) {
+// publish publishes appends in one script call (or, on a cluster, one per
+// partition in one pipeline) and sets every call's ids or error.
+func (l *RedisLog) publish(ctx context.Context, _ string, appends []*appendCall) ([]*appendCall, error) {
 	for _, c := range appends {
 		c.ids = make([]string, len(c.pubs))
 	}
 	calls := l.scriptCalls(appends)
-	// The script call gives up when every caller in it did (or after
-	// callTimeout): an event whose caller was told of a failure must not
-	// be published later by a retry in the background.
-	ctxs := make([]context.Context, len(appends))
-	for i, c := range appends {
-		ctxs[i] = c.ctx
-	}
-	ctx, cancel := batch.Context(ctxs, callTimeout)
-	defer cancel()
 	var err error
 	if len(calls) == 1 {
 		calls[0].cmd = publishScript.Run(ctx, l.rdb, calls[0].keys, calls[0].args...)
@@ -300,8 +247,8 @@ func (l *RedisLog) publish(appends []*appendCall) {
 			// No channel name here: effect ids are capabilities, kept out of logs.
 			c.err = fmt.Errorf("publish %d event(s): %w", len(c.pubs), err)
 		}
-		close(c.done)
 	}
+	return appends, nil
 }
 
 // pipelined runs several script calls (one per partition) in one pipeline,

@@ -19,7 +19,7 @@ func TestScriptCallRepeatPublishesOnce(t *testing.T) {
 	rdb := srv.Client()
 	ctx := context.Background()
 	l := NewRedisLog(rdb, Names{}, LogConfig{})
-	c := &appendCall{ctx: ctx, pubs: []Publication{{Channel: "user:r", Event: "e", Data: json.RawMessage("1")}}, owners: []string{"n"}}
+	c := &appendCall{pubs: []Publication{{Channel: "user:r", Event: "e", Data: json.RawMessage("1")}}, owners: []string{"n"}}
 	c.ids = make([]string, 1)
 	sc := l.scriptCall("", []group{{call: c, idx: []int{0}}})
 	first, err := publishScript.Run(ctx, rdb, sc.keys, sc.args...).Slice()

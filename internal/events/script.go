@@ -5,10 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/heraldgw/herald/internal/batch"
 )
 
 // A channel lives in Redis as two keys of one hash slot (see Names):
@@ -158,11 +159,7 @@ type RedisLog struct {
 	cfg   LogConfig
 	pub   string // PUBLISH or SPUBLISH
 
-	// mu guards the calls waiting to be published and whether a committer
-	// goroutine runs (see publish.go).
-	mu         sync.Mutex
-	waiting    []*appendCall
-	committing bool
+	calls batch.Combiner[*appendCall, *appendCall] // publishes, all under one key (publish.go)
 }
 
 // NewRedisLog returns a RedisLog on rdb with the names and window of cfg.
@@ -181,7 +178,11 @@ func NewRedisLog(rdb redis.UniversalClient, names Names, cfg LogConfig) *RedisLo
 	if cfg.Sharded {
 		pub = "SPUBLISH"
 	}
-	return &RedisLog{rdb: rdb, names: names, cfg: cfg, pub: pub}
+	l := &RedisLog{rdb: rdb, names: names, cfg: cfg, pub: pub}
+	l.calls = batch.Combiner[*appendCall, *appendCall]{
+		Run: l.publish, Weight: callWeight, MaxWeight: maxCallWeight, Timeout: callTimeout,
+	}
+	return l
 }
 
 // Range returns the retained events of channel published after the event
