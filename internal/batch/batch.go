@@ -34,8 +34,14 @@ type Combiner[Req, Res any] struct {
 	// Timeout bounds one call.
 	Timeout time.Duration
 
+	// Concurrency is how many calls for one key may be under way at once
+	// (zero: one). More keep a busy key's round trips overlapping; one
+	// keeps its calls in order.
+	Concurrency int
+
 	mu      sync.Mutex
-	waiting map[string][]*call[Req, Res] // guarded by mu; a key is present while its goroutine runs
+	waiting map[string][]*call[Req, Res] // guarded by mu
+	serving map[string]int               // goroutines serving each key; guarded by mu
 }
 
 type call[Req, Res any] struct {
@@ -55,11 +61,15 @@ func (b *Combiner[Req, Res]) Do(ctx context.Context, key string, req Req) (Res, 
 	b.mu.Lock()
 	if b.waiting == nil {
 		b.waiting = make(map[string][]*call[Req, Res])
+		b.serving = make(map[string]int)
 	}
-	q, busy := b.waiting[key]
-	b.waiting[key] = append(q, c)
+	b.waiting[key] = append(b.waiting[key], c)
+	start := b.serving[key] < max(b.Concurrency, 1)
+	if start {
+		b.serving[key]++
+	}
 	b.mu.Unlock()
-	if !busy {
+	if start {
 		go b.serve(key)
 	}
 	select {
@@ -71,7 +81,8 @@ func (b *Combiner[Req, Res]) Do(ctx context.Context, key string, req Req) (Res, 
 	}
 }
 
-// serve makes calls for key until no request waits, then ends.
+// serve makes calls for key until no request waits, then ends. Up to
+// Concurrency of them run per key.
 func (b *Combiner[Req, Res]) serve(key string) {
 	for {
 		b.mu.Lock()
@@ -95,12 +106,18 @@ func (b *Combiner[Req, Res]) serve(key string) {
 			}
 		}
 		clear(b.waiting[key][len(rest):])
+		if len(rest) == 0 {
+			delete(b.waiting, key)
+		} else {
+			b.waiting[key] = rest
+		}
 		if len(take) == 0 {
-			delete(b.waiting, key) // idle: the next request starts a goroutine
+			if b.serving[key]--; b.serving[key] == 0 {
+				delete(b.serving, key) // idle: the next request starts a goroutine
+			}
 			b.mu.Unlock()
 			return
 		}
-		b.waiting[key] = rest
 		b.mu.Unlock()
 		b.run(key, take)
 	}

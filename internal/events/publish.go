@@ -151,10 +151,13 @@ return out
 `)
 
 // Limits of one script call: it blocks Redis while it runs. A call's
-// weight is its events plus one per 4 KiB of data (callWeight).
+// weight is its events plus one per 4 KiB of data (callWeight). Up to
+// callsInFlight script calls are under way at once, so that Redis always
+// has the next one while a reply travels back.
 const (
-	maxCallWeight = 512
+	maxCallWeight = 256
 	callTimeout   = 5 * time.Second
+	callsInFlight = 4
 )
 
 // ErrNoPublications is returned by Append when given nothing to publish.

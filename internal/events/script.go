@@ -181,6 +181,7 @@ func NewRedisLog(rdb redis.UniversalClient, names Names, cfg LogConfig) *RedisLo
 	l := &RedisLog{rdb: rdb, names: names, cfg: cfg, pub: pub}
 	l.calls = batch.Combiner[*appendCall, *appendCall]{
 		Run: l.publish, Weight: callWeight, MaxWeight: maxCallWeight, Timeout: callTimeout,
+		Concurrency: callsInFlight,
 	}
 	return l
 }
