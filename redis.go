@@ -62,23 +62,35 @@ type RedisConfig struct {
 // A RedisPublisher is safe for concurrent use. It does not own the client:
 // closing the client is up to the caller.
 //
-// The script touches one key per channel in the batch: on Redis Cluster all
-// of them must hash to one slot, which Herald's key names do not arrange
-// yet, so use a single-node or Sentinel Redis.
+// Build the client for the deployment the gateways use (their
+// HERALD_REDIS_MODE): redis.NewClient for a single server (redis.ParseURL),
+// redis.NewFailoverClient for a primary under Sentinel
+// (redis.ParseFailoverURL), redis.NewClusterClient for a Redis Cluster
+// (redis.ParseClusterURL). Given a *redis.ClusterClient, the publisher
+// publishes the way gateways in cluster mode subscribe: every key of a
+// channel lives in one hash slot, frames go out with SPUBLISH, and a batch
+// that spans channels of several slots is published as one script call per
+// slot — atomic per slot (and so per channel), not as a whole; a retry with
+// the same [IdempotencyKey] completes what a failed call left out. Do not
+// use redis.NewFailoverClusterClient: it is a *redis.ClusterClient to a
+// server that is not a cluster.
 type RedisPublisher struct {
 	log   *events.RedisLog
 	scope string
 }
 
-// NewRedisPublisher returns a publisher that writes through rdb, a single
-// node or failover client, with the history window and key prefix of cfg.
+// NewRedisPublisher returns a publisher that writes through rdb (a single
+// node, failover or cluster client, see [RedisPublisher]), with the history
+// window and key prefix of cfg.
 //
 // A Publisher name that is not 1 to 200 printable ASCII characters without
 // spaces makes every call fail with a *[FieldError] for "publisher".
 func NewRedisPublisher(rdb redis.UniversalClient, cfg RedisConfig) *RedisPublisher {
 	names := events.Names{Prefix: cfg.KeyPrefix}
+	_, sharded := rdb.(*redis.ClusterClient)
 	log := events.NewRedisLog(rdb, names, events.LogConfig{
 		HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL, RecordTTL: cfg.RecordTTL,
+		Sharded: sharded,
 	})
 	scope := ""
 	if events.CheckIdemKey(cfg.Publisher) == nil {
@@ -97,8 +109,9 @@ func (p *RedisPublisher) Publish(ctx context.Context, channel, event string, dat
 	return ids[0], nil
 }
 
-// PublishBatch publishes msgs atomically in one script run and returns
-// their event ids in order. Invalid input returns a *[FieldError] naming the
+// PublishBatch publishes msgs atomically in one script run (on a Redis
+// Cluster: one per hash slot, see [RedisPublisher]) and returns their event
+// ids in order. Invalid input returns a *[FieldError] naming the
 // first bad field and writes nothing.
 func (p *RedisPublisher) PublishBatch(ctx context.Context, msgs []Message, opts ...PublishOption) ([]string, error) {
 	return p.publish(ctx, msgs, false, opts)

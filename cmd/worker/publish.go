@@ -37,7 +37,7 @@ func runPublish(ctx context.Context, args []string, getenv func(string) string, 
 	if err := rf.resolve(getenv); err != nil {
 		return err
 	}
-	var rdb *redis.Client
+	var rdb redis.UniversalClient
 	if pf.gateway == "" {
 		var err error
 		if rdb, err = rf.client(ctx); err != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/heraldgw/herald"
 	"github.com/heraldgw/herald/internal/events"
+	"github.com/heraldgw/herald/internal/redisclient"
 )
 
 const usage = `usage: worker COMMAND [flags]
@@ -79,6 +80,7 @@ func parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 // a worker publishing through Redis must share with the gateway.
 type redisFlags struct {
 	url         string
+	mode        string
 	prefix      string
 	historySize int64
 	historyTTL  time.Duration
@@ -89,7 +91,8 @@ type redisFlags struct {
 // print a REDIS_URL's password.
 func addRedisFlags(fs *flag.FlagSet) *redisFlags {
 	rf := &redisFlags{}
-	fs.StringVar(&rf.url, "redis-url", "", "Redis URL, redis:// or rediss:// (env REDIS_URL)")
+	fs.StringVar(&rf.url, "redis-url", "", "Redis URL, redis:// or rediss://, in the form --redis-mode reads (env REDIS_URL)")
+	fs.StringVar(&rf.mode, "redis-mode", "", "single, cluster or sentinel, as configured on the gateway (env HERALD_REDIS_MODE, default single)")
 	fs.StringVar(&rf.prefix, "key-prefix", "", "prefix of Herald's own Redis keys, as configured on the gateway")
 	fs.Int64Var(&rf.historySize, "history-size", 0, "events kept per channel; must match the gateway (env HERALD_HISTORY_SIZE, default 100)")
 	fs.DurationVar(&rf.historyTTL, "history-ttl", 0, "how long events are kept per channel; must match the gateway (env HERALD_HISTORY_TTL, default 10m)")
@@ -101,6 +104,12 @@ func addRedisFlags(fs *flag.FlagSet) *redisFlags {
 func (rf *redisFlags) resolve(getenv func(string) string) error {
 	if rf.url == "" {
 		rf.url = getenv("REDIS_URL")
+	}
+	if rf.mode == "" {
+		rf.mode = getenv("HERALD_REDIS_MODE")
+	}
+	if _, err := redisclient.ParseMode(rf.mode); err != nil {
+		return fmt.Errorf("HERALD_REDIS_MODE=%q: %w", rf.mode, err)
 	}
 	if v := getenv("HERALD_HISTORY_SIZE"); rf.historySize == 0 && v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
@@ -124,21 +133,22 @@ func (rf *redisFlags) resolve(getenv func(string) string) error {
 
 func (rf *redisFlags) names() events.Names { return events.Names{Prefix: rf.prefix} }
 
-// client connects to Redis and checks that it answers. The caller closes it.
-func (rf *redisFlags) client(ctx context.Context) (*redis.Client, error) {
+// client connects to Redis in the mode resolve checked, and checks that it
+// answers. The caller closes it.
+func (rf *redisFlags) client(ctx context.Context) (redis.UniversalClient, error) {
 	if rf.url == "" {
 		return nil, errors.New("no Redis: set REDIS_URL (or --redis-url)")
 	}
-	opts, err := redis.ParseURL(rf.url)
+	mode, _ := redisclient.ParseMode(rf.mode)
+	rdb, err := redisclient.New(mode, rf.url)
 	if err != nil {
 		return nil, fmt.Errorf("REDIS_URL: %w", err) // the error does not repeat the URL, which may hold a password
 	}
-	rdb := redis.NewClient(opts)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := rdb.Ping(pctx).Err(); err != nil {
 		rdb.Close()
-		return nil, fmt.Errorf("redis at %s: %w", opts.Addr, err)
+		return nil, fmt.Errorf("redis at %s: %w", redisclient.Describe(mode, rf.url), err)
 	}
 	return rdb, nil
 }
@@ -186,7 +196,7 @@ func (pf *publishFlags) key(getenv func(string) string) string {
 
 // publisher returns the publisher the flags ask for: HTTP with --gateway,
 // else Redis through rdb, which must then be set. via names the choice.
-func publisher(rf *redisFlags, pf *publishFlags, getenv func(string) string, rdb *redis.Client) (p herald.Publisher, via string, err error) {
+func publisher(rf *redisFlags, pf *publishFlags, getenv func(string) string, rdb redis.UniversalClient) (p herald.Publisher, via string, err error) {
 	if pf.gateway == "" {
 		return herald.NewRedisPublisher(rdb, herald.RedisConfig{
 			HistorySize: rf.historySize,

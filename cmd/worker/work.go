@@ -127,7 +127,7 @@ type catalogFlags struct {
 // open returns the catalog, cached in rdb under Herald's key prefix, after
 // checking that it can be had: a catalog that cannot be read or parsed at
 // start stops the worker.
-func (cf *catalogFlags) open(ctx context.Context, rdb *redis.Client, prefix string, reg prometheus.Registerer, log *slog.Logger) (*jobs.CatalogCache, error) {
+func (cf *catalogFlags) open(ctx context.Context, rdb redis.UniversalClient, prefix string, reg prometheus.Registerer, log *slog.Logger) (*jobs.CatalogCache, error) {
 	src, err := jobs.NewCatalogSource(cf.source, nil)
 	if err != nil {
 		return nil, fmt.Errorf("--catalog: %w", err)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/heraldgw/herald/internal/origin"
+	"github.com/heraldgw/herald/internal/redisclient"
 )
 
 // Config is the gateway's whole configuration. The variable that sets each
@@ -58,6 +59,9 @@ type Config struct {
 	ClientFrameBurst int           // HERALD_CLIENT_FRAME_BURST; 100
 	ClientByteRate   int           // HERALD_CLIENT_BYTE_RATE, bytes a socket may send per second; 65536
 	ClientByteBurst  int           // HERALD_CLIENT_BYTE_BURST, at least 16384; 262144
+
+	// Scaling past one Redis (docs/PROTOCOL.md §9):
+	RedisMode redisclient.Mode // HERALD_REDIS_MODE: single, cluster or sentinel, the form REDIS_URL takes; single
 }
 
 // setting is one configuration variable: its environment name, its default
@@ -203,6 +207,19 @@ func settings() []setting {
 		{"HERALD_CLIENT_BYTE_RATE", "65536", "bytes a socket may send per second", intSetting(func(c *Config) *int { return &c.ClientByteRate }, 1)},
 		// A burst below 16 KiB could refuse a single read of one legal 4 KiB frame.
 		{"HERALD_CLIENT_BYTE_BURST", "262144", "burst of bytes a socket may send", intSetting(func(c *Config) *int { return &c.ClientByteBurst }, 16<<10)},
+		{"HERALD_REDIS_MODE", "single", "single, cluster or sentinel: how REDIS_URL is read (go-redis URL forms; cluster seeds and Sentinels as addr=, the master as master_name=)", func(c *Config, v string) error {
+			m, err := redisclient.ParseMode(v)
+			if err != nil {
+				return err
+			}
+			if c.RedisURL != "" {
+				if err := redisclient.Check(m, c.RedisURL); err != nil {
+					return fmt.Errorf("REDIS_URL does not fit: %w", err)
+				}
+			}
+			c.RedisMode = m
+			return nil
+		}},
 	}
 }
 

@@ -21,6 +21,7 @@ type Server struct {
 	Addr string // host:port on loopback
 	dir  string
 	args []string
+	conf string // a config file the server may rewrite (Sentinel's); "" for none
 	cmd  *exec.Cmd
 	done chan struct{}
 }
@@ -55,11 +56,18 @@ func (s *Server) Client() *redis.Client {
 func (s *Server) start() {
 	s.tb.Helper()
 	_, port, _ := net.SplitHostPort(s.Addr)
-	args := append([]string{}, s.args[1:]...)
+	var args []string
+	if s.conf != "" {
+		args = append(args, s.conf) // the file comes first; Sentinel rewrites it
+	}
+	args = append(args, s.args[1:]...)
 	args = append(args,
 		"--port", port, "--bind", "127.0.0.1", "--dir", s.dir,
-		"--save", "", "--daemonize", "no", "--protected-mode", "yes",
+		"--daemonize", "no", "--protected-mode", "yes",
 		"--logfile", filepath.Join(s.dir, "redis.log"))
+	if s.conf == "" {
+		args = append(args, "--save", "")
+	}
 	cmd := exec.Command(s.args[0], args...)
 	dieWithTest(cmd)
 	if err := cmd.Start(); err != nil {
@@ -85,8 +93,7 @@ func (s *Server) waitReady() {
 		}
 		select {
 		case <-s.done:
-			log, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
-			s.tb.Fatalf("redis-server exited: %s", log)
+			s.tb.Fatalf("redis-server exited: %s", s.Log())
 		default:
 		}
 		if time.Now().After(deadline) {
@@ -94,6 +101,12 @@ func (s *Server) waitReady() {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// Log returns what the server wrote to its log file so far.
+func (s *Server) Log() string {
+	b, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
+	return string(b)
 }
 
 // Kill stops the server at once (SIGKILL), as a crash would. It is safe to

@@ -1,0 +1,125 @@
+// Package redisclient builds the go-redis client for the Redis deployment
+// that HERALD_REDIS_MODE and REDIS_URL name: a single server, a Redis
+// Cluster, or a primary watched by Sentinel. The URL takes go-redis's own
+// forms for each mode (redis.ParseURL, redis.ParseClusterURL,
+// redis.ParseFailoverURL). The gateway and the worker share it.
+package redisclient
+
+import (
+	"errors"
+	"fmt"
+	neturl "net/url"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Mode is how Herald reaches Redis.
+type Mode string
+
+// The modes of HERALD_REDIS_MODE.
+const (
+	// Single is one Redis server (or a proxy that looks like one):
+	// REDIS_URL is redis://[user:password@]host:port[/db][?options].
+	Single Mode = "single"
+	// Cluster is a Redis Cluster: REDIS_URL names seed nodes,
+	// redis://[user:password@]host:port?addr=host2:port2&addr=host3:port3.
+	// Herald hash-tags every key of a channel to one slot, publishes with
+	// SPUBLISH and subscribes with SSUBSCRIBE (sharded pub/sub).
+	Cluster Mode = "cluster"
+	// Sentinel is a primary with replicas, failed over by Sentinel:
+	// REDIS_URL names the Sentinels and the master,
+	// redis://[user:password@]sentinel1:port?master_name=NAME&addr=sentinel2:port
+	// (the user and password are the data nodes'; sentinel_password=…
+	// for the Sentinels).
+	Sentinel Mode = "sentinel"
+)
+
+// ParseMode reads a HERALD_REDIS_MODE value; "" is Single.
+func ParseMode(s string) (Mode, error) {
+	switch m := Mode(strings.ToLower(strings.TrimSpace(s))); m {
+	case "":
+		return Single, nil
+	case Single, Cluster, Sentinel:
+		return m, nil
+	}
+	return "", errors.New("want single, cluster or sentinel")
+}
+
+// Check parses url for mode without connecting. Its errors never repeat
+// the URL, which may hold a password.
+func Check(mode Mode, url string) error {
+	_, err := options(mode, url)
+	return err
+}
+
+// New returns an unconnected client for mode and url: a *redis.Client for
+// Single, a *redis.ClusterClient for Cluster, and a failover
+// *redis.Client (redis.NewFailoverClient) for Sentinel. The caller closes
+// it.
+func New(mode Mode, url string) (redis.UniversalClient, error) {
+	o, err := options(mode, url)
+	if err != nil {
+		return nil, err
+	}
+	switch o := o.(type) {
+	case *redis.ClusterOptions:
+		return redis.NewClusterClient(o), nil
+	case *redis.FailoverOptions:
+		return redis.NewFailoverClient(o), nil
+	default:
+		return redis.NewClient(o.(*redis.Options)), nil
+	}
+}
+
+// Describe names what a URL points at, for logs: the addresses, without
+// credentials.
+func Describe(mode Mode, url string) string {
+	switch o, _ := options(mode, url); o := o.(type) {
+	case *redis.ClusterOptions:
+		return "cluster " + strings.Join(o.Addrs, ",")
+	case *redis.FailoverOptions:
+		return "sentinel " + strings.Join(o.SentinelAddrs, ",") + " master " + o.MasterName
+	case *redis.Options:
+		return o.Addr
+	}
+	return ""
+}
+
+// options parses url for mode into go-redis's options.
+func options(mode Mode, url string) (any, error) {
+	o, err := parse(mode, url)
+	var ue *neturl.Error
+	if errors.As(err, &ue) {
+		// A *url.Error prints the whole URL, password included.
+		err = fmt.Errorf("%s: malformed URL: %w", mode, ue.Err)
+	}
+	return o, err
+}
+
+func parse(mode Mode, url string) (any, error) {
+	switch mode {
+	case Single, "":
+		o, err := redis.ParseURL(url)
+		if err != nil {
+			return nil, fmt.Errorf("single: %w", err)
+		}
+		return o, nil
+	case Cluster:
+		o, err := redis.ParseClusterURL(url)
+		if err != nil {
+			return nil, fmt.Errorf("cluster: %w", err)
+		}
+		return o, nil
+	case Sentinel:
+		o, err := redis.ParseFailoverURL(url)
+		if err != nil {
+			return nil, fmt.Errorf("sentinel: %w", err)
+		}
+		if o.MasterName == "" {
+			return nil, errors.New("sentinel: the URL names no master: add ?master_name=NAME")
+		}
+		return o, nil
+	}
+	return nil, fmt.Errorf("unknown mode %q", mode)
+}
