@@ -24,6 +24,7 @@ import (
 	"github.com/heraldgw/herald/internal/hub"
 	"github.com/heraldgw/herald/internal/logging"
 	"github.com/heraldgw/herald/internal/metrics"
+	"github.com/heraldgw/herald/internal/redisclient"
 	"github.com/heraldgw/herald/internal/session"
 	"github.com/heraldgw/herald/ratelimit"
 	"github.com/heraldgw/herald/web"
@@ -50,7 +51,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		srv       *gateway.Server
 		b         broker.Broker
 		sessions  session.Store
-		rdb       *redis.Client
+		rdb       redis.UniversalClient
 		connects  ratelimit.Limiter
 		publishes gateway.EventLimiter
 		slots     gateway.Slots
@@ -83,18 +84,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			slots, err = ratelimit.NewMemoryConcurrency(slotsCfg)
 		}
 	} else {
-		var opt *redis.Options
-		if opt, err = redis.ParseURL(cfg.RedisURL); err != nil {
+		if rdb, err = redisclient.New(cfg.RedisMode, cfg.RedisURL); err != nil {
 			return fmt.Errorf("REDIS_URL: %w", err)
 		}
 		// go-redis logs through one process-wide logger: with several run()s
 		// in one process (tests), the last to start gets every line.
 		redis.SetLogger(logging.RedisLogger(log))
-		rdb = redis.NewClient(opt)
-		log.Info("herald starting with Redis", "redis", opt.Addr, "addr", cfg.Addr, "dev", cfg.Dev)
+		log.Info("herald starting with Redis", "redis", redisclient.Describe(cfg.RedisMode, cfg.RedisURL),
+			"mode", cfg.RedisMode, "addr", cfg.Addr, "dev", cfg.Dev)
 		names := events.Names{Prefix: cfg.KeyPrefix}
 		rlog := events.NewRedisLog(rdb, names, events.LogConfig{
 			HistorySize: int64(cfg.HistorySize), HistoryTTL: cfg.HistoryTTL, RecordTTL: cfg.RecordTTL,
+			Sharded: cfg.RedisMode == redisclient.Cluster,
 		})
 		rb := broker.NewRedis(rdb, rlog, names, deliver, log, broker.RedisOptions{
 			Classic: true,
@@ -234,7 +235,7 @@ func pageURL(addr net.Addr) string {
 	return "http://" + net.JoinHostPort(host, port) + "/"
 }
 
-func closeRedis(rdb *redis.Client) {
+func closeRedis(rdb redis.UniversalClient) {
 	if rdb != nil {
 		rdb.Close()
 	}

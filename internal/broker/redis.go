@@ -2,7 +2,7 @@ package broker
 
 import (
 	"context"
-	"crypto/rand"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -69,9 +69,10 @@ type RedisOptions struct {
 // RedisStats are the broker's counters since it started.
 type RedisStats struct {
 	Channels         int    // Herald channels with at least one local reference
+	Connections      int    // pub/sub connections (one, or on a cluster up to one per partition and one for the classic ingress)
 	Received         uint64 // pub/sub messages read, classic ones included
 	Delivered        uint64 // frames handed to the Handler
-	Ignored          uint64 // messages of channels without local references
+	Ignored          uint64 // messages of channels without local references, or of a replaced connection
 	Resubscribes     uint64 // resubscriptions seen after pub/sub reconnects
 	Duplicates       uint64 // frames dropped because their id was already delivered
 	Refilled         uint64 // frames delivered from history after a reconnect
@@ -82,74 +83,78 @@ type RedisStats struct {
 	ClassicDropped   uint64 // classic messages dropped because the queue was full
 	ClassicInvalid   uint64 // classic messages that were not valid effect:complete JSON
 	ClassicFailed    uint64 // classic messages whose publish failed
-	Replacements     uint64 // pub/sub connections replaced after a missed probe
+	Replacements     uint64 // pub/sub connections replaced: a missed probe, a slot that moved, a node that stopped answering
+	Moves            uint64 // of those, the ones a cluster asked for: its server unsubscribed a slot that moved
 }
 
 // Redis is the shared Broker. Publish runs events.RedisLog's atomic script;
-// delivery uses one go-redis PubSub (one connection) for all channels,
+// delivery uses go-redis PubSubs (one connection each), channels being
 // subscribed while they have local references.
 //
+// On a single Redis (or under Sentinel) one PubSub carries every channel,
+// with plain SUBSCRIBE. On a Redis Cluster (the RedisLog is Sharded) each
+// partition (events.Partition) with local channels gets its own PubSub,
+// subscribed with SSUBSCRIBE: every channel of a partition hashes to one
+// slot, so the PubSub sits on the node that owns the slot, and go-redis's
+// one-command resubscription after a reconnect stays valid. The classic
+// ingress keeps one plain PubSub (a cluster broadcasts plain PUBLISH to
+// every node). See redis_conn.go for what happens when a slot moves.
+//
 // A channel's first Subscribe holds its frames back until Redis confirmed
-// the SUBSCRIBE and the channel's baseline (events.RedisLog.Baselines) was
-// read after that: every event after the baseline then reaches the
+// the subscription and the channel's baseline (events.RedisLog.Baselines)
+// was read after that: every event after the baseline then reaches the
 // Handler, and Last answers it. The same hold-and-read closes the gap of a
-// reconnect (a refill, see redis_refill.go).
+// reconnect or a move (a refill, see redis_refill.go).
 //
-// Subscriptions are reconciled in rounds by one goroutine, which sends each
-// round's changes as one SUBSCRIBE and one UNSUBSCRIBE. The UNSUBSCRIBE
-// ends with a barrier, a never-subscribed channel whose name carries the
-// round number. Redis answers the commands of a connection in order, so
-// the barrier's confirmation proves every channel of that round and the
-// earlier ones is subscribed; Subscribe waits for it. go-redis resubscribes
-// its channels before anything else on a new connection, so the proof
-// holds across reconnects too; a barrier lost with its connection is sent
-// again after ResyncInterval.
-//
-// It uses unsharded SUBSCRIBE, which a Redis Cluster broadcasts to every
-// node, so its one PubSub may sit on any node.
+// Subscriptions are reconciled in rounds, per connection, by one goroutine
+// each, which sends a round's changes as one SUBSCRIBE and one UNSUBSCRIBE
+// (or their sharded forms). The UNSUBSCRIBE ends with a barrier, a
+// never-subscribed channel whose name carries the round number (and, on a
+// cluster, the partition's hash tag, so that it goes to the same node).
+// Redis answers the commands of a connection in order, so the barrier's
+// confirmation proves every channel of that round and the earlier ones is
+// subscribed; Subscribe waits for it. go-redis resubscribes its channels
+// before anything else on a new connection, so the proof holds across
+// reconnects too; a barrier lost with its connection is sent again after
+// ResyncInterval.
 type Redis struct {
-	rdb        redis.UniversalClient
-	log        *events.RedisLog
-	names      events.Names
-	h          Handler
-	logger     *slog.Logger
-	opts       RedisOptions
-	msgs       <-chan any // the first PubSub's channel; later ones come through swapped
-	swapped    chan (<-chan any)
-	syncPrefix string // barrier channel names: syncPrefix + round
-	probeName  string // this broker's probe channel
-	probeSeen  chan uint64
+	rdb     redis.UniversalClient
+	log     *events.RedisLog
+	names   events.Names
+	h       Handler
+	logger  *slog.Logger
+	opts    RedisOptions
+	sharded bool          // SSUBSCRIBE per partition (the log publishes with SPUBLISH)
+	in      chan connMsg  // every connection's messages, to the delivery loop
+	probed  chan struct{} // capacity 1: a probe arrived
 
 	ctx     context.Context // cancelled by Close; stops the goroutines
 	cancel  context.CancelFunc
-	wg      sync.WaitGroup // the reconciler, the delivery loop, the classic worker
-	kick    chan struct{}  // capacity 1: wakes the reconciler
+	wg      sync.WaitGroup // reconcilers, forwarders, the delivery loop, the refiller, the probe, the classic worker
 	refill  chan struct{}  // capacity 1: wakes the refiller
 	filled  chan refillResult
 	classic chan []byte   // nil unless opts.Classic
 	done    chan struct{} // closed by Close: wakes waiting Subscribe calls
 
-	// mu guards the fields below. It is never held across network I/O or
-	// Handler calls.
-	mu        sync.Mutex
-	closed    bool
-	ps        *redis.PubSub        // the current pub/sub connection
-	awaiting  map[string]*redisSub // subs with waitSub set, by pub/sub name
-	subs      map[string]*redisSub // by pub/sub channel name
-	dirty     map[string]struct{}  // subs whose refs crossed zero or need resending
-	live      int                  // Herald channels with refs > 0
-	nextRound uint64               // number the reconciler's next round gets
-	doneRound uint64               // highest round whose barrier Redis confirmed
-	toRefill  map[string]struct{}  // pub/sub names whose baseline or refill read is due
+	// mu guards the fields below and the psConn fields it names. It is
+	// never held across network I/O or Handler calls.
+	mu       sync.Mutex
+	closed   bool
+	plain    *psConn              // the unsharded connection; nil on a cluster without classic ingress
+	parts    map[int]*psConn      // on a cluster: the connection of each partition with local channels
+	subs     map[string]*redisSub // by pub/sub channel name
+	live     int                  // Herald channels with refs > 0
+	toRefill map[string]struct{}  // pub/sub names whose baseline or refill read is due
 
 	stats redisCounters
 }
 
 // redisSub is the state of one pub/sub channel.
 type redisSub struct {
-	channel string // Herald channel; "" for the classic ingress
+	channel string  // Herald channel; "" for the classic ingress and probes
+	conn    *psConn // the connection that carries it
 	refs    int
-	round   uint64 // round whose SUBSCRIBE carried it; 0 while not sent
+	round   uint64 // conn's round whose SUBSCRIBE carried it; 0 while not sent
 
 	// Delivery sequencing. lastID is the newest event id handed to the
 	// Handler, or the channel's baseline read once its SUBSCRIBE was
@@ -180,14 +185,15 @@ type redisCounters struct {
 	received, delivered, ignored, resubscribes atomic.Uint64
 	duplicates, refilled, refillGaps           atomic.Uint64
 	refillFailures, pendingDropped             atomic.Uint64
-	replacements                               atomic.Uint64
+	replacements, moves                        atomic.Uint64
 	converted, dropped, invalid, publishFailed atomic.Uint64
 }
 
 // NewRedis returns a running Redis broker. rdb carries pub/sub and Ping;
-// log is the publish path (also for classic ingress); names maps Herald
-// channels to pub/sub channels; h receives the frames. A nil logger
-// discards. Close stops it; rdb stays open, it belongs to the caller.
+// log is the publish path (also for classic ingress), and says whether
+// Redis is a cluster (events.LogConfig.Sharded); names maps Herald channels
+// to pub/sub channels; h receives the frames. A nil logger discards. Close
+// stops it; rdb stays open, it belongs to the caller.
 func NewRedis(rdb redis.UniversalClient, log *events.RedisLog, names events.Names, h Handler, logger *slog.Logger, opts RedisOptions) *Redis {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
@@ -210,36 +216,31 @@ func NewRedis(rdb redis.UniversalClient, log *events.RedisLog, names events.Name
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &Redis{
 		rdb: rdb, log: log, names: names, h: h, logger: logger, opts: opts,
-		syncPrefix: names.Prefix + "herald:sync:",
-		probeName:  names.Prefix + "herald:probe:" + rand.Text(),
-		probeSeen:  make(chan uint64, 1),
-		swapped:    make(chan (<-chan any)),
-		ctx:        ctx, cancel: cancel,
-		kick:      make(chan struct{}, 1),
-		refill:    make(chan struct{}, 1),
-		filled:    make(chan refillResult),
-		done:      make(chan struct{}),
-		subs:      make(map[string]*redisSub),
-		dirty:     make(map[string]struct{}),
-		nextRound: 1,
-		toRefill:  make(map[string]struct{}),
-		awaiting:  make(map[string]*redisSub),
+		sharded:  log.Sharded(),
+		in:       make(chan connMsg, opts.ReceiveBuffer),
+		probed:   make(chan struct{}, 1),
+		ctx:      ctx,
+		cancel:   cancel,
+		refill:   make(chan struct{}, 1),
+		filled:   make(chan refillResult),
+		done:     make(chan struct{}),
+		parts:    make(map[int]*psConn),
+		subs:     make(map[string]*redisSub),
+		toRefill: make(map[string]struct{}),
 	}
-	b.ps = rdb.Subscribe(ctx)
-	b.msgs = b.ps.ChannelWithSubscriptions(redis.WithChannelSize(opts.ReceiveBuffer))
+	b.mu.Lock()
+	if !b.sharded || opts.Classic {
+		b.plain = b.newConnLocked(-1)
+	}
 	if opts.Classic {
 		b.classic = make(chan []byte, opts.ClassicQueue)
-		b.subs[events.ClassicChannel] = &redisSub{refs: 1}
-		b.dirty[events.ClassicChannel] = struct{}{}
+		b.addSubLocked(events.ClassicChannel, &redisSub{conn: b.plain, refs: 1})
 		b.wg.Go(b.convertClassic)
 	}
-	b.subs[b.probeName] = &redisSub{refs: 1}
-	b.dirty[b.probeName] = struct{}{}
+	b.mu.Unlock()
 	b.wg.Go(b.probe)
-	b.wg.Go(b.reconcile)
 	b.wg.Go(b.refiller)
 	b.wg.Go(b.receive)
-	b.wake()
 	return b
 }
 
@@ -301,7 +302,7 @@ func (b *Redis) Ping(ctx context.Context) error {
 }
 
 // Close stops delivery, fails waiting Subscribe calls with ErrClosed, closes
-// the pub/sub connection and waits for the broker's goroutines. Calling it
+// the pub/sub connections and waits for the broker's goroutines. Calling it
 // again returns nil.
 func (b *Redis) Close() error {
 	b.mu.Lock()
@@ -315,11 +316,22 @@ func (b *Redis) Close() error {
 
 	b.cancel()
 	b.mu.Lock()
-	ps := b.ps
+	var open []*redis.PubSub
+	for _, c := range b.connsLocked() {
+		if c.ps != nil {
+			open = append(open, c.ps)
+		}
+	}
 	b.mu.Unlock()
-	err := ps.Close() // ends the delivery loop, which drains go-redis's channel until then
+	var errs []error
+	for _, ps := range open {
+		// Ends its forwarder, which drains go-redis's channel until then.
+		if err := ps.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	b.wg.Wait()
-	if err != nil {
+	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("close redis pub/sub: %w", err)
 	}
 	return nil
@@ -328,11 +340,12 @@ func (b *Redis) Close() error {
 // Stats returns the broker's counters.
 func (b *Redis) Stats() RedisStats {
 	b.mu.Lock()
-	live := b.live
+	live, conns := b.live, len(b.connsLocked())
 	b.mu.Unlock()
 	c := &b.stats
 	return RedisStats{
 		Channels:         live,
+		Connections:      conns,
 		Received:         c.received.Load(),
 		Delivered:        c.delivered.Load(),
 		Ignored:          c.ignored.Load(),
@@ -347,6 +360,7 @@ func (b *Redis) Stats() RedisStats {
 		ClassicInvalid:   c.invalid.Load(),
 		ClassicFailed:    c.publishFailed.Load(),
 		Replacements:     c.replacements.Load(),
+		Moves:            c.moves.Load(),
 	}
 }
 

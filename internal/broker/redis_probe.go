@@ -1,113 +1,114 @@
 package broker
 
 import (
+	"context"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// probe publishes a numbered message on the broker's probe channel every
-// ProbeInterval and waits ProbeTimeout for the delivery loop to see it.
-// When Redis accepted the probe but this broker did not receive it (or
-// Redis says nobody is subscribed), the pub/sub connection has stopped
-// receiving without breaking: replace it.
+// probeCheck is one connection's probe of a round.
+type probeCheck struct {
+	c   *psConn
+	seq uint64
+	cmd *redis.IntCmd
+}
+
+// probe publishes, every ProbeInterval, a numbered message on the probe
+// channel of every connection whose subscription is confirmed (PUBLISH,
+// or SPUBLISH to a partition's slot, in one pipeline), and waits up to
+// ProbeTimeout for the delivery loop to see them. A connection whose probe
+// Redis accepted but that did not receive it (or that Redis says nobody
+// receives: a shard connection left on a node that lost the slot, or a
+// pub/sub connection left on an old primary after a failover) has stopped
+// receiving without breaking: it is rebuilt, and refills from history.
 func (b *Redis) probe() {
 	t := time.NewTicker(b.opts.ProbeInterval)
 	defer t.Stop()
-	var seq uint64
 	for {
 		select {
 		case <-b.ctx.Done():
 			return
 		case <-t.C:
 		}
-		if !b.probeSubscribed() {
-			continue // (re)subscribing: go-redis or a round is on it
-		}
-		seq++
-		n, err := b.rdb.Publish(b.ctx, b.probeName, seq).Result()
-		if err != nil {
-			continue // Redis unreachable: not a pub/sub problem, and go-redis reconnects
-		}
-		if n > 0 && b.sawProbe(seq) {
-			continue
-		}
-		if !b.probeSubscribed() || b.ctx.Err() != nil {
-			continue // a reconnect began meanwhile, or the broker is closing
-		}
-		b.logger.Warn("redis pub/sub stopped receiving; replacing the connection and refilling from history", "receivers", n)
-		b.replace()
-	}
-}
-
-// probeSubscribed reports whether the probe channel's subscription is
-// confirmed on the current connection.
-func (b *Redis) probeSubscribed() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	s := b.subs[b.probeName]
-	return s != nil && s.round != 0 && s.round <= b.doneRound
-}
-
-// sawProbe waits until the delivery loop has seen probe seq.
-func (b *Redis) sawProbe(seq uint64) bool {
-	deadline := time.NewTimer(b.opts.ProbeTimeout)
-	defer deadline.Stop()
-	for {
-		select {
-		case got := <-b.probeSeen:
-			if got >= seq {
-				return true
+		checks := b.sendProbes()
+		b.awaitProbes(checks)
+		b.mu.Lock()
+		for _, p := range checks {
+			if p.cmd.Err() != nil || p.c.probeGot >= p.seq || !b.probeSubscribedLocked(p.c) || p.c.rebuild || b.closed {
+				// Seen, or Redis unreachable (not a pub/sub problem, and
+				// go-redis reconnects), or a change began meanwhile.
+				continue
 			}
-		case <-deadline.C:
-			return false
-		case <-b.ctx.Done():
-			return true
+			b.logger.Warn("redis pub/sub stopped receiving; replacing the connection and refilling from history",
+				"receivers", p.cmd.Val(), "partition", p.c.part)
+			p.c.rebuildLocked()
 		}
+		b.mu.Unlock()
 	}
 }
 
-// replace swaps in a new pub/sub connection: every channel is subscribed
-// again on it by the reconciler, live frames wait meanwhile, and once a
-// channel's resubscription is confirmed its history after the last
-// delivered id is refilled, as after a reconnect.
-//
-// Close may run at the same time: whichever of the two sees the other
-// closes both connections (Close closes b.ps; replace closes the old one,
-// and the new one too when Close came first).
-func (b *Redis) replace() {
-	ps := b.rdb.Subscribe(b.ctx)
-	msgs := ps.ChannelWithSubscriptions(redis.WithChannelSize(b.opts.ReceiveBuffer))
+// sendProbes publishes the probes of this round in one pipeline.
+func (b *Redis) sendProbes() []probeCheck {
+	var checks []probeCheck
 	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		ps.Close()
-		return
-	}
-	old := b.ps
-	b.ps = ps
-	for name, s := range b.subs {
-		if s.refs == 0 {
-			b.dropSubLocked(name, s) // was only waiting for its UNSUBSCRIBE
-			continue
-		}
-		s.round = 0
-		b.dirty[name] = struct{}{}
-		if s.channel != "" {
-			// Hold frames, and read the baseline or refill once the
-			// subscription on the new connection is confirmed.
-			s.refilling = true
-			s.gen++
-			s.waitSub = true
-			b.awaiting[name] = s
+	for _, c := range b.connsLocked() {
+		if b.probeSubscribedLocked(c) && !c.rebuild {
+			c.probeSent++
+			checks = append(checks, probeCheck{c: c, seq: c.probeSent})
 		}
 	}
 	b.mu.Unlock()
-	b.stats.replacements.Add(1)
-	b.wake()
-	select {
-	case b.swapped <- msgs: // the delivery loop now reads the new connection
-	case <-b.ctx.Done(): // Close closes the new one (b.ps)
+	if len(checks) == 0 {
+		return nil
 	}
-	old.Close()
+	ctx, cancel := context.WithTimeout(b.ctx, b.opts.ProbeTimeout)
+	defer cancel()
+	_, _ = b.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range checks {
+			c := checks[i].c
+			if c.sharded {
+				checks[i].cmd = p.SPublish(ctx, c.probe, checks[i].seq)
+			} else {
+				checks[i].cmd = p.Publish(ctx, c.probe, checks[i].seq)
+			}
+		}
+		return nil
+	})
+	return checks
+}
+
+// awaitProbes waits until every probe that reached a receiver was seen, or
+// ProbeTimeout passed.
+func (b *Redis) awaitProbes(checks []probeCheck) {
+	deadline := time.NewTimer(b.opts.ProbeTimeout)
+	defer deadline.Stop()
+	for {
+		b.mu.Lock()
+		waiting := false
+		for _, p := range checks {
+			if p.cmd.Err() == nil && p.cmd.Val() > 0 && p.c.probeGot < p.seq {
+				waiting = true
+				break
+			}
+		}
+		b.mu.Unlock()
+		if !waiting {
+			return
+		}
+		select {
+		case <-b.probed:
+		case <-deadline.C:
+			return
+		case <-b.ctx.Done():
+			return
+		}
+	}
+}
+
+// probeSubscribedLocked reports whether c's probe channel is confirmed
+// subscribed on its current PubSub.
+func (b *Redis) probeSubscribedLocked(c *psConn) bool {
+	s := b.subs[c.probe]
+	return s != nil && c.ps != nil && s.round != 0 && s.round <= c.doneRound
 }

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,18 +19,38 @@ func TestCloseDuringReplace(t *testing.T) {
 		b := NewRedis(rdb, events.NewRedisLog(rdb, names, events.LogConfig{}), names, func(string, string, string, []byte) {},
 			slog.New(slog.DiscardHandler), RedisOptions{ProbeInterval: time.Hour})
 		deadline := time.Now().Add(5 * time.Second)
-		for !b.probeSubscribed() && time.Now().Before(deadline) {
+		for !b.plainProbeSubscribed() && time.Now().Before(deadline) {
 			time.Sleep(time.Millisecond) // polling readiness, not synchronising
 		}
 		start := make(chan struct{})
-		go func() { <-start; b.replace() }()
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			<-start
+			b.mu.Lock()
+			b.plain.rebuildLocked()
+			b.mu.Unlock()
+		})
 		closed := make(chan struct{})
-		go func() { <-start; b.Close(); close(closed) }()
+		wg.Go(func() { <-start; b.Close(); close(closed) })
 		close(start)
 		select {
 		case <-closed:
 		case <-time.After(10 * time.Second):
 			t.Fatalf("run %d: Close hung while a replacement ran", i)
 		}
+		wg.Wait()
+		b.mu.Lock()
+		if ps := b.plain.ps; ps != nil {
+			if err := ps.Ping(t.Context()); err == nil {
+				t.Errorf("run %d: a pub/sub connection is still open after Close", i)
+			}
+		}
+		b.mu.Unlock()
 	}
+}
+
+func (b *Redis) plainProbeSubscribed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.probeSubscribedLocked(b.plain)
 }

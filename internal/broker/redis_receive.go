@@ -14,13 +14,13 @@ import (
 // classicTimeout bounds one classic conversion's publish.
 const classicTimeout = 5 * time.Second
 
-// receive is the delivery loop: it drains go-redis's channel until Close
-// closes the PubSub. It never blocks: it calls the Handler (non-blocking by
+// receive is the delivery loop: it handles every connection's messages
+// (handed over by their forwarders) and the results of history reads,
+// until Close. It never blocks: it calls the Handler (non-blocking by
 // contract), queues classic messages without waiting and takes b.mu only
 // briefly. Resubscriptions after a reconnect are gathered while they keep
 // arriving and reported before the next frame is delivered.
 func (b *Redis) receive() {
-	msgs := b.msgs
 	var resubscribed bool // gathering a resubscription burst
 	var channels []string // Herald channels in the burst
 	flush := func() {
@@ -30,36 +30,30 @@ func (b *Redis) receive() {
 		resubscribed, channels = false, nil
 	}
 	for {
-		var msg any
-		var ok bool
+		var cm connMsg
 		if resubscribed {
 			select {
-			case msg, ok = <-msgs:
+			case cm = <-b.in:
 			default:
 				flush() // the burst is over, at least for now
 				continue
 			}
 		} else {
 			select {
-			case msg, ok = <-msgs:
+			case cm = <-b.in:
 			case r := <-b.filled:
 				b.applyRefill(r)
-				continue
-			case msgs = <-b.swapped:
 				continue
 			case <-b.ctx.Done():
 				return
 			}
 		}
-		if !ok {
-			return
-		}
-		switch m := msg.(type) {
+		switch m := cm.msg.(type) {
 		case *redis.Message:
 			flush()
-			b.deliver(m)
+			b.deliver(cm.c, cm.epoch, m)
 		case *redis.Subscription:
-			ch, resub := b.onSubscription(m)
+			ch, resub := b.onSubscription(cm.c, cm.epoch, m)
 			if resub {
 				resubscribed = true
 				if ch != "" {
@@ -71,20 +65,26 @@ func (b *Redis) receive() {
 }
 
 // deliver hands a message to the Handler if its channel has local
-// references, or queues it for conversion if it is a classic one.
-func (b *Redis) deliver(m *redis.Message) {
+// references, or queues it for conversion if it is a classic one. Messages
+// of a replaced PubSub (an older epoch) are dropped: the refill that
+// follows a replacement covers them.
+func (b *Redis) deliver(c *psConn, epoch uint64, m *redis.Message) {
 	b.stats.received.Add(1)
-	if m.Channel == b.probeName {
+	if m.Channel == c.probe {
 		if seq, err := strconv.ParseUint(m.Payload, 10, 64); err == nil {
+			b.mu.Lock()
+			if c.epoch == epoch {
+				c.probeGot = max(c.probeGot, seq)
+			}
+			b.mu.Unlock()
 			select {
-			case <-b.probeSeen: // keep only the newest
+			case b.probed <- struct{}{}:
 			default:
 			}
-			b.probeSeen <- seq
 		}
 		return
 	}
-	if m.Channel == events.ClassicChannel && b.classic != nil {
+	if m.Channel == events.ClassicChannel && b.classic != nil && !c.sharded {
 		select {
 		case b.classic <- []byte(m.Payload):
 		default:
@@ -99,7 +99,7 @@ func (b *Redis) deliver(m *redis.Message) {
 	id, ok := events.FrameID(frame)
 	b.mu.Lock()
 	s := b.subs[m.Channel]
-	if s == nil || s.refs == 0 || s.channel == "" || b.closed || !ok {
+	if s == nil || s.refs == 0 || s.channel == "" || s.conn != c || c.epoch != epoch || b.closed || !ok {
 		b.mu.Unlock()
 		b.stats.ignored.Add(1)
 		return
@@ -151,27 +151,40 @@ func splitOwner(payload string) (owner string, frame []byte) {
 // newer reports whether id comes after last ("" is before everything).
 func newer(id, last string) bool { return last == "" || events.CompareIDs(id, last) > 0 }
 
-// onSubscription handles a SUBSCRIBE or UNSUBSCRIBE confirmation. A barrier
-// confirms its round. A "subscribe" for a channel whose subscription was
-// already confirmed was not asked for by this broker: go-redis reconnected
-// and resubscribed it. Then resub is true and ch is the Herald channel, ""
-// for the classic ingress.
-func (b *Redis) onSubscription(m *redis.Subscription) (ch string, resub bool) {
-	if r, ok := b.barrierRound(m.Channel); ok {
-		b.confirmRound(r)
-		return "", false
-	}
-	if m.Kind != "subscribe" {
-		return "", false
-	}
+// onSubscription handles a (un)subscription message of connection c. A
+// barrier confirms its round. A "subscribe" (or "ssubscribe") for a
+// channel whose subscription was already confirmed was not asked for by
+// this broker: go-redis reconnected and resubscribed it. Then resub is
+// true and ch is the Herald channel, "" for the classic ingress and
+// probes. A "sunsubscribe" for such a channel was not asked for either:
+// the cluster moved the partition's slot to another node, and c is
+// rebuilt there.
+func (b *Redis) onSubscription(c *psConn, epoch uint64, m *redis.Subscription) (ch string, resub bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if c.epoch != epoch {
+		return "", false // a replaced PubSub
+	}
+	if r, ok := c.barrierRound(m.Channel); ok {
+		b.confirmRoundLocked(c, r)
+		return "", false
+	}
 	s := b.subs[m.Channel]
-	if s == nil || s.refs == 0 || s.round == 0 || s.round > b.doneRound {
+	if s == nil || s.conn != c || s.refs == 0 || s.round == 0 || s.round > c.doneRound {
 		// Ours, late, or for a channel nobody waits on any more.
 		return "", false
 	}
-	return s.channel, true
+	switch m.Kind {
+	case "subscribe", "ssubscribe":
+		return s.channel, true
+	case "sunsubscribe":
+		if !c.rebuild {
+			b.stats.moves.Add(1)
+			b.logger.Info("redis cluster moved a partition's slot; resubscribing on its new node and refilling from history", "partition", c.part)
+			c.rebuildLocked()
+		}
+	}
+	return "", false
 }
 
 // resubscribed reports a resubscription burst and starts refilling its

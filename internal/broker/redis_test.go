@@ -29,10 +29,13 @@ var names = events.Names{Prefix: "t:"}
 
 func newRedis(t *testing.T, rdb redis.UniversalClient, h broker.Handler, opts broker.RedisOptions) *broker.Redis {
 	t.Helper()
-	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	b := broker.NewRedis(rdb, events.NewRedisLog(rdb, names, events.LogConfig{}), names, h, logger, opts)
+	b := broker.NewRedis(rdb, events.NewRedisLog(rdb, names, events.LogConfig{}), names, h, testLogger(t), opts)
 	t.Cleanup(func() { b.Close() })
 	return b
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
 func TestRedisConformance(t *testing.T) {

@@ -23,7 +23,14 @@ import (
 // On a Redis Cluster (LogConfig.Sharded) a script may only touch one slot,
 // so the waiting calls are split by partition, each call's events too, and
 // the script calls of all partitions go out in one pipeline. A batch that
-// spans partitions is then atomic per partition, not as a whole.
+// spans partitions is then atomic per partition (so per channel), not as a
+// whole: when one partition's script call fails, the others' events may
+// be published, and the call reports the error; a retry with the same
+// idempotency key publishes what is missing and returns every id. Each
+// partition remembers the key with the whole call's fingerprint, so a
+// repeat that changes the channels or events of any partition conflicts
+// in all the partitions the first call touched (partitions only the
+// repeat touches are published, as they hold no record of the key).
 
 // publishScript publishes groups of publications: each group is one
 // Append call, with its own idempotency key or none. KEYS[1] is the
@@ -165,12 +172,13 @@ var ErrNoPublications = errors.New("no publications")
 
 // appendCall is one Append to publish.
 type appendCall struct {
-	key    string // scoped idempotency key, "" for none
-	pubs   []Publication
-	owners []string // the script's owner argument per publication
-	bytes  int
-	ids    []string
-	err    error // this call's own failure (a key reused), or the script call's
+	key         string // scoped idempotency key, "" for none
+	pubs        []Publication
+	owners      []string // the script's owner argument per publication
+	bytes       int
+	fingerprint string // Fingerprint(pubs)
+	ids         []string
+	err         error // this call's own failure (a key reused), or the script call's
 }
 
 func callWeight(c *appendCall) int { return len(c.pubs) + c.bytes/4096 }
@@ -205,7 +213,7 @@ func (l *RedisLog) Append(ctx context.Context, scopedKey string, pubs ...Publica
 	if err != nil {
 		return nil, err
 	}
-	c, err := l.calls.Do(ctx, "", &appendCall{key: scopedKey, pubs: pubs, owners: owners, bytes: n})
+	c, err := l.calls.Do(ctx, "", &appendCall{key: scopedKey, pubs: pubs, owners: owners, bytes: n, fingerprint: Fingerprint(pubs)})
 	if err != nil {
 		return nil, fmt.Errorf("publish %d event(s): %w", len(pubs), err)
 	}
@@ -376,7 +384,9 @@ func (l *RedisLog) scriptCall(tag string, groups []group) *scriptCall {
 			keyed = "1"
 			sc.keys = append(sc.keys, l.names.Idempotency(tag, c.key))
 		}
-		sc.args = append(sc.args, keyed, idemTTL(c.key, l.cfg.HistoryTTL).Milliseconds(), Fingerprint(pubs), strconv.Itoa(len(pubs)))
+		// The whole call's fingerprint, also in each partition's key: a
+		// repeat that differs in another partition conflicts here too.
+		sc.args = append(sc.args, keyed, idemTTL(c.key, l.cfg.HistoryTTL).Milliseconds(), c.fingerprint, strconv.Itoa(len(pubs)))
 		for i, p := range pubs {
 			sc.keys = append(sc.keys, l.names.History(p.Channel), l.names.Record(p.Channel))
 			sc.args = append(sc.args, l.names.PubSub(p.Channel), p.Channel, p.Event, p.data(), c.owners[g.idx[i]])

@@ -186,6 +186,10 @@ func NewRedisLog(rdb redis.UniversalClient, names Names, cfg LogConfig) *RedisLo
 	return l
 }
 
+// Sharded reports whether the log publishes with SPUBLISH, for a Redis
+// Cluster (LogConfig.Sharded): subscribers must then SSUBSCRIBE.
+func (l *RedisLog) Sharded() bool { return l.cfg.Sharded }
+
 // Range returns the retained events of channel published after the event
 // id since ("" is "0-0", the beginning), oldest first, with their frames
 // rebuilt exactly as they were published, whether nothing after since is
