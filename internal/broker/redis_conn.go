@@ -47,6 +47,8 @@ type psConn struct {
 	ps          *redis.PubSub // nil until the first round, and after a rebuild
 	epoch       uint64        // bumped by each rebuild; messages of an older PubSub are dropped
 	rebuild     bool          // replace ps before the next round
+	moved       bool          // the rebuild follows a slot move: wait for the new owner
+	node        string        // on a cluster: the node ps was opened on
 	dirty       map[string]struct{}
 	awaiting    map[string]*redisSub // subs with waitSub set, by pub/sub name
 	nextRound   uint64               // number the next round gets
@@ -275,6 +277,7 @@ func (b *Redis) round(c *psConn, resync bool) error {
 			return nil
 		}
 		c.ps = ps
+		c.node = b.owner(c)
 		b.mu.Unlock()
 		b.forward(c, ps, epoch)
 	}
@@ -334,14 +337,20 @@ func (b *Redis) forward(c *psConn, ps *redis.PubSub, epoch uint64) {
 // client reloads its slot map first, so that the new PubSub goes to the
 // slot's current owner. It runs on c's reconciler only.
 func (b *Redis) reset(c *psConn) {
+	b.mu.Lock()
+	was, moved := c.node, c.moved
+	b.mu.Unlock()
 	if cc, ok := b.rdb.(*redis.ClusterClient); ok {
 		cc.ReloadState(b.ctx)
+		if moved {
+			b.awaitOwner(c, was)
+		}
 	}
 	b.mu.Lock()
 	old := c.ps
 	c.ps = nil
 	c.epoch++
-	c.rebuild = false
+	c.rebuild, c.moved = false, false
 	c.unconfirmed = 0
 	for name, s := range b.subs {
 		if s.conn != c {
@@ -366,6 +375,35 @@ func (b *Redis) reset(c *psConn) {
 	if old != nil {
 		old.Close()
 		b.stats.replacements.Add(1)
+	}
+}
+
+// owner returns the node that the client's slot map says serves c's
+// partition; "" when not on a cluster or not known.
+func (b *Redis) owner(c *psConn) string {
+	cc, ok := b.rdb.(*redis.ClusterClient)
+	if !ok || !c.sharded {
+		return ""
+	}
+	n, err := cc.MasterForKey(b.ctx, c.probe)
+	if err != nil {
+		return ""
+	}
+	return n.Options().Addr
+}
+
+// moveSettle bounds how long a rebuild after a slot move waits for the
+// client's slot map to name the slot's new owner.
+const moveSettle = time.Second
+
+// awaitOwner waits until the client's slot map (reloading in the
+// background) no longer names was as the owner of c's partition, for up
+// to moveSettle, so that the new PubSub goes to the new owner at once. A
+// map that stays stale costs a later rebuild (stuckResyncs), not events.
+func (b *Redis) awaitOwner(c *psConn, was string) {
+	deadline := time.Now().Add(moveSettle)
+	for b.owner(c) == was && was != "" && time.Now().Before(deadline) && b.ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond) // the reload runs in go-redis's own goroutine
 	}
 }
 

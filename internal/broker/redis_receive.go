@@ -179,6 +179,7 @@ func (b *Redis) onSubscription(c *psConn, epoch uint64, m *redis.Subscription) (
 		return s.channel, true
 	case "sunsubscribe":
 		if !c.rebuild {
+			c.moved = true
 			b.stats.moves.Add(1)
 			b.logger.Info("redis cluster moved a partition's slot; resubscribing on its new node and refilling from history", "partition", c.part)
 			c.rebuildLocked()

@@ -84,6 +84,24 @@ func (n Names) Idempotency(tag, scopedKey string) string {
 	return n.Prefix + "herald:" + tag + ":i:" + scopedKey
 }
 
+// Outbox is the list of pub/sub messages whose events were appended but
+// not yet published: with replica acknowledgements (LogConfig.ReplicaAcks)
+// a message goes out only once a replica has its event. tag is the
+// partition's Tag on a cluster, "" on a single Redis. OutboxSeq numbers
+// its entries.
+func (n Names) Outbox(tag string) string { return n.Prefix + "herald:" + tagged(tag) + "o" }
+
+// OutboxSeq is the counter that numbers the entries of Outbox(tag).
+func (n Names) OutboxSeq(tag string) string { return n.Prefix + "herald:" + tagged(tag) + "o:n" }
+
+// tagged is tag followed by a colon, or "" for no tag.
+func tagged(tag string) string {
+	if tag == "" {
+		return ""
+	}
+	return tag + ":"
+}
+
 // Ticket is the key of a one-time connect ticket.
 func (n Names) Ticket(ticket string) string { return n.Prefix + "herald:ticket:" + ticket }
 

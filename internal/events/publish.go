@@ -51,9 +51,17 @@ import (
 // one the publisher names ("e:{user}"), which is then recorded. The
 // pub/sub message of an owned effect's event is "{owner}\n{frame}".
 //
+// With ARGV[4] = OUTBOX (replica acknowledgements, see exec.go) the script
+// does not publish: it appends each message to the outbox list, numbered
+// by the outbox counter ("{n} {len(pubsub)} {pubsub}{message}"), and
+// returns, after the groups, the counter's value: flushScript publishes
+// the outbox up to it once a replica has the call's writes. A repeat of
+// the call then rewrites its own key's expiry, so that WAIT on the
+// repeat's connection covers the first run's writes too.
+//
 // KEYS[1]  the call's own key
 // ARGV[1]  history size     ARGV[2]  history ttl, ms
-// ARGV[3]  record ttl, ms   ARGV[4]  PUBLISH or SPUBLISH
+// ARGV[3]  record ttl, ms   ARGV[4]  PUBLISH, SPUBLISH or OUTBOX
 // ARGV[5]  ms the call's own key is kept
 // ARGV[6]  number of groups
 // then per group: ARGV keyed (0/1), idempotency ttl ms, fingerprint, n;
@@ -62,21 +70,31 @@ import (
 // owner ("n": not an effect; "e": an effect whose owner the publisher does
 // not know; "e:{user}").
 //
-// Returns per group {1, id…} or {0} (its key was used for other content).
-// The frame it builds must stay byte-identical to AppendFrame (tested).
+// With OUTBOX, the last two KEYS are the outbox and its counter.
+//
+// Returns per group {1, id…} or {0} (its key was used for other content),
+// then with OUTBOX the counter. The frame it builds must stay
+// byte-identical to AppendFrame (tested).
 var publishScript = redis.NewScript(idLua + `
+local pubcmd = ARGV[4]
+local outbox = pubcmd == 'OUTBOX'
 local prev = redis.call('GET', KEYS[1])
 if prev then
+  local body, upto = string.match(prev, '^([^|]*)|?(%d*)$')
   local out = {}
-  for g in string.gmatch(prev, '[^;]+') do
+  for g in string.gmatch(body, '[^;]+') do
     local r = {}
     for v in string.gmatch(g, '[^,]+') do r[#r + 1] = v end
     r[1] = tonumber(r[1])
     out[#out + 1] = r
   end
+  if outbox then
+    redis.call('PEXPIRE', KEYS[1], ARGV[5])
+    out[#out + 1] = tonumber(upto)
+  end
   return out
 end
-local maxlen, ttl, rttl, pubcmd = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local maxlen, ttl, rttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 -- now in ms, as a number and as text, without number formatting.
 local t = redis.call('TIME')
 local nowstr = t[1] .. string.sub('00000' .. t[2], -6, -4)
@@ -144,7 +162,12 @@ for g = 1, tonumber(ARGV[6]) do
       local frame = '{"type":"event","channel":"' .. channel .. '","id":"' .. id ..
         '","event":"' .. event .. '","data":' .. data .. ',"ts":' .. ms .. '}'
       if o ~= 'n' and owner then frame = owner .. '\n' .. frame end
-      redis.call(pubcmd, pubsub, frame)
+      if outbox then
+        local n = redis.call('INCR', KEYS[#KEYS])
+        redis.call('RPUSH', KEYS[#KEYS - 1], n .. ' ' .. #pubsub .. ' ' .. pubsub .. frame)
+      else
+        redis.call(pubcmd, pubsub, frame)
+      end
       r[#r + 1] = id
     end
     if keyed then redis.call('SET', ikey, fp .. ' ' .. table.concat(r, ',', 2), 'PX', idemttl) end
@@ -153,8 +176,36 @@ for g = 1, tonumber(ARGV[6]) do
 end
 local enc = {}
 for g, r in ipairs(out) do enc[g] = table.concat(r, ',') end
-redis.call('SET', KEYS[1], table.concat(enc, ';'), 'PX', ARGV[5])
+local rec = table.concat(enc, ';')
+if outbox then
+  local upto = tonumber(redis.call('GET', KEYS[#KEYS]) or '0')
+  rec = rec .. '|' .. upto
+  out[#out + 1] = upto
+end
+redis.call('SET', KEYS[1], rec, 'PX', ARGV[5])
 return out
+`)
+
+// flushScript publishes the outbox of a partition (or of a single Redis)
+// in order, up to the entry numbered ARGV[1], and removes what it
+// published. Entries after that wait for a later flush: they may not be
+// on a replica yet.
+//
+// KEYS[1] the outbox; ARGV[1] the newest entry to publish; ARGV[2]
+// PUBLISH or SPUBLISH. Returns how many it published.
+var flushScript = redis.NewScript(`
+local upto, cmd, n = tonumber(ARGV[1]), ARGV[2], 0
+while true do
+  local e = redis.call('LINDEX', KEYS[1], 0)
+  if not e then break end
+  local seq, len, at = string.match(e, '^(%d+) (%d+) ()')
+  if tonumber(seq) > upto then break end
+  redis.call('LPOP', KEYS[1])
+  local l = tonumber(len)
+  redis.call(cmd, string.sub(e, at, at + l - 1), string.sub(e, at + l))
+  n = n + 1
+end
+return n
 `)
 
 // Limits of one script call: it blocks Redis while it runs. A call's
@@ -221,12 +272,15 @@ func (l *RedisLog) Append(ctx context.Context, scopedKey string, pubs ...Publica
 }
 
 // scriptCall is one run of publishScript: its groups (parts of calls),
-// keys and arguments.
+// keys and arguments, and how it went.
 type scriptCall struct {
+	tag    string // the partition's hash tag on a cluster, "" otherwise
 	groups []group
 	keys   []string
 	args   []any
-	cmd    *redis.Cmd
+	res    []any // the script's reply
+	upto   int64 // with an outbox: the newest outbox entry the call may flush
+	err    error
 }
 
 // group is the part of one Append call published by one script call: all
@@ -237,77 +291,35 @@ type group struct {
 }
 
 // publish publishes appends in one script call (or, on a cluster, one per
-// partition in one pipeline) and sets every call's ids or error.
+// partition, grouped by node; with replica acks followed by WAIT and the
+// outbox flush, see exec.go) and sets every call's ids or error.
 func (l *RedisLog) publish(ctx context.Context, _ string, appends []*appendCall) ([]*appendCall, error) {
 	for _, c := range appends {
 		c.ids = make([]string, len(c.pubs))
 	}
 	calls := l.scriptCalls(appends)
-	var err error
-	if len(calls) == 1 {
-		calls[0].cmd = publishScript.Run(ctx, l.rdb, calls[0].keys, calls[0].args...)
-		err = calls[0].cmd.Err()
-	} else {
-		err = l.pipelined(ctx, calls)
-	}
+	l.run(ctx, calls)
 	for _, sc := range calls {
 		l.apply(sc)
-	}
-	for _, c := range appends {
-		if c.err == nil && err != nil && !c.complete() {
-			// No channel name here: effect ids are capabilities, kept out of logs.
-			c.err = fmt.Errorf("publish %d event(s): %w", len(c.pubs), err)
-		}
 	}
 	return appends, nil
 }
 
-// pipelined runs several script calls (one per partition) in one pipeline,
-// loading the script first when Redis does not know it.
-func (l *RedisLog) pipelined(ctx context.Context, calls []*scriptCall) error {
-	run := func() error {
-		_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for _, sc := range calls {
-				sc.cmd = publishScript.EvalSha(ctx, p, sc.keys, sc.args...)
-			}
-			return nil
-		})
-		return err
-	}
-	err := run()
-	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-		if err = publishScript.Load(ctx, l.rdb).Err(); err == nil {
-			err = run()
-		}
-	}
-	return err
-}
-
-// complete reports whether every id of c was set.
-func (c *appendCall) complete() bool {
-	for _, id := range c.ids {
-		if id == "" {
-			return false
-		}
-	}
-	return true
-}
-
 // apply hands the groups of a finished script call their ids or errors.
 func (l *RedisLog) apply(sc *scriptCall) {
-	res, err := sc.cmd.Slice()
-	if err != nil {
+	if sc.err != nil {
 		for _, g := range sc.groups {
 			if g.call.err == nil {
-				g.call.err = fmt.Errorf("publish %d event(s): %w", len(g.call.pubs), err)
+				// No channel name here: effect ids are capabilities, kept out of logs.
+				g.call.err = fmt.Errorf("publish %d event(s): %w", len(g.call.pubs), sc.err)
 			}
 		}
 		return
 	}
 	for i, g := range sc.groups {
 		var r []any
-		if i < len(res) {
-			r, _ = res[i].([]any)
+		if i < len(sc.res) {
+			r, _ = sc.res[i].([]any)
 		}
 		switch {
 		case len(r) == 1 && r[0] == int64(0):
@@ -369,10 +381,14 @@ func seq(n int) []int {
 // scriptCall builds the keys and arguments of one run of publishScript;
 // tag is the partition's hash tag on a cluster, "" otherwise.
 func (l *RedisLog) scriptCall(tag string, groups []group) *scriptCall {
-	sc := &scriptCall{groups: groups}
+	sc := &scriptCall{tag: tag, groups: groups}
 	sc.keys = append(sc.keys, l.names.Idempotency(tag, autoKey()))
+	cmd := l.pub
+	if l.cfg.ReplicaAcks > 0 {
+		cmd = "OUTBOX"
+	}
 	sc.args = append(sc.args, l.cfg.HistorySize, l.cfg.HistoryTTL.Milliseconds(), l.cfg.RecordTTL.Milliseconds(),
-		l.pub, AutoKeyTTL.Milliseconds(), len(groups))
+		cmd, AutoKeyTTL.Milliseconds(), len(groups))
 	for _, g := range groups {
 		c := g.call
 		pubs := make([]Publication, len(g.idx))
@@ -391,6 +407,9 @@ func (l *RedisLog) scriptCall(tag string, groups []group) *scriptCall {
 			sc.keys = append(sc.keys, l.names.History(p.Channel), l.names.Record(p.Channel))
 			sc.args = append(sc.args, l.names.PubSub(p.Channel), p.Channel, p.Event, p.data(), c.owners[g.idx[i]])
 		}
+	}
+	if l.cfg.ReplicaAcks > 0 {
+		sc.keys = append(sc.keys, l.names.Outbox(tag), l.names.OutboxSeq(tag))
 	}
 	return sc
 }

@@ -147,6 +147,17 @@ type LogConfig struct {
 	HistoryTTL  time.Duration // how long they are kept; DefaultHistoryTTL
 	RecordTTL   time.Duration // how long a channel's newest id is remembered; DefaultRecordTTL, at least HistoryTTL
 	Sharded     bool          // publish with SPUBLISH (Redis Cluster's sharded pub/sub) instead of PUBLISH
+
+	// ReplicaAcks, when positive, makes a publish wait until that many
+	// replicas of its Redis node have its events (WAIT) before the events
+	// go out to subscribers and the call returns their ids; a publish no
+	// replica confirms within ReplicaTimeout fails with ErrNotReplicated.
+	// So an event acknowledged, or seen by any subscriber, survives the
+	// failover of its node to a replica that had it. Default 0: publish at
+	// once (asynchronous replication may lose acknowledged events in a
+	// failover). ReplicaTimeout defaults to 1s.
+	ReplicaAcks    int
+	ReplicaTimeout time.Duration
 }
 
 // RedisLog appends events to their channels' history in Redis and publishes
@@ -174,6 +185,9 @@ func NewRedisLog(rdb redis.UniversalClient, names Names, cfg LogConfig) *RedisLo
 		cfg.RecordTTL = DefaultRecordTTL
 	}
 	cfg.RecordTTL = max(cfg.RecordTTL, cfg.HistoryTTL)
+	if cfg.ReplicaTimeout <= 0 {
+		cfg.ReplicaTimeout = time.Second
+	}
 	pub := "PUBLISH"
 	if cfg.Sharded {
 		pub = "SPUBLISH"

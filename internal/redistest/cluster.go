@@ -246,8 +246,9 @@ func (c *Cluster) MoveSlot(slot int, from, to ClusterNode) {
 }
 
 // WaitHealthy waits until every running node reports cluster_state:ok,
-// knows a master for every slot and agrees with the others on who serves
-// which slots.
+// knows a running master for every slot (after a master was killed: its
+// replica took over), agrees with the others on who serves which slots,
+// and every replica is in sync with its master.
 func (c *Cluster) WaitHealthy() {
 	c.tb.Helper()
 	deadline := time.Now().Add(30 * time.Second)
@@ -277,6 +278,17 @@ func (c *Cluster) unhealthy() string {
 		if !strings.Contains(info, "cluster_state:ok") || !strings.Contains(info, "cluster_slots_ok:16384") {
 			return s.Addr + " reports: " + info
 		}
+		rdb = redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
+		ctx, cancel = context.WithTimeout(context.Background(), time.Second)
+		repl, err := rdb.Info(ctx, "replication").Result()
+		cancel()
+		rdb.Close()
+		if err != nil {
+			return err.Error()
+		}
+		if strings.Contains(repl, "role:slave") && !strings.Contains(repl, "master_link_status:up") {
+			return "replica " + s.Addr + " is not in sync with its master"
+		}
 		nodes, err := c.Topology(s.Addr)
 		if err != nil {
 			return err.Error()
@@ -287,6 +299,9 @@ func (c *Cluster) unhealthy() string {
 				return s.Addr + " sees " + n.Addr + " failing"
 			}
 			if n.Master && len(n.Slots) > 0 {
+				if node := c.Node(n.Addr); node == nil || node.cmd == nil {
+					return s.Addr + " still sees slots on the stopped node " + n.Addr
+				}
 				parts = append(parts, fmt.Sprint(n.Addr, n.Slots))
 			}
 		}

@@ -66,7 +66,8 @@ func (s *Server) start() {
 		"--daemonize", "no", "--protected-mode", "yes",
 		"--logfile", filepath.Join(s.dir, "redis.log"))
 	if s.conf == "" {
-		args = append(args, "--save", "")
+		// No snapshots; replicas sync at once rather than 5 s later.
+		args = append(args, "--save", "", "--repl-diskless-sync-delay", "0")
 	}
 	cmd := exec.Command(s.args[0], args...)
 	dieWithTest(cmd)
