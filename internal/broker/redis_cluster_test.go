@@ -193,13 +193,7 @@ func TestRedisClusterSlotMovesMidStream(t *testing.T) {
 		subscribeAll(t, b, chans)
 		brokers = append(brokers, b)
 	}
-	s := startStream(t, chans, 12, 1200, func(ctx context.Context, key string, p events.Publication) (string, error) {
-		ids, err := log.Append(ctx, events.ScopedKey("gtest", key), p)
-		if err != nil {
-			return "", err
-		}
-		return ids[0], nil
-	})
+	s := startStream(t, chans, 12, 1200, appendOne(log))
 	s.waitTotal(1000)
 	masters := c.Masters()
 	for i, ch := range chans[:12:12] {
@@ -242,13 +236,7 @@ func TestRedisClusterMasterKilledMidStream(t *testing.T) {
 		b := newClusterBroker(t, rdb, l.Handle, fastFaults)
 		subscribeAll(t, b, chans)
 	}
-	s := startStream(t, chans, 12, 1200, func(ctx context.Context, key string, p events.Publication) (string, error) {
-		ids, err := log.Append(ctx, events.ScopedKey("gtest", key), p)
-		if err != nil {
-			return "", err
-		}
-		return ids[0], nil
-	})
+	s := startStream(t, chans, 12, 1200, appendOne(log))
 	s.waitTotal(1000)
 	victim := c.Node(ownerOf(c.Masters(), partitionSlot(t, rdb, events.Partition(chans[0]))).Addr)
 	victim.Kill()

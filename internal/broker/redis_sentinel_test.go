@@ -39,13 +39,7 @@ func TestRedisSentinelFailoverMidStream(t *testing.T) {
 		subscribeAll(t, b, chans)
 		brokers = append(brokers, b)
 	}
-	st := startStream(t, chans, 12, 1200, func(ctx context.Context, key string, p events.Publication) (string, error) {
-		ids, err := log.Append(ctx, events.ScopedKey("gtest", key), p)
-		if err != nil {
-			return "", err
-		}
-		return ids[0], nil
-	})
+	st := startStream(t, chans, 12, 1200, appendOne(log))
 	st.waitTotal(1000)
 	old := s.Primary()
 	now := s.Failover()

@@ -114,6 +114,17 @@ func firstWords(s string) string {
 	return s
 }
 
+// appendOne publishes one event through log, with a scoped key.
+func appendOne(log *events.RedisLog) func(ctx context.Context, key string, p events.Publication) (string, error) {
+	return func(ctx context.Context, key string, p events.Publication) (string, error) {
+		ids, err := log.Append(ctx, events.ScopedKey("gtest", key), p)
+		if err != nil {
+			return "", err
+		}
+		return ids[0], nil
+	}
+}
+
 // halt stops publishing and waits for the publishers.
 func (s *stream) halt() {
 	select {
