@@ -36,6 +36,15 @@ type RedisConfig struct {
 	// owns ("herald:…"), when several Heralds share one Redis. Default "".
 	KeyPrefix string
 
+	// ReplicaAcks is how many replicas of a Redis primary must have a
+	// publish's events before the call succeeds and any subscriber gets
+	// them (the gateways' HERALD_REDIS_REPLICA_ACKS: 1 under Sentinel and
+	// on a cluster, so that a failover loses no acknowledged event). A
+	// publish no replica confirms within ReplicaTimeout (default 1s) is
+	// tried again for a few seconds, then fails. Default 0: publish at once.
+	ReplicaAcks    int
+	ReplicaTimeout time.Duration
+
 	// Publisher names this publisher for idempotency: keys given with
 	// [IdempotencyKey] are scoped to it, so publishers with different
 	// names never collide, and publishers that share a name (the replicas
@@ -153,9 +162,10 @@ const publishAttempts = 4
 // tried again: a Redis that is loading, failing over or read-only for a
 // moment, or a refused connection, all of which mean the script did not
 // run; with an idempotency key (keyed) also a broken connection, after
-// which the script may or may not have run. (go-redis itself already
-// retried a broken connection with the script call's own key, which never
-// publishes twice.)
+// which the script may or may not have run, and missing replica
+// confirmations, after which its events may still go out. (go-redis
+// itself already retried a broken connection with the script call's own
+// key, which never publishes twice.)
 func transient(err error, keyed bool) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, redis.ErrClosed) {
 		return false
@@ -170,5 +180,5 @@ func transient(err error, keyed bool) bool {
 		return true
 	}
 	var ne net.Error
-	return keyed && (errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF))
+	return keyed && (errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, events.ErrNotReplicated))
 }

@@ -24,8 +24,11 @@
 // revokes the loads it comes across, but an entry stored while it runs may
 // survive it.)
 //
-// The package works with a single Redis server or a Sentinel-managed one;
-// its scripts touch several keys, so Redis Cluster is not supported.
+// The package works with a single Redis server, a Sentinel-managed one, or
+// a Redis Cluster. Its scripts touch several keys of one cache (an entry,
+// its lock, its tag sets), so on a cluster every key of a cache lives in
+// one hash slot: the namespace carries a hash tag (the default does), and
+// one cache is served by one shard. Spread load over several caches.
 package cache
 
 import (
@@ -36,6 +39,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,7 +69,10 @@ type Config[V any] struct {
 	// Namespace is the prefix of every Redis key the cache owns. Entries are
 	// "{Namespace}:v:{key}", locks "{Namespace}:l:{key}", tag sets
 	// "{Namespace}:t:{tag}". Caches of different types must not share one.
-	// Default "herald:cache:{Name}".
+	// Default "herald:cache:" followed by Name; on a Redis Cluster (a
+	// *redis.ClusterClient) Name in braces, "herald:cache:{Name}", a hash
+	// tag that keeps the cache in one slot. A Namespace given for a
+	// cluster must contain such a tag ("{…}", not empty).
 	Namespace string
 
 	// Codec encodes values for Redis. Default [JSON].
@@ -107,12 +114,17 @@ type Config[V any] struct {
 
 var validName = regexp.MustCompile(`^[A-Za-z0-9_.\-]{1,64}$`)
 
-func (c *Config[V]) setDefaults() error {
+func (c *Config[V]) setDefaults(cluster bool) error {
 	if !validName.MatchString(c.Name) {
 		return fmt.Errorf("cache: name %q: want 1 to 64 of [A-Za-z0-9_.-]", c.Name)
 	}
-	if c.Namespace == "" {
+	switch {
+	case c.Namespace == "" && cluster:
+		c.Namespace = "herald:cache:{" + c.Name + "}"
+	case c.Namespace == "":
 		c.Namespace = "herald:cache:" + c.Name
+	case cluster && !hashTagged(c.Namespace):
+		return fmt.Errorf("cache %s: namespace %q has no hash tag: on a Redis Cluster every key of a cache must hash to one slot; put a part of it in braces, as in herald:cache:{%s}", c.Name, c.Namespace, c.Name)
 	}
 	if c.Codec == nil {
 		c.Codec = JSON[V]{}
@@ -139,6 +151,17 @@ func (c *Config[V]) setDefaults() error {
 		c.ScanCount = 1000
 	}
 	return nil
+}
+
+// hashTagged reports whether Redis Cluster hashes key by a tag: the text
+// between its first "{" and the next "}", when not empty.
+func hashTagged(key string) bool {
+	i := strings.IndexByte(key, '{')
+	if i < 0 {
+		return false
+	}
+	j := strings.IndexByte(key[i+1:], '}')
+	return j > 0
 }
 
 // Option modifies one write: the entry a GetOrLoad or Set stores.
@@ -194,13 +217,14 @@ type Cache[V any] struct {
 	lastRedisLog atomic.Int64 // unix ns of the last Redis error logged
 }
 
-// New returns a cache of V values in rdb, a single-node or failover client,
-// with its counters registered on reg (nil: not registered). Several caches
+// New returns a cache of V values in rdb, a single-node, failover or
+// cluster client, with its counters registered on reg (nil: not registered). Several caches
 // may register on one registry: they share the metric vectors, each under
 // its own "cache" label. New fails on an invalid name or a registry that
 // holds different metrics under the cache metrics' names.
 func New[V any](rdb redis.UniversalClient, reg prometheus.Registerer, cfg Config[V]) (*Cache[V], error) {
-	if err := cfg.setDefaults(); err != nil {
+	_, cluster := rdb.(*redis.ClusterClient)
+	if err := cfg.setDefaults(cluster); err != nil {
 		return nil, err
 	}
 	m, err := newMetrics(reg, cfg.Name)

@@ -66,9 +66,11 @@ func (c *Cache[V]) InvalidateTags(ctx context.Context, tags ...string) (int, err
 // however many keys match; it never uses KEYS.
 //
 // It is a sweep, not an atomic step: an entry written while it runs may
-// survive it. Use tags when writers race with the invalidation. It returns
-// how many entries it removed, and stops at the first error or when ctx is
-// done.
+// survive it. Use tags when writers race with the invalidation. On a Redis
+// Cluster it scans the master that serves the cache's slot (a cache lives
+// in one slot); while that slot is being moved to another master, keys
+// already moved are not seen. It returns how many entries it removed, and
+// stops at the first error or when ctx is done.
 func (c *Cache[V]) InvalidatePattern(ctx context.Context, pattern string) (int, error) {
 	if c.isClosed() {
 		return 0, ErrClosed
@@ -76,10 +78,20 @@ func (c *Cache[V]) InvalidatePattern(ctx context.Context, pattern string) (int, 
 	c.epoch.Add(1)
 	// One SCAN finds entries ({ns}:v:…) and locks ({ns}:l:…) alike.
 	match := globEscape(c.cfg.Namespace) + ":[vl]:" + pattern
+	var scanner redis.Cmdable = c.rdb
+	if cc, ok := c.rdb.(*redis.ClusterClient); ok {
+		// SCAN has no key: a cluster client would send it to any node.
+		node, err := cc.MasterForKey(ctx, c.entry)
+		if err != nil {
+			c.redisFailed(ctx, "scan", pattern, err)
+			return 0, fmt.Errorf("cache %s: invalidate pattern: find the cache's node: %w", c.cfg.Name, err)
+		}
+		scanner = node
+	}
 	removed := 0
 	var cursor uint64
 	for {
-		keys, next, err := c.rdb.Scan(ctx, cursor, match, int64(c.cfg.ScanCount)).Result()
+		keys, next, err := scanner.Scan(ctx, cursor, match, int64(c.cfg.ScanCount)).Result()
 		if err != nil {
 			c.redisFailed(ctx, "scan", pattern, err)
 			return removed, fmt.Errorf("cache %s: invalidate pattern: scan: %w", c.cfg.Name, err)

@@ -141,7 +141,8 @@ func BenchmarkConcurrencyMemory(b *testing.B) {
 }
 
 // BenchmarkConcurrencyRenewRedis measures one heartbeat of a replica that
-// holds 10,000 sockets of 10,000 users (every LeaseTTL/3, 10 s by default).
+// holds 10,000 sockets of 10,000 users (every LeaseTTL/3, 10 s by default):
+// one write, whatever the number of sockets.
 func BenchmarkConcurrencyRenewRedis(b *testing.B) {
 	srv := redistest.Start(b)
 	c := mustConcurrency(b, srv.Client(), ratelimit.ConcurrencyConfig{})

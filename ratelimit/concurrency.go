@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -23,12 +24,17 @@ type ConcurrencyConfig struct {
 	// a user's slots live in the sorted set Prefix+"herald:conns:"+user.
 	// Default empty.
 	Prefix string
-	// Replica names this process in the lease members it writes
-	// ("{Replica}:{random}"), for people reading Redis. Default: random.
+	// Replica names this process in the names of its leases and
+	// heartbeat ("{Replica}-{random}:{random}"), for people reading Redis.
+	// The random part makes every process a new instance, so a replica
+	// restarted under the same name never inherits the slots of the one
+	// that died. Default: random.
 	Replica string
 	// LeaseTTL bounds how long the slots of a replica that died without
-	// releasing them stay taken. Live replicas renew their leases every
-	// LeaseTTL/3 (see [Concurrency.Run]). Default 30 s; the memory twin
+	// releasing them stay taken: a replica is dead once its heartbeat is
+	// LeaseTTL old, and the living then free its slots. Live replicas
+	// beat every LeaseTTL/3 (see [Concurrency.Run]): one write per
+	// replica, however many slots it holds. Default 30 s; the memory twin
 	// ignores it: its leases die with the process.
 	LeaseTTL time.Duration
 	// RetryAfter is the hint (Result.RetryAfter and Reset) given to a
@@ -76,53 +82,77 @@ func concResult(allowed bool, limit int, count int64, retryAfter time.Duration) 
 // Give it back with Release on the limiter that issued it. The zero Lease
 // holds nothing; releasing it is a no-op.
 type Lease struct {
-	user   string
-	member string
+	user     string
+	member   string
+	instance string // the replica instance that holds it
 }
 
+// liveScore is the score of every lease: a lease lives as long as its
+// replica's heartbeat, whatever its score. (It is far in the future so
+// that replicas of earlier versions, which scored a lease by its expiry,
+// leave it alone; theirs expire by their score.)
+const liveScore = 1 << 52
+
 // acquireScript takes a slot if the user holds fewer than limit live ones, in
-// one atomic step on Redis's clock. Each member's score is its lease's
-// expiry; expired leases (their replica stopped renewing) are dropped before
-// counting. A member already present is a go-redis retry of this very call:
-// it is admitted again without counting twice. The key expires with its
-// last lease.
+// one atomic step. Leases of replicas known dead (ARGV[4..], whose members
+// start with "{id}:") are dropped before counting, as are leases of
+// earlier versions whose expiry score passed. A member already present is a
+// go-redis retry of this very call: it is admitted again without counting
+// twice.
 //
-// KEYS[1] the user's sorted set; ARGV[1] limit; ARGV[2] lease ttl, ms;
-// ARGV[3] member. Returns {allowed 0|1, slots held after}.
+// KEYS[1] the user's sorted set; ARGV[1] limit; ARGV[2] member; ARGV[3]
+// liveScore; ARGV[4..] dead replica instances. Returns {allowed 0|1, slots
+// held after}.
 var acquireScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if #ARGV > 3 then
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    for i = 4, #ARGV do
+      local p = ARGV[i] .. ':'
+      if string.sub(m, 1, #p) == p then redis.call('ZREM', KEYS[1], m) end
+    end
+  end
+end
 local count = redis.call('ZCARD', KEYS[1])
-if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
+if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
   return {1, count}
 end
 if count >= tonumber(ARGV[1]) then
   return {0, count}
 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', KEYS[1], tonumber(top[2]) + 1)
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
 return {1, count + 1}
 `)
 
 // Concurrency limits the slots a user holds at once across every replica
 // sharing a Redis, such as open sockets per user. A slot is a member of the
-// user's sorted set scored by its lease's expiry; [Concurrency.Run] renews
-// this replica's leases every LeaseTTL/3, so the slots of a replica that
-// dies free themselves within LeaseTTL, while Release frees a slot at once.
-// Decisions run in one script on the Redis server's clock. It is safe for
-// concurrent use.
+// user's sorted set, named after the replica instance that holds it.
+// Whether it is still held depends on that instance only: each instance
+// keeps a heartbeat in the registry (Prefix+"herald:replicas", a sorted
+// set of instances scored by when their heartbeat expires) and an index of
+// its leases (Prefix+"herald:replica:{instance}:leases", a hash lease →
+// user). [Concurrency.Run] beats every LeaseTTL/3 — one write per replica,
+// whatever the number of sockets — and frees the leases of instances whose
+// heartbeat expired, through their index; an Acquire drops the leases of
+// the dead instances Run found from the user's set too. So a replica that dies frees its slots within about
+// LeaseTTL plus one beat, while Release frees a slot at once. Every
+// operation touches one key, so it works on a Redis Cluster. It is safe
+// for concurrent use.
 type Concurrency struct {
 	rdb redis.Cmdable
 	cfg ConcurrencyConfig
 	log *slog.Logger
 
-	mu   sync.Mutex
-	held map[string]string // guarded by mu; member → user of every lease to renew
+	mu         sync.Mutex
+	instance   string            // guarded by mu; this process's name in Redis, renewed when found dead
+	registered bool              // guarded by mu; instance has a heartbeat
+	held       map[string]string // guarded by mu; member → user of every lease held
+	dead       []string          // guarded by mu; instances Run last found dead
 }
 
-// NewConcurrency returns a concurrency limiter on rdb that logs renewal
+// NewConcurrency returns a concurrency limiter on rdb that logs heartbeat
 // trouble to log (nil: discard). Call Run for as long as leases are held.
 // It reports an error wrapping ErrInvalidArgument for a bad cfg.
 func NewConcurrency(rdb redis.Cmdable, cfg ConcurrencyConfig, log *slog.Logger) (*Concurrency, error) {
@@ -132,32 +162,96 @@ func NewConcurrency(rdb redis.Cmdable, cfg ConcurrencyConfig, log *slog.Logger) 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Concurrency{rdb: rdb, cfg: cfg, log: log, held: make(map[string]string)}, nil
+	return &Concurrency{rdb: rdb, cfg: cfg, log: log, instance: newInstance(cfg.Replica), held: make(map[string]string)}, nil
 }
+
+// newInstance names one run of a replica.
+func newInstance(replica string) string { return replica + "-" + rand.Text()[:8] }
 
 // Key returns the Redis key that holds user's slots.
 func (c *Concurrency) Key(user string) string { return c.cfg.Prefix + "herald:conns:" + user }
 
+// registryKey is the sorted set of replica instances by heartbeat expiry.
+func (c *Concurrency) registryKey() string { return c.cfg.Prefix + "herald:replicas" }
+
+// indexKey is the hash of an instance's leases (member → user).
+func (c *Concurrency) indexKey(instance string) string {
+	return c.cfg.Prefix + "herald:replica:" + instance + ":leases"
+}
+
+// sweepKey is the lock of the sweep of a dead instance's leases.
+func (c *Concurrency) sweepKey(instance string) string {
+	return c.cfg.Prefix + "herald:replica:" + instance + ":sweep"
+}
+
 // Acquire takes one of user's limit slots if one is free, and returns its
 // lease. When refused, the Lease is zero and Result.RetryAfter is the
 // configured hint. limit is per call, so it may depend on the user; it must
-// be ≥ 1, or the error wraps ErrInvalidArgument. On an error the slot may
-// still have been taken in Redis (the reply was lost); unrenewed, it frees
-// itself within LeaseTTL.
+// be ≥ 1, or the error wraps ErrInvalidArgument. Each Acquire also beats
+// this instance's heartbeat (in the same round trip as the lease's entry
+// in its index), so a slot is always taken by an instance that is alive
+// for LeaseTTL more, and is freed if the process dies. On an error the
+// slot may still have been taken in Redis (the reply was lost), and is
+// then freed with the instance.
 func (c *Concurrency) Acquire(ctx context.Context, user string, limit int) (Lease, Result, error) {
 	if err := checkLimit(limit); err != nil {
 		return Lease{}, Result{}, err
 	}
-	l := Lease{user: user, member: c.cfg.Replica + ":" + rand.Text()}
-	v, err := acquireScript.Run(ctx, c.rdb, []string{c.Key(user)}, limit, c.cfg.LeaseTTL.Milliseconds(), l.member).Int64Slice()
+	var l Lease
+	for attempt := 0; ; attempt++ {
+		c.mu.Lock()
+		instance, first := c.instance, !c.registered
+		c.mu.Unlock()
+		l = Lease{user: user, member: instance + ":" + rand.Text(), instance: instance}
+		// The heartbeat and the index entry, before the slot: the slot is
+		// then taken by a live instance and freed if it dies.
+		var beat *redis.Cmd
+		var index *redis.IntCmd
+		run := func() error {
+			_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+				beat = heartbeatScript.EvalSha(ctx, p, []string{c.registryKey()}, instance, c.cfg.LeaseTTL.Milliseconds(), flag(first))
+				index = p.HSet(ctx, c.indexKey(instance), l.member, user)
+				return nil
+			})
+			return err
+		}
+		err := run()
+		if redis.HasErrorPrefix(beat.Err(), "NOSCRIPT") {
+			// Scripts are not loaded inside pipelines: load it, try again.
+			if err = heartbeatScript.Load(ctx, c.rdb).Err(); err == nil {
+				err = run()
+			}
+		}
+		if err != nil {
+			return Lease{}, Result{}, fmt.Errorf("ratelimit: concurrency heartbeat and index: %w", err)
+		}
+		if index.Err() != nil {
+			return Lease{}, Result{}, fmt.Errorf("ratelimit: concurrency index: %w", index.Err())
+		}
+		if alive, _ := beat.Int(); alive == 1 {
+			c.beaten(instance)
+			break
+		}
+		c.rdb.HDel(ctx, c.indexKey(instance), l.member) // best effort: its instance is dead
+		c.reincarnate(instance)
+		if attempt > 0 {
+			return Lease{}, Result{}, errors.New("ratelimit: concurrency: this replica's heartbeat keeps expiring")
+		}
+	}
+	args := []any{limit, l.member, liveScore}
+	for _, d := range c.deadInstances() {
+		args = append(args, d)
+	}
+	v, err := acquireScript.Run(ctx, c.rdb, []string{c.Key(user)}, args...).Int64Slice()
+	if err == nil && len(v) != 2 {
+		err = fmt.Errorf("returned %d values, want 2", len(v))
+	}
 	if err != nil {
 		return Lease{}, Result{}, fmt.Errorf("ratelimit: concurrency acquire script: %w", err)
 	}
-	if len(v) != 2 {
-		return Lease{}, Result{}, fmt.Errorf("ratelimit: concurrency acquire script returned %d values, want 2", len(v))
-	}
 	r := concResult(v[0] == 1, limit, v[1], c.cfg.RetryAfter)
 	if !r.Allowed {
+		c.rdb.HDel(ctx, c.indexKey(l.instance), l.member) // best effort: a stale index entry frees nothing
 		return Lease{}, r, nil
 	}
 	c.mu.Lock()
@@ -167,9 +261,9 @@ func (c *Concurrency) Acquire(ctx context.Context, user string, limit int) (Leas
 }
 
 // Release frees the lease's slot at once. Releasing a lease twice, or the
-// zero Lease, is a no-op. The lease stops being renewed even when Release
-// fails, so its slot then frees itself within LeaseTTL. Pass a context that
-// outlives the connection being closed.
+// zero Lease, is a no-op. Pass a context that outlives the connection being
+// closed. When Release fails, the slot stays taken until this process
+// ends (and its instance is found dead).
 func (c *Concurrency) Release(ctx context.Context, l Lease) error {
 	if l.member == "" {
 		return nil
@@ -177,13 +271,18 @@ func (c *Concurrency) Release(ctx context.Context, l Lease) error {
 	c.mu.Lock()
 	delete(c.held, l.member)
 	c.mu.Unlock()
+	// The slot first, its index entry after: a crash in between leaves an
+	// index entry that frees nothing, never a slot nobody frees.
 	if err := c.rdb.ZRem(ctx, c.Key(l.user), l.member).Err(); err != nil {
 		return fmt.Errorf("ratelimit: concurrency release: %w", err)
+	}
+	if err := c.rdb.HDel(ctx, c.indexKey(l.instance), l.member).Err(); err != nil {
+		return fmt.Errorf("ratelimit: concurrency release: index: %w", err)
 	}
 	return nil
 }
 
-// Held reports how many leases this limiter holds and renews.
+// Held reports how many leases this limiter holds.
 func (c *Concurrency) Held() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -54,7 +54,7 @@ func TestConcurrencyDeadReplica(t *testing.T) {
 	// slots must be held by live (renewed) and other.
 	members := srv.Client().ZRange(ctx, other.Key("u"), 0, -1).Val()
 	slices.Sort(members)
-	if len(members) != 2 || !strings.HasPrefix(members[0], "live:") || !strings.HasPrefix(members[1], "other:") {
+	if len(members) != 2 || !strings.HasPrefix(members[0], "live-") || !strings.HasPrefix(members[1], "other-") {
 		t.Fatalf("members after expiry: %q, want one of live, one of other", members)
 	}
 	t.Logf("dead replica's slot freed after %v (lease TTL %v)", time.Since(start), leaseTTL)
@@ -75,12 +75,17 @@ func TestConcurrencyDeadReplica(t *testing.T) {
 
 // TestConcurrencyLostLease: a lease that expired while its replica could not
 // renew (here: did not) is not resurrected by a late renewal, which would
-// push the user over the limit; the replica stops renewing it.
+// push the user over the limit; the replica stops renewing it. (b, the
+// replica that takes the slot, is alive: it beats.)
 func TestConcurrencyLostLease(t *testing.T) {
 	srv := redistest.Start(t)
 	ctx := context.Background()
 	a := mustConcurrency(t, srv.Client(), ratelimit.ConcurrencyConfig{Replica: "a", LeaseTTL: leaseTTL})
 	b := mustConcurrency(t, srv.Client(), ratelimit.ConcurrencyConfig{Replica: "b", LeaseTTL: leaseTTL})
+	runCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { b.Run(runCtx) })
+	t.Cleanup(func() { stop(); wg.Wait() })
 	la, r, err := a.Acquire(ctx, "u", 1)
 	if err != nil || !r.Allowed {
 		t.Fatalf("Acquire: %+v, %v", r, err)
@@ -109,8 +114,10 @@ func TestConcurrencyLostLease(t *testing.T) {
 	}
 }
 
-// TestConcurrencyKeys checks the key shape, the prefix, the lease expiry
-// scores on Redis's clock, and that Release removes the member at once.
+// TestConcurrencyKeys checks the key shapes and the prefix: a user's
+// slots named after the replica instance, the instance's heartbeat in the
+// registry on Redis's clock and its lease index; and that Release removes
+// the slot and its index entry at once.
 func TestConcurrencyKeys(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client()
@@ -125,59 +132,102 @@ func TestConcurrencyKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	after := redisNow(t, rdb)
-	zs := rdb.ZRangeWithScores(ctx, "p1:herald:conns:42", 0, -1).Val()
-	if len(zs) != 1 || !strings.HasPrefix(zs[0].Member.(string), "node-a:") {
-		t.Fatalf("members %v, want one node-a:…", zs)
+	members := rdb.ZRange(ctx, "p1:herald:conns:42", 0, -1).Val()
+	if len(members) != 1 || !strings.HasPrefix(members[0], "node-a-") {
+		t.Fatalf("members %v, want one node-a-…", members)
 	}
+	instance, _, _ := strings.Cut(members[0], ":")
+	zs := rdb.ZRangeWithScores(ctx, "p1:herald:replicas", 0, -1).Val()
 	ttl := ratelimit.DefaultLeaseTTL.Milliseconds()
+	if len(zs) != 1 || zs[0].Member != instance {
+		t.Fatalf("registry %v, want the instance %s", zs, instance)
+	}
 	if s := int64(zs[0].Score); s < before+ttl || s > after+ttl {
-		t.Errorf("lease expiry %d outside Redis TIME + TTL [%d, %d]", s, before+ttl, after+ttl)
+		t.Errorf("heartbeat expiry %d outside Redis TIME + TTL [%d, %d]", s, before+ttl, after+ttl)
+	}
+	index := "p1:herald:replica:" + instance + ":leases"
+	if got := rdb.HGetAll(ctx, index).Val(); len(got) != 1 || got[members[0]] != "42" {
+		t.Fatalf("lease index %v, want %s → 42", got, members[0])
 	}
 	if err := c.Release(ctx, l); err != nil {
 		t.Fatal(err)
 	}
-	if n := rdb.Exists(ctx, "p1:herald:conns:42").Val(); n != 0 {
-		t.Fatalf("key still exists after the last Release")
+	if n := rdb.Exists(ctx, "p1:herald:conns:42", index).Val(); n != 0 {
+		t.Fatalf("%d keys still exist after the last Release", n)
 	}
 }
 
-// One user's key that the renewal script cannot handle must not keep the
-// leases of every other user from being renewed.
-func TestRenewSurvivesOneBadKey(t *testing.T) {
+// TestConcurrencyHeartbeatIsPerReplica: a replica's heartbeat writes one
+// key, however many slots it holds: users' keys are not touched.
+func TestConcurrencyHeartbeatIsPerReplica(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client()
 	ctx := context.Background()
-	c, err := ratelimit.NewConcurrency(rdb, ratelimit.ConcurrencyConfig{LeaseTTL: time.Minute}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const users = 2000
-	for i := range users {
+	c := mustConcurrency(t, rdb, ratelimit.ConcurrencyConfig{Replica: "r"})
+	for i := range 1000 {
 		if _, _, err := c.Acquire(ctx, fmt.Sprint("u", i), 5); err != nil {
 			t.Fatal(err)
 		}
 	}
-	rdb.Set(ctx, c.Key("u7"), "x", 0) // one bad key (WRONGTYPE inside the script)
-	before := map[int]float64{}
+	rdb.ConfigResetStat(ctx)
+	if err := c.Renew(ctx); err != nil {
+		t.Fatal(err)
+	}
+	stats := rdb.Info(ctx, "commandstats").Val()
+	for _, cmd := range []string{"zadd", "zrem", "hset", "pexpire", "pexpireat"} {
+		if line := statLine(stats, cmd); line != "" && !strings.Contains(line, "calls=1,") && cmd == "zadd" {
+			t.Errorf("heartbeat: %s, want one ZADD", line)
+		} else if line != "" && cmd != "zadd" {
+			t.Errorf("heartbeat of 1,000 slots ran %s", line)
+		}
+	}
+	if c.Held() != 1000 {
+		t.Errorf("holds %d leases, want 1000", c.Held())
+	}
+}
+
+func statLine(stats, cmd string) string {
+	for _, line := range strings.Split(stats, "\n") {
+		if strings.HasPrefix(line, "cmdstat_"+cmd+":") {
+			return strings.TrimSpace(line)
+		}
+	}
+	return ""
+}
+
+// One user's key that the sweep cannot handle (overwritten with another
+// type) must not keep the slots of a dead replica's other users taken.
+func TestSweepSurvivesOneBadKey(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	ctx := context.Background()
+	dead := mustConcurrency(t, rdb, ratelimit.ConcurrencyConfig{Replica: "dead", LeaseTTL: leaseTTL})
+	live := mustConcurrency(t, rdb, ratelimit.ConcurrencyConfig{Replica: "live", LeaseTTL: leaseTTL})
+	const users = 2000
 	for i := range users {
-		z := rdb.ZRangeWithScores(ctx, c.Key(fmt.Sprint("u", i)), 0, 0).Val()
-		if len(z) == 1 {
-			before[i] = z[0].Score
+		if _, _, err := dead.Acquire(ctx, fmt.Sprint("u", i), 5); err != nil {
+			t.Fatal(err)
 		}
 	}
-	time.Sleep(20 * time.Millisecond) // so that a renewed lease gets a later expiry
-	err = c.Renew(ctx)
-	notRenewed := 0
-	for i, s := range before {
-		z := rdb.ZRangeWithScores(ctx, c.Key(fmt.Sprint("u", i)), 0, 0).Val()
-		if len(z) == 1 && z[0].Score == s {
-			notRenewed++
-		}
-	}
+	rdb.Set(ctx, dead.Key("u7"), "x", 0) // one bad key (WRONGTYPE for ZREM)
+	var err error
+	ratelimittest.WaitFor(t, 10*time.Second, "the dead replica's heartbeat to expire and be swept", func() bool {
+		err = live.Renew(ctx)
+		return rdb.Exists(ctx, dead.Key("u0")).Val() == 0
+	})
 	if err == nil {
-		t.Error("Renew with a bad key: got nil error, want it reported")
+		t.Error("sweep with a bad key: got nil error, want it reported")
 	}
-	if notRenewed > 0 {
-		t.Fatalf("%d healthy users' leases were not renewed because of one bad key", notRenewed)
+	taken := 0
+	for i := range users {
+		if i != 7 && rdb.Exists(ctx, dead.Key(fmt.Sprint("u", i))).Val() != 0 {
+			taken++
+		}
+	}
+	if taken > 0 {
+		t.Fatalf("%d users' slots stayed taken because of one bad key", taken)
+	}
+	if n := rdb.ZCard(ctx, "herald:replicas").Val(); n != 1 {
+		t.Errorf("registry holds %d instances after the sweep, want 1 (live)", n)
 	}
 }

@@ -35,7 +35,7 @@ func TestScriptsIdempotent(t *testing.T) {
 	}
 
 	for i, member := range []string{"r:1", "r:1"} {
-		v, err := acquireScript.Run(ctx, rdb, []string{"herald:conns:retry"}, 1, 60_000, member).Int64Slice()
+		v, err := acquireScript.Run(ctx, rdb, []string{"herald:conns:retry"}, 1, member, liveScore).Int64Slice()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -49,10 +49,10 @@ func TestScriptsIdempotent(t *testing.T) {
 // limiters decide on the Redis server's clock only: the files that
 // implement them must not read the process's clock, so replicas whose
 // clocks disagree cannot disagree about a limit. (Run's ticker only paces
-// renewals; the expiry it writes comes from TIME.)
+// heartbeats; the expiry it writes comes from TIME.)
 func TestRedisLimitersReadNoLocalClock(t *testing.T) {
 	banned := map[string]bool{"Now": true, "Since": true, "Until": true}
-	for _, file := range []string{"sliding.go", "bucket.go", "concurrency.go", "concurrency_renew.go"} {
+	for _, file := range []string{"sliding.go", "bucket.go", "concurrency.go", "concurrency_heartbeat.go"} {
 		f, err := parser.ParseFile(token.NewFileSet(), file, nil, 0)
 		if err != nil {
 			t.Fatal(err)

@@ -95,8 +95,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		names := events.Names{Prefix: cfg.KeyPrefix}
 		rlog := events.NewRedisLog(rdb, names, events.LogConfig{
 			HistorySize: int64(cfg.HistorySize), HistoryTTL: cfg.HistoryTTL, RecordTTL: cfg.RecordTTL,
-			Sharded: cfg.RedisMode == redisclient.Cluster,
+			Sharded:     cfg.RedisMode == redisclient.Cluster,
+			ReplicaAcks: cfg.ReplicaAcks, ReplicaTimeout: cfg.ReplicaTimeout,
 		})
+		warnShortOfReplicas(ctx, rdb, cfg.ReplicaAcks, log)
 		rb := broker.NewRedis(rdb, rlog, names, deliver, log, broker.RedisOptions{
 			Classic: true,
 			OnGap:   func(channel string) { srv.Gap(channel) },
@@ -233,6 +235,24 @@ func pageURL(addr net.Addr) string {
 		host = "localhost"
 	}
 	return "http://" + net.JoinHostPort(host, port) + "/"
+}
+
+// warnShortOfReplicas says at start which Redis primaries cannot confirm
+// publishes yet: there they fail until enough replicas are in sync.
+func warnShortOfReplicas(ctx context.Context, rdb redis.UniversalClient, acks int, log *slog.Logger) {
+	if acks <= 0 {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	short, err := redisclient.ShortOfReplicas(cctx, rdb, acks)
+	switch {
+	case err != nil:
+		log.Warn("could not count the Redis replicas that confirm publishes", "err", err)
+	case len(short) > 0:
+		log.Warn("Redis primaries with fewer replicas in sync than HERALD_REDIS_REPLICA_ACKS: publishes to them fail until they have enough (set HERALD_REDIS_REPLICA_ACKS=0 to publish without waiting for replicas)",
+			"want", acks, "primaries", short)
+	}
 }
 
 func closeRedis(rdb redis.UniversalClient) {

@@ -81,6 +81,7 @@ func parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 type redisFlags struct {
 	url         string
 	mode        string
+	replicaAcks int // -1: the mode's default
 	prefix      string
 	historySize int64
 	historyTTL  time.Duration
@@ -93,6 +94,7 @@ func addRedisFlags(fs *flag.FlagSet) *redisFlags {
 	rf := &redisFlags{}
 	fs.StringVar(&rf.url, "redis-url", "", "Redis URL, redis:// or rediss://, in the form --redis-mode reads (env REDIS_URL)")
 	fs.StringVar(&rf.mode, "redis-mode", "", "single, cluster or sentinel, as configured on the gateway (env HERALD_REDIS_MODE, default single)")
+	fs.IntVar(&rf.replicaAcks, "replica-acks", -1, "replicas that must have an event before its publish succeeds, as on the gateway (env HERALD_REDIS_REPLICA_ACKS, default 1 in cluster and sentinel modes, else 0)")
 	fs.StringVar(&rf.prefix, "key-prefix", "", "prefix of Herald's own Redis keys, as configured on the gateway")
 	fs.Int64Var(&rf.historySize, "history-size", 0, "events kept per channel; must match the gateway (env HERALD_HISTORY_SIZE, default 100)")
 	fs.DurationVar(&rf.historyTTL, "history-ttl", 0, "how long events are kept per channel; must match the gateway (env HERALD_HISTORY_TTL, default 10m)")
@@ -108,8 +110,19 @@ func (rf *redisFlags) resolve(getenv func(string) string) error {
 	if rf.mode == "" {
 		rf.mode = getenv("HERALD_REDIS_MODE")
 	}
-	if _, err := redisclient.ParseMode(rf.mode); err != nil {
+	mode, err := redisclient.ParseMode(rf.mode)
+	if err != nil {
 		return fmt.Errorf("HERALD_REDIS_MODE=%q: %w", rf.mode, err)
+	}
+	if v := getenv("HERALD_REDIS_REPLICA_ACKS"); rf.replicaAcks < 0 && v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return fmt.Errorf("HERALD_REDIS_REPLICA_ACKS=%q: want a whole number ≥ 0", v)
+		}
+		rf.replicaAcks = n
+	}
+	if rf.replicaAcks < 0 {
+		rf.replicaAcks = redisclient.DefaultReplicaAcks(mode)
 	}
 	if v := getenv("HERALD_HISTORY_SIZE"); rf.historySize == 0 && v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
@@ -202,6 +215,7 @@ func publisher(rf *redisFlags, pf *publishFlags, getenv func(string) string, rdb
 			HistorySize: rf.historySize,
 			HistoryTTL:  rf.historyTTL,
 			KeyPrefix:   rf.prefix,
+			ReplicaAcks: rf.replicaAcks,
 		}), "redis", nil
 	}
 	base, err := gatewayURL(pf.gateway)

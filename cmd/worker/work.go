@@ -132,11 +132,15 @@ func (cf *catalogFlags) open(ctx context.Context, rdb redis.UniversalClient, pre
 	if err != nil {
 		return nil, fmt.Errorf("--catalog: %w", err)
 	}
+	ns := prefix + "herald:cache:catalog"
+	if _, ok := rdb.(*redis.ClusterClient); ok {
+		ns = prefix + "herald:cache:{catalog}" // one slot for the cache's scripts
+	}
 	catalog, err := jobs.NewCatalogCache(rdb, src, jobs.CatalogConfig{
 		Fresh:      cf.fresh,
 		Stale:      cf.stale,
 		Check:      cf.check,
-		Namespace:  prefix + "herald:cache:catalog",
+		Namespace:  ns,
 		Logger:     log,
 		Registerer: reg,
 	})

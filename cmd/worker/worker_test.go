@@ -85,7 +85,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 // history returns the events of channel's history, oldest first.
-func history(t *testing.T, rdb *redis.Client, channel string) []events.Frame {
+func history(t *testing.T, rdb redis.UniversalClient, channel string) []events.Frame {
 	t.Helper()
 	r, err := events.NewRedisLog(rdb, events.Names{}, events.LogConfig{}).Range(ctxT(t), channel, "")
 	if err != nil {

@@ -61,7 +61,11 @@ type Config struct {
 	ClientByteBurst  int           // HERALD_CLIENT_BYTE_BURST, at least 16384; 262144
 
 	// Scaling past one Redis (docs/PROTOCOL.md §9):
-	RedisMode redisclient.Mode // HERALD_REDIS_MODE: single, cluster or sentinel, the form REDIS_URL takes; single
+	RedisMode      redisclient.Mode // HERALD_REDIS_MODE: single, cluster or sentinel, the form REDIS_URL takes; single
+	ReplicaAcks    int              // HERALD_REDIS_REPLICA_ACKS, replicas that must have a publish before it counts; 1 in cluster and sentinel modes, else 0
+	ReplicaTimeout time.Duration    // HERALD_REDIS_REPLICA_TIMEOUT, how long one wait for them lasts; 1s
+
+	SessionCheckRate float64 // HERALD_SESSION_CHECK_RATE, sessions this replica re-checks per second at most; 1000
 }
 
 // setting is one configuration variable: its environment name, its default
@@ -220,6 +224,15 @@ func settings() []setting {
 			c.RedisMode = m
 			return nil
 		}},
+		{"HERALD_REDIS_REPLICA_ACKS", "", "replicas of a Redis primary that must have an event before its publish succeeds and subscribers get it (WAIT); default 1 in cluster and sentinel modes, 0 in single mode; 0: publish at once (a failover may then lose acknowledged events)", func(c *Config, v string) error {
+			if v == "" {
+				c.ReplicaAcks = redisclient.DefaultReplicaAcks(c.RedisMode)
+				return nil
+			}
+			return intSetting(func(c *Config) *int { return &c.ReplicaAcks }, 0)(c, v)
+		}},
+		{"HERALD_SESSION_CHECK_RATE", "1000", "sessions of open sockets this replica re-checks in Redis per second at most; beyond HERALD_SESSION_CHECK × this many sessions, each is checked less often", rateSetting(func(c *Config) *float64 { return &c.SessionCheckRate })},
+		{"HERALD_REDIS_REPLICA_TIMEOUT", "1s", "how long a publish waits for HERALD_REDIS_REPLICA_ACKS replicas before it is tried again (and, after 5s in all, refused)", durSetting(func(c *Config) *time.Duration { return &c.ReplicaTimeout })},
 	}
 }
 

@@ -89,7 +89,7 @@ func (s *Server) handleSSE(c echo.Context) error {
 		s.log.Debug("stream not started", "err", err)
 		return nil
 	}
-	hash := s.live.add(sess)
+	hash := s.live.add(sess, s.now(), s.cfg.SessionCheck)
 	defer s.live.release(hash)
 	conn, err := s.openConn(sess, hash, st, since[0])
 	if err != nil {

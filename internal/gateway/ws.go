@@ -239,7 +239,7 @@ func (t wsTransport) CloseNow() error { return t.c.CloseNow() }
 // done: a new goroutine starts with a stack the size idle ones use, while
 // the join's calls would have grown this one's for the socket's life.
 func (s *Server) serveSocket(ws *websocket.Conn, nc net.Conn, sess session.Session, since string, done func()) {
-	hash := s.live.add(sess)
+	hash := s.live.add(sess, s.now(), s.cfg.SessionCheck)
 	conn, err := s.openConn(sess, hash, wsTransport{c: ws, nc: nc}, since)
 	if err != nil {
 		code, reason := openCloseCode(err)

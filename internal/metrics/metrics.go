@@ -22,6 +22,7 @@ type Metrics struct {
 	ClientErrors    *prometheus.CounterVec // error frames sent to clients, by code
 	Evictions       prometheus.Counter     // sockets removed from an effect that belongs to another user
 	Gaps            prometheus.Counter     // gap notices: channels whose lost events could not be refilled
+	SessionChecks   prometheus.Counter     // sessions of open sockets re-checked in the backend
 }
 
 // New creates the collectors and registers them, plus gauges reading conns
@@ -56,7 +57,10 @@ func New(reg prometheus.Registerer, conns, channels func() float64) *Metrics {
 	m.Gaps = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "herald_gaps_total", Help: "Gap notices: channels whose events were lost on their way to this replica and could not be refilled from history.",
 	})
-	reg.MustRegister(m.EventsIn, m.EventsDelivered, m.Closes, m.Refusals, m.Connects, m.SSEConnects, m.ClientErrors, m.Evictions, m.Gaps,
+	m.SessionChecks = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "herald_session_checks_total", Help: "Sessions of open sockets re-checked in the backend (paced by HERALD_SESSION_CHECK, bounded by HERALD_SESSION_CHECK_RATE).",
+	})
+	reg.MustRegister(m.EventsIn, m.EventsDelivered, m.Closes, m.Refusals, m.Connects, m.SSEConnects, m.ClientErrors, m.Evictions, m.Gaps, m.SessionChecks,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "herald_connections", Help: "Open client sockets on this replica.",
 		}, conns),

@@ -6,10 +6,13 @@
 package redisclient
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	neturl "net/url"
+	"slices"
 	"strings"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -44,6 +47,52 @@ func ParseMode(s string) (Mode, error) {
 		return m, nil
 	}
 	return "", errors.New("want single, cluster or sentinel")
+}
+
+// DefaultReplicaAcks is how many replicas must confirm a publish by
+// default (HERALD_REDIS_REPLICA_ACKS): one under Sentinel and on a
+// cluster, where a failover to a replica is expected and must not lose
+// acknowledged events; none on a single server.
+func DefaultReplicaAcks(mode Mode) int {
+	if mode == Cluster || mode == Sentinel {
+		return 1
+	}
+	return 0
+}
+
+// ShortOfReplicas returns the primaries (masters) of rdb that have fewer
+// than n replicas connected, as "addr (k)": publishes that wait for n
+// confirmations fail there. It asks every master of a cluster.
+func ShortOfReplicas(ctx context.Context, rdb redis.UniversalClient, n int) ([]string, error) {
+	var mu sync.Mutex
+	var short []string
+	check := func(ctx context.Context, c *redis.Client) error {
+		info, err := c.Info(ctx, "replication").Result()
+		if err != nil {
+			return fmt.Errorf("INFO replication: %w", err)
+		}
+		have := 0
+		for _, line := range strings.Split(info, "\n") {
+			if strings.HasPrefix(line, "slave") && strings.Contains(line, "state=online") {
+				have++
+			}
+		}
+		if have < n {
+			mu.Lock()
+			short = append(short, fmt.Sprintf("%s (%d)", c.Options().Addr, have))
+			mu.Unlock()
+		}
+		return nil
+	}
+	var err error
+	switch c := rdb.(type) {
+	case *redis.ClusterClient:
+		err = c.ForEachMaster(ctx, check)
+	case *redis.Client:
+		err = check(ctx, c)
+	}
+	slices.Sort(short)
+	return short, err
 }
 
 // Check parses url for mode without connecting. Its errors never repeat

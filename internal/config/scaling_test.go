@@ -4,6 +4,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/heraldgw/herald/internal/redisclient"
 )
@@ -40,6 +41,26 @@ func TestRedisMode(t *testing.T) {
 		}
 		if strings.Contains(err.Error(), "hunter2") {
 			t.Errorf("mode %q: err %v shows the password", tt.mode, err)
+		}
+	}
+}
+
+func TestReplicaAcks(t *testing.T) {
+	for _, tt := range []struct {
+		mode, acks string
+		want       int
+	}{{"", "", 0}, {"cluster", "", 1}, {"sentinel", "", 1}, {"sentinel", "2", 2}, {"cluster", "0", 0}} {
+		c, err := Load(nil, env(map[string]string{"HERALD_REDIS_MODE": tt.mode, "HERALD_REDIS_REPLICA_ACKS": tt.acks}), io.Discard)
+		if err != nil || c.ReplicaAcks != tt.want || c.ReplicaTimeout != time.Second {
+			t.Errorf("mode %q acks %q: got %d, %v, %v; want %d and 1s", tt.mode, tt.acks, c.ReplicaAcks, c.ReplicaTimeout, err, tt.want)
+		}
+	}
+	for _, bad := range []map[string]string{{"HERALD_REDIS_REPLICA_ACKS": "-1"}, {"HERALD_REDIS_REPLICA_TIMEOUT": "0s"}, {"HERALD_SESSION_CHECK_RATE": "0"}} {
+		_, err := Load(nil, env(bad), io.Discard)
+		for k := range bad {
+			if err == nil || !strings.HasPrefix(err.Error(), k+":") {
+				t.Errorf("%v: err %v, want one naming %s", bad, err, k)
+			}
 		}
 	}
 }

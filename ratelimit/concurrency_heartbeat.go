@@ -1,0 +1,230 @@
+package ratelimit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// heartbeatScript pushes an instance's heartbeat to now + ttl on Redis's
+// clock. An instance whose heartbeat already expired is dead for good
+// (others may be freeing its slots): it is not brought back, and 0 is
+// returned, so that the process carries on as a new instance. A first
+// beat (ARGV[3] = 1) registers a new instance.
+//
+// KEYS[1] the registry; ARGV[1] instance; ARGV[2] ttl, ms; ARGV[3] 1 for
+// the first beat. Returns 1, or 0 when the instance is dead.
+var heartbeatScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if ARGV[3] ~= '1' and not (s and tonumber(s) > now) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+return 1
+`)
+
+// deadScript lists the instances whose heartbeat expired, on Redis's
+// clock. KEYS[1] the registry.
+var deadScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
+`)
+
+// sweepBatch is how many leases of a dead instance one pipeline frees.
+const sweepBatch = 500
+
+// Run keeps this instance's heartbeat and frees the slots of dead
+// instances, every LeaseTTL/3, until ctx is done. It must run while leases
+// are held, or other replicas free them after LeaseTTL. Failures are
+// logged and retried at the next tick; two ticks may fail before the
+// instance is taken for dead.
+func (c *Concurrency) Run(ctx context.Context) {
+	every := c.cfg.LeaseTTL / 3
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, every)
+		err := c.Renew(rctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			c.log.Warn("concurrency heartbeat or sweep failed", "err", err)
+		}
+	}
+}
+
+// Renew beats once: it pushes this instance's heartbeat to LeaseTTL from
+// now (one write, however many leases it holds) and frees the leases of
+// instances whose heartbeat expired. An instance found dead itself (it
+// could not beat for LeaseTTL, and its slots may be someone else's now)
+// drops its leases — their sockets stay open but no longer count — and
+// carries on as a new instance.
+func (c *Concurrency) Renew(ctx context.Context) error {
+	c.mu.Lock()
+	instance, first := c.instance, !c.registered
+	c.mu.Unlock()
+	alive, err := c.beat(ctx, instance, first)
+	if err != nil {
+		return err
+	}
+	if !alive {
+		c.reincarnate(instance)
+	}
+	dead, err := c.readDead(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, d := range dead {
+		if err := c.sweep(ctx, d); err != nil {
+			errs = append(errs, fmt.Errorf("free the slots of %s: %w", d, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("ratelimit: %w", err)
+	}
+	return nil
+}
+
+// beat runs the heartbeat script for instance.
+func (c *Concurrency) beat(ctx context.Context, instance string, first bool) (alive bool, err error) {
+	n, err := heartbeatScript.Run(ctx, c.rdb, []string{c.registryKey()}, instance, c.cfg.LeaseTTL.Milliseconds(), flag(first)).Int()
+	if err != nil {
+		return false, fmt.Errorf("ratelimit: concurrency heartbeat: %w", err)
+	}
+	if n == 1 {
+		c.beaten(instance)
+	}
+	return n == 1, nil
+}
+
+// flag is the heartbeat script's first-beat argument.
+func flag(first bool) string {
+	if first {
+		return "1"
+	}
+	return "0"
+}
+
+// beaten records that instance has a heartbeat.
+func (c *Concurrency) beaten(instance string) {
+	c.mu.Lock()
+	if c.instance == instance {
+		c.registered = true
+	}
+	c.mu.Unlock()
+}
+
+// reincarnate drops the leases of a dead instance and names a new one.
+func (c *Concurrency) reincarnate(dead string) {
+	c.mu.Lock()
+	if c.instance != dead {
+		c.mu.Unlock()
+		return
+	}
+	n := len(c.held)
+	clear(c.held)
+	c.instance, c.registered = newInstance(c.cfg.Replica), false
+	c.mu.Unlock()
+	c.log.Warn("concurrency leases lost: this replica could not beat its heartbeat for the lease TTL; its open sockets no longer count against their users' caps",
+		"leases", n, "ttl", c.cfg.LeaseTTL.String())
+}
+
+// deadInstances returns the instances Run last found dead.
+func (c *Concurrency) deadInstances() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.dead
+}
+
+// readDead reads the instances whose heartbeat expired.
+func (c *Concurrency) readDead(ctx context.Context) ([]string, error) {
+	dead, err := deadScript.Run(ctx, c.rdb, []string{c.registryKey()}).StringSlice()
+	if err != nil {
+		return nil, fmt.Errorf("ratelimit: concurrency: read dead replicas: %w", err)
+	}
+	c.mu.Lock()
+	c.dead = dead
+	c.mu.Unlock()
+	return dead, nil
+}
+
+// sweep frees every slot a dead instance held, through its index, unless
+// another replica is on it, then forgets the instance. A user's key that
+// is not a sorted set (WRONGTYPE) holds no slot to free: it is reported
+// and skipped, never allowed to stop the sweep of the other users.
+func (c *Concurrency) sweep(ctx context.Context, instance string) error {
+	ok, err := c.rdb.SetNX(ctx, c.sweepKey(instance), c.instanceName(), 2*c.cfg.LeaseTTL).Result()
+	if err != nil || !ok {
+		return err // another replica sweeps it
+	}
+	index := c.indexKey(instance)
+	var skipped []error
+	var cursor uint64
+	for {
+		kv, next, err := c.rdb.HScan(ctx, index, cursor, "*", sweepBatch).Result()
+		if err != nil {
+			return fmt.Errorf("scan leases: %w", err)
+		}
+		cmds := make([]*redis.IntCmd, 0, len(kv)/2)
+		_, err = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i := 0; i+1 < len(kv); i += 2 {
+				cmds = append(cmds, p.ZRem(ctx, c.Key(kv[i+1]), kv[i]))
+			}
+			return nil
+		})
+		for _, cmd := range cmds {
+			var reply redis.Error
+			if err := cmd.Err(); errors.As(err, &reply) {
+				skipped = append(skipped, err)
+			} else if err != nil {
+				return fmt.Errorf("free leases: %w", err)
+			}
+		}
+		if err != nil && len(skipped) == 0 {
+			return fmt.Errorf("free leases: %w", err)
+		}
+		// Freed: forget them, so that a sweep cut short resumes where it was.
+		var fields []string
+		for i := 0; i < len(kv); i += 2 {
+			fields = append(fields, kv[i])
+		}
+		if len(fields) > 0 {
+			if err := c.rdb.HDel(ctx, index, fields...).Err(); err != nil {
+				return fmt.Errorf("forget freed leases: %w", err)
+			}
+		}
+		if next == 0 {
+			break
+		}
+		cursor = next
+	}
+	_, err = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Del(ctx, index)
+		p.ZRem(ctx, c.registryKey(), instance)
+		p.Del(ctx, c.sweepKey(instance))
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("forget it: %w", err)
+	}
+	c.log.Info("freed the slots of a replica that stopped beating", "replica", instance)
+	return errors.Join(skipped...)
+}
+
+// instanceName returns this process's current instance.
+func (c *Concurrency) instanceName() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.instance
+}
