@@ -92,12 +92,16 @@ var brokerCounters = []struct {
 	{counterDesc("herald_pubsub_ignored_total", "Pub/sub messages of channels without local subscribers."), func(s broker.RedisStats) uint64 { return s.Ignored }},
 	{counterDesc("herald_pubsub_duplicates_total", "Frames dropped because their id was already delivered."), func(s broker.RedisStats) uint64 { return s.Duplicates }},
 	{counterDesc("herald_pubsub_resubscribes_total", "Resubscriptions after the pub/sub connection reconnected."), func(s broker.RedisStats) uint64 { return s.Resubscribes }},
-	{counterDesc("herald_pubsub_replacements_total", "Pub/sub connections replaced after a missed probe."), func(s broker.RedisStats) uint64 { return s.Replacements }},
+	{counterDesc("herald_pubsub_replacements_total", "Pub/sub connections replaced: a missed probe, a moved slot, a node that confirms nothing."), func(s broker.RedisStats) uint64 { return s.Replacements }},
+	{counterDesc("herald_pubsub_moves_total", "Pub/sub connections a Redis Cluster unsubscribed because their slot moved (rebuilt on the new node)."), func(s broker.RedisStats) uint64 { return s.Moves }},
 	{counterDesc("herald_refill_events_total", "Events delivered from history after a reconnect."), func(s broker.RedisStats) uint64 { return s.Refilled }},
 	{counterDesc("herald_refill_gaps_total", "Refills that found events gone from history, or gave up."), func(s broker.RedisStats) uint64 { return s.RefillGaps }},
 	{counterDesc("herald_refill_failures_total", "Baseline or history reads that failed and were retried."), func(s broker.RedisStats) uint64 { return s.RefillFailures }},
 	{counterDesc("herald_refill_pending_dropped_total", "Live frames dropped while a refill held too many (read again from history)."), func(s broker.RedisStats) uint64 { return s.PendingDropped }},
 }
+
+var connectionsDesc = prometheus.NewDesc("herald_pubsub_connections",
+	"Redis pub/sub connections of this replica: one, or on a cluster one per partition with local channels and one for the classic ingress.", nil, nil)
 
 var classicDesc = prometheus.NewDesc("herald_classic_messages_total",
 	"Classic effect:complete messages, by outcome: converted, invalid, dropped (queue full), failed (publish failed).",
@@ -110,6 +114,7 @@ func (c brokerCollector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- b.desc
 	}
 	ch <- classicDesc
+	ch <- connectionsDesc
 }
 
 func (c brokerCollector) Collect(ch chan<- prometheus.Metric) {
@@ -117,6 +122,7 @@ func (c brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, b := range brokerCounters {
 		ch <- prometheus.MustNewConstMetric(b.desc, prometheus.CounterValue, float64(b.value(s)))
 	}
+	ch <- prometheus.MustNewConstMetric(connectionsDesc, prometheus.GaugeValue, float64(s.Connections))
 	for outcome, v := range map[string]uint64{
 		"converted": s.ClassicConverted, "invalid": s.ClassicInvalid,
 		"dropped": s.ClassicDropped, "failed": s.ClassicFailed,
