@@ -4,6 +4,7 @@
 #                 go test -race -count=1 ./... and a short run of every fuzz target
 # And one to try the horizontal setup without Docker:
 #   make run-cluster — Redis, two replicas, the worker and nginx on loopback, page at http://127.0.0.1:8080
+#                      (REDIS_MODE=cluster: a Redis Cluster; REDIS_MODE=sentinel: Sentinel failover)
 
 GO ?= go
 
@@ -14,8 +15,11 @@ GO ?= go
 run:
 	HERALD_ADDR=$${HERALD_ADDR:-127.0.0.1:8080} $(GO) run ./cmd/gateway
 
+# REDIS_MODE=cluster: a 6-node Redis Cluster; REDIS_MODE=sentinel: a primary,
+# a replica and a Sentinel (see scripts/run-cluster.sh).
+REDIS_MODE ?= single
 run-cluster: deps
-	./scripts/run-cluster.sh
+	REDIS_MODE=$(REDIS_MODE) ./scripts/run-cluster.sh
 
 # -count=1: never a cached pass. go test caches a package's result by the Go
 # files and the files its tests open, but the e2e tests build the binaries

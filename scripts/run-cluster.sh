@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # make run-cluster: Herald's horizontal setup on one machine, without Docker.
-# A redis-server (AOF), two gateway replicas, the worker (`worker run`) and
-# nginx in front of them, all on loopback; nginx is configured from
+# Redis, two gateway replicas, the worker (`worker run`) and nginx in front
+# of them, all on loopback; nginx is configured from
 # deploy/nginx/herald.conf.template, as in docker-compose.yml and the
 # browser tests. Ctrl-C stops everything.
+#
+# REDIS_MODE (make run-cluster REDIS_MODE=cluster) chooses the Redis:
+#   single    one redis-server with AOF (the default)
+#   cluster   a Redis Cluster of 3 masters with a replica each (6 nodes,
+#             ports REDIS_PORT … REDIS_PORT+5), gateways in cluster mode
+#   sentinel  a primary with a replica, watched by one Sentinel (ports
+#             REDIS_PORT, +1, and +2 for the Sentinel)
+# (In cluster and sentinel modes every publish waits for a replica, the
+# gateways' default HERALD_REDIS_REPLICA_ACKS=1.)
 #
 #   scripts/run-cluster.sh              start the cluster (what make run-cluster runs)
 #   scripts/run-cluster.sh restart a    from another terminal: start replica a (or b)
@@ -81,6 +90,11 @@ LB_PORT=${LB_PORT:-8080}
 GATEWAY_A_PORT=${GATEWAY_A_PORT:-8181}
 GATEWAY_B_PORT=${GATEWAY_B_PORT:-8182}
 REDIS_PORT=${REDIS_PORT:-6391}
+REDIS_MODE=${REDIS_MODE:-single}
+case "$REDIS_MODE" in
+  single | cluster | sentinel) ;;
+  *) echo "run-cluster: REDIS_MODE=$REDIS_MODE: want single, cluster or sentinel" >&2; exit 2 ;;
+esac
 
 find_program() {
   command -v "$1" 2>/dev/null && return
@@ -89,6 +103,7 @@ find_program() {
   exit 1
 }
 REDIS_SERVER=$(find_program redis-server)
+REDIS_CLI=$(find_program redis-cli)
 NGINX=$(find_program nginx)
 find_program curl >/dev/null
 
@@ -131,17 +146,72 @@ trap cleanup INT TERM EXIT
 echo "run-cluster: building" >&2
 go build -o "$work/bin/" ./cmd/gateway ./cmd/worker
 
-"$REDIS_SERVER" --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$work" --appendonly yes --save '' \
-  --daemonize no --logfile "$work/redis.log" &
-echo $! >"$work/pids/redis"
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null && break
-  sleep 0.1
-done
+# start_redis NAME PORT ARGS...: a redis-server (or Sentinel) of the
+# cluster, its files in $work/NAME, its pid recorded as NAME.
+start_redis() {
+  local name=$1 port=$2
+  shift 2
+  mkdir -p "$work/$name"
+  "$REDIS_SERVER" "$@" --port "$port" --bind 127.0.0.1 --dir "$work/$name" \
+    --daemonize no --logfile "$work/$name.log" &
+  echo $! >"$work/pids/$name"
+  for _ in $(seq 100); do
+    "$REDIS_CLI" -p "$port" ping >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  echo "run-cluster: $name did not start; its log ($work/$name.log):" >&2
+  tail -n 20 "$work/$name.log" >&2 || true
+  exit 1
+}
+
+redis_mode_env=
+case "$REDIS_MODE" in
+  single)
+    start_redis redis "$REDIS_PORT" --appendonly yes --save ''
+    redis_url="redis://127.0.0.1:$REDIS_PORT"
+    ;;
+  cluster)
+    nodes=()
+    redis_url="redis://127.0.0.1:$REDIS_PORT"
+    for i in 0 1 2 3 4 5; do
+      port=$((REDIS_PORT + i))
+      start_redis "redis-$i" "$port" --cluster-enabled yes --cluster-config-file nodes.conf \
+        --cluster-node-timeout 2000 --appendonly yes --save '' --repl-diskless-sync-delay 0
+      nodes+=("127.0.0.1:$port")
+      [ "$i" -gt 0 ] && redis_url+=$([ "$i" -eq 1 ] && echo "?" || echo "&")"addr=127.0.0.1:$port"
+    done
+    "$REDIS_CLI" --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$work/cluster-create.log" 2>&1 ||
+      { echo "run-cluster: redis-cli --cluster create failed:" >&2; tail -n 20 "$work/cluster-create.log" >&2; exit 1; }
+    for _ in $(seq 200); do
+      "$REDIS_CLI" -p "$REDIS_PORT" cluster info 2>/dev/null | grep -q cluster_state:ok && break
+      sleep 0.1
+    done
+    redis_mode_env="export HERALD_REDIS_MODE=cluster"
+    ;;
+  sentinel)
+    start_redis redis-primary "$REDIS_PORT" --appendonly yes --save '' --repl-diskless-sync-delay 0
+    start_redis redis-replica "$((REDIS_PORT + 1))" --replicaof 127.0.0.1 "$REDIS_PORT" --appendonly yes --save ''
+    mkdir -p "$work/sentinel"
+    printf 'sentinel monitor herald 127.0.0.1 %s 1\nsentinel down-after-milliseconds herald 2000\nsentinel failover-timeout herald 10000\n' \
+      "$REDIS_PORT" >"$work/sentinel/sentinel.conf"
+    # Sentinel rewrites its config file: it is the first argument.
+    "$REDIS_SERVER" "$work/sentinel/sentinel.conf" --sentinel --port "$((REDIS_PORT + 2))" --bind 127.0.0.1 \
+      --dir "$work/sentinel" --daemonize no --logfile "$work/sentinel.log" &
+    echo $! >"$work/pids/sentinel"
+    redis_url="redis://127.0.0.1:$((REDIS_PORT + 2))?master_name=herald"
+    redis_mode_env="export HERALD_REDIS_MODE=sentinel"
+    # Until the Sentinel answers for the master, the gateways cannot start.
+    for _ in $(seq 200); do
+      "$REDIS_CLI" -p "$((REDIS_PORT + 2))" sentinel get-master-addr-by-name herald 2>/dev/null | grep -q 127.0.0.1 && break
+      sleep 0.1
+    done
+    ;;
+esac
 
 # The cluster's settings, kept for `restart`.
 cat >"$work/env" <<EOF
-export REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+export REDIS_URL="$redis_url"
+$redis_mode_env
 export HERALD_DEV=true HERALD_DEV_FORCE=true # the demo endpoints, on purpose: a private Redis
 export HERALD_API_KEYS="${HERALD_API_KEYS:-local-dev-key-0123456789}"
 export HERALD_TRUSTED_PROXIES=127.0.0.1/32 # nginx
@@ -192,14 +262,14 @@ cat <<EOF
 
   replicas   a  http://127.0.0.1:$GATEWAY_A_PORT  (pid $(cat "$work/pids/gateway-a"))
              b  http://127.0.0.1:$GATEWAY_B_PORT  (pid $(cat "$work/pids/gateway-b"))
-  redis      $REDIS_URL
+  redis      $REDIS_URL  ($REDIS_MODE)
   API key    $HERALD_API_KEYS
   logs       $work  (kept until the next start)
 
   Kill the replica the page shows ("served by a": kill -9 $(cat "$work/pids/gateway-a")) and watch it
   reconnect to the other one; bring it back with: scripts/run-cluster.sh restart a
   Jobs for the page's user through the worker:
-    REDIS_URL=$REDIS_URL $work/bin/worker demo --user alice --count 5
+    REDIS_URL='$REDIS_URL' HERALD_REDIS_MODE=$REDIS_MODE $work/bin/worker demo --user alice --count 5
   Ctrl-C stops everything.
 
 EOF
@@ -214,7 +284,7 @@ while :; do
   ended=
   wait -n -p ended 2>/dev/null || true # bash reports a killed job itself: we say more below
   [ -n "$stopping" ] && break
-  [ -n "$ended" ] || break # no children left
+  [ -n "${ended:-}" ] || break # no children left (bash unsets it when a signal ends the wait)
   for f in "$work"/pids/*; do
     [ "$(cat "$f" 2>/dev/null)" = "$ended" ] || continue
     name=$(basename "$f")

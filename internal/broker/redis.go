@@ -85,6 +85,7 @@ type RedisStats struct {
 	ClassicFailed    uint64 // classic messages whose publish failed
 	Replacements     uint64 // pub/sub connections replaced: a missed probe, a slot that moved, a node that stopped answering
 	Moves            uint64 // of those, the ones a cluster asked for: its server unsubscribed a slot that moved
+	Probes           uint64 // probes published (one per connection every ProbeInterval)
 }
 
 // Redis is the shared Broker. Publish runs events.RedisLog's atomic script;
@@ -185,7 +186,7 @@ type redisCounters struct {
 	received, delivered, ignored, resubscribes atomic.Uint64
 	duplicates, refilled, refillGaps           atomic.Uint64
 	refillFailures, pendingDropped             atomic.Uint64
-	replacements, moves                        atomic.Uint64
+	replacements, moves, probes                atomic.Uint64
 	converted, dropped, invalid, publishFailed atomic.Uint64
 }
 
@@ -361,6 +362,7 @@ func (b *Redis) Stats() RedisStats {
 		ClassicFailed:    c.publishFailed.Load(),
 		Replacements:     c.replacements.Load(),
 		Moves:            c.moves.Load(),
+		Probes:           c.probes.Load(),
 	}
 }
 

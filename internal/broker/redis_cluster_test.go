@@ -176,6 +176,20 @@ func TestRedisClusterShardedSubscriptions(t *testing.T) {
 	check(want)
 }
 
+// TestRedisClusterProbesHoldSteady: on a quiet cluster every connection's
+// probe comes back, also the classic ingress's plain one, whose PUBLISH a
+// cluster counts only on the node that took it: nothing is replaced.
+func TestRedisClusterProbesHoldSteady(t *testing.T) {
+	c := redistest.StartCluster(t, 3, 0)
+	rdb := c.Client()
+	b := newClusterBroker(t, rdb, newIDLog().Handle, broker.RedisOptions{Classic: true, ProbeInterval: 100 * time.Millisecond, ProbeTimeout: time.Second})
+	subscribeAll(t, b, spreadChannels(t, c, rdb, "quiet", 2))
+	eventually(t, "ten probes per connection", func() bool { s := b.Stats(); return s.Probes >= uint64(10*s.Connections) })
+	if s := b.Stats(); s.Replacements != 0 {
+		t.Errorf("%d connections replaced on a quiet cluster, want none", s.Replacements)
+	}
+}
+
 // TestRedisClusterSlotMovesMidStream: while events stream at over 1,000/s
 // to two brokers, the slots of three partitions with live channels move to
 // other masters (keys, history and all). Each broker follows its channels

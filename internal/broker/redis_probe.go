@@ -64,6 +64,7 @@ func (b *Redis) sendProbes() []probeCheck {
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, b.opts.ProbeTimeout)
 	defer cancel()
+	b.stats.probes.Add(uint64(len(checks)))
 	_, _ = b.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i := range checks {
 			c := checks[i].c
@@ -87,7 +88,7 @@ func (b *Redis) awaitProbes(checks []probeCheck) {
 		b.mu.Lock()
 		waiting := false
 		for _, p := range checks {
-			if p.cmd.Err() == nil && p.cmd.Val() > 0 && p.c.probeGot < p.seq {
+			if p.cmd.Err() == nil && b.mayReceive(p) && p.c.probeGot < p.seq {
 				waiting = true
 				break
 			}
@@ -104,6 +105,15 @@ func (b *Redis) awaitProbes(checks []probeCheck) {
 			return
 		}
 	}
+}
+
+// mayReceive reports whether probe p can still arrive: Redis counted a
+// receiver, or cannot tell. A cluster counts, for a plain PUBLISH, only
+// the receivers on the node that took it, and passes the message to the
+// others over its bus: a plain connection on a cluster waits for its
+// probe whatever the count.
+func (b *Redis) mayReceive(p probeCheck) bool {
+	return p.cmd.Val() > 0 || (b.sharded && !p.c.sharded)
 }
 
 // probeSubscribedLocked reports whether c's probe channel is confirmed
