@@ -17,6 +17,7 @@ type options struct {
 	scenario  string        // idle, personal, broadcast, storm, ceiling
 	target    string        // herald or baseline
 	replicas  int           // server processes to start
+	shards    int           // Herald: 0 one redis-server; N a Redis Cluster of N masters, gateways in cluster mode
 	gateways  []string      // base URLs of running servers; none: start them
 	pids      []int         // the running servers' process ids, for memory and CPU
 	redisAddr string        // a running Redis (with -gateways, for its CPU and the Go publisher)
@@ -51,6 +52,7 @@ func flags(o *options, fs *flag.FlagSet) (gateways, pids *string) {
 	fs.StringVar(&o.scenario, "scenario", "personal", "idle, personal, broadcast, storm or ceiling")
 	fs.StringVar(&o.target, "target", "herald", "herald or baseline")
 	fs.IntVar(&o.replicas, "replicas", 1, "server processes to start (Herald replicas share one Redis)")
+	fs.IntVar(&o.shards, "shards", 0, "Herald: 0 starts one redis-server; N ≥ 1 a Redis Cluster of N masters (no replicas) and the gateways in cluster mode")
 	gateways = fs.String("gateways", "", "comma-separated base URLs of running servers (loopback); empty: start them")
 	pids = fs.String("pids", "", "with -gateways: the servers' process ids, for memory and CPU figures")
 	fs.StringVar(&o.redisAddr, "redis", "", "with -gateways: the servers' Redis (host:port, loopback), for its CPU and -publisher go")
@@ -168,6 +170,10 @@ func (o *options) finish(gateways, pids string, getenv func(string) string) erro
 		return errors.New("-batch: want 1 to 100 (the publish API's limit)")
 	case o.rate <= 0 || o.duration <= 0 || o.timeout <= 0 || o.payload < 32:
 		return errors.New("want rate > 0, duration > 0, timeout > 0, payload ≥ 32")
+	case o.shards < 0 || o.shards > 16:
+		return errors.New("-shards: want 0 to 16")
+	case o.shards > 0 && (o.target != "herald" || len(o.gateways) > 0):
+		return errors.New("-shards starts a Redis Cluster for the Herald replicas the tool starts: not with -target baseline or -gateways")
 	case o.workers > o.conns:
 		o.workers = o.conns
 	}

@@ -108,6 +108,9 @@ func loadName(r result) string {
 	if r.Replicas > 1 {
 		s += fmt.Sprintf(", %d replicas", r.Replicas)
 	}
+	if r.Shards > 0 {
+		s += fmt.Sprintf(", cluster of %d", r.Shards)
+	}
 	return s
 }
 

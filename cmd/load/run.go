@@ -70,11 +70,13 @@ type result struct {
 	ConnectsPerS   float64            `json:"connects_per_s"`
 	ConnectP50     float64            `json:"connect_p50_ms"` // dial → welcomed (and subscribed)
 	ConnectP99     float64            `json:"connect_p99_ms"`
-	SessionsPerS   float64            `json:"sessions_per_s,omitempty"` // POST /api/sessions, Herald
-	RSSPerConn     int64              `json:"rss_per_conn_bytes"`       // server RSS delta / sockets, after -settle
-	ServerCPU      float64            `json:"server_cpu_pct"`           // % of one core, all server processes
-	RedisCPU       float64            `json:"redis_cpu_pct"`            // % of one core
-	ClientCPU      float64            `json:"client_cpu_pct"`           // the load tool and its workers
+	SessionsPerS   float64            `json:"sessions_per_s,omitempty"`     // POST /api/sessions, Herald
+	RSSPerConn     int64              `json:"rss_per_conn_bytes"`           // server RSS delta / sockets, after -settle
+	ServerCPU      float64            `json:"server_cpu_pct"`               // % of one core, all server processes
+	RedisCPU       float64            `json:"redis_cpu_pct"`                // % of one core, every Redis node together
+	Shards         int                `json:"shards,omitempty"`             // masters of the Redis Cluster; 0: one redis-server
+	RedisNodeCPU   []float64          `json:"redis_node_cpu_pct,omitempty"` // with -shards: each node's share, % of one core
+	ClientCPU      float64            `json:"client_cpu_pct"`               // the load tool and its workers
 	Ceiling        float64            `json:"ceiling_events_per_s,omitempty"`
 	Steps          []step             `json:"steps,omitempty"`
 	RedisCommands  map[string]cmdStat `json:"redis_commands,omitempty"` // per event, with -commandstats
@@ -120,7 +122,8 @@ type session struct {
 	o       options
 	srv     *servers
 	workers []*workerProc
-	rdb     *redis.Client // the servers' Redis, nil for the baseline
+	rdb     redis.UniversalClient // the servers' Redis (a cluster client with -shards), nil for the baseline
+	nodes   []*redis.Client       // each Redis node, for CPU and commandstats
 	stderr  io.Writer
 	label   atomic.Pointer[string]        // what the progress line says
 	shown   atomic.Pointer[[]*workerProc] // the workers, for the progress line
@@ -134,7 +137,7 @@ func runOnce(ctx context.Context, o options, stderr io.Writer) (res result, err 
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	s := &session{o: o, stderr: stderr}
-	s.res = result{Scenario: o.scenario, Target: o.target, Replicas: o.replicas, Publisher: o.publisher,
+	s.res = result{Scenario: o.scenario, Target: o.target, Replicas: o.replicas, Shards: o.shards, Publisher: o.publisher,
 		Conns: o.conns, Users: o.users, LoadAvg: loadAverage(), Commit: cmp.Or(o.commit, commit()), Time: time.Now().UTC().Format(time.RFC3339)}
 	if o.scenario != "idle" && o.scenario != "storm" {
 		s.res.Rate, s.res.DurationS = o.rate, o.duration.Seconds()
@@ -150,9 +153,18 @@ func runOnce(ctx context.Context, o options, stderr io.Writer) (res result, err 
 		}
 		s.srv.stop(err != nil)
 	}()
-	if s.srv.redis != "" {
-		s.rdb = redis.NewClient(&redis.Options{Addr: s.srv.redis, PoolSize: o.inflight + 4})
+	if len(s.srv.nodes) > 0 {
+		s.rdb = redis.NewClusterClient(&redis.ClusterOptions{Addrs: s.srv.nodes, PoolSize: o.inflight + 4})
 		defer s.rdb.Close()
+		for _, n := range s.srv.nodes {
+			c := redis.NewClient(&redis.Options{Addr: n})
+			defer c.Close()
+			s.nodes = append(s.nodes, c)
+		}
+	} else if s.srv.redis != "" {
+		c := redis.NewClient(&redis.Options{Addr: s.srv.redis, PoolSize: o.inflight + 4})
+		defer c.Close()
+		s.rdb, s.nodes = c, []*redis.Client{c}
 	}
 
 	var bg sync.WaitGroup // the progress printer
@@ -306,7 +318,9 @@ func (s *session) phase(ctx context.Context, rate float64, dur time.Duration) er
 		before.Closed += m.Closed
 	}
 	if o.commandStats && s.rdb != nil {
-		s.rdb.ConfigResetStat(ctx)
+		for _, n := range s.nodes {
+			n.ConfigResetStat(ctx)
+		}
 	}
 	pub, err := s.publisher()
 	if err != nil {
@@ -367,7 +381,7 @@ func (s *session) phase(ctx context.Context, rate float64, dur time.Duration) er
 	r.Errors += pr.failed + (closed - before.Closed)
 	s.noteErrors(pr.errs)
 	if o.commandStats && s.rdb != nil && pr.events > 0 {
-		r.RedisCommands = commandStats(ctx, s.rdb, pr.events)
+		r.RedisCommands = commandStats(ctx, s.nodes, pr.events)
 	}
 	return nil
 }
@@ -457,7 +471,7 @@ func (s *session) awaitDeliveries(ctx context.Context, want int64) error {
 // use while it ran.
 func (s *session) measureCPU(ctx context.Context, fn func() error) error {
 	client := append(workerPIDs(s.workers), os.Getpid())
-	srv0, cli0, redis0 := sumCPU(s.srv.pids), sumCPU(client), s.redisCPU(ctx)
+	srv0, cli0, nodes0 := sumCPU(s.srv.pids), sumCPU(client), s.redisNodeCPU(ctx)
 	start := time.Now()
 	if err := fn(); err != nil {
 		return err
@@ -466,41 +480,64 @@ func (s *session) measureCPU(ctx context.Context, fn func() error) error {
 	s.res.ServerCPU = 100 * (sumCPU(s.srv.pids) - srv0) / wall
 	s.res.ClientCPU = 100 * (sumCPU(client) - cli0) / wall
 	if s.rdb != nil {
-		s.res.RedisCPU = 100 * (s.redisCPU(ctx) - redis0) / wall
+		var nodes []float64
+		s.res.RedisCPU = 0
+		for i, c := range s.redisNodeCPU(ctx) {
+			pct := math.Round(100*(c-nodes0[i])/wall*100) / 100
+			s.res.RedisCPU += pct
+			nodes = append(nodes, pct)
+		}
+		if s.o.shards > 0 {
+			s.res.RedisNodeCPU = nodes
+		}
 	}
 	return nil
 }
 
-// redisCPU returns the CPU seconds Redis has used (INFO cpu), 0 without it.
+// redisCPU returns the CPU seconds Redis has used (INFO cpu), every node
+// together, 0 without it.
 func (s *session) redisCPU(ctx context.Context) float64 {
-	if s.rdb == nil {
-		return 0
-	}
-	info, err := s.rdb.Info(ctx, "cpu").Result()
-	if err != nil {
-		return 0
-	}
-	var total float64
-	for line := range strings.SplitSeq(info, "\n") {
-		k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
-		if k == "used_cpu_sys" || k == "used_cpu_user" {
-			var f float64
-			fmt.Sscan(v, &f)
-			total += f
-		}
+	total := 0.0
+	for _, c := range s.redisNodeCPU(ctx) {
+		total += c
 	}
 	return total
 }
 
-// commandStats reads INFO commandstats and divides it by events. Commands
-// a script runs are counted on their own lines as well as in the script's.
-func commandStats(ctx context.Context, rdb *redis.Client, events int64) map[string]cmdStat {
-	info, err := rdb.Info(ctx, "commandstats").Result()
-	if err != nil {
-		return nil
+// redisNodeCPU returns each Redis node's CPU seconds (INFO cpu).
+func (s *session) redisNodeCPU(ctx context.Context) []float64 {
+	out := make([]float64, len(s.nodes))
+	for i, n := range s.nodes {
+		info, err := n.Info(ctx, "cpu").Result()
+		if err != nil {
+			continue
+		}
+		for line := range strings.SplitSeq(info, "\n") {
+			k, v, _ := strings.Cut(strings.TrimSpace(line), ":")
+			if k == "used_cpu_sys" || k == "used_cpu_user" {
+				var f float64
+				fmt.Sscan(v, &f)
+				out[i] += f
+			}
+		}
 	}
-	out := map[string]cmdStat{}
-	for line := range strings.SplitSeq(info, "\n") {
+	return out
+}
+
+// commandStats reads INFO commandstats of every node and divides the sums
+// by events. Commands a script runs are counted on their own lines as well
+// as in the script's.
+func commandStats(ctx context.Context, nodes []*redis.Client, events int64) map[string]cmdStat {
+	var infos []string
+	for _, n := range nodes {
+		info, err := n.Info(ctx, "commandstats").Result()
+		if err != nil {
+			return nil
+		}
+		infos = append(infos, info)
+	}
+	sums := map[string][2]float64{}
+	for line := range strings.SplitSeq(strings.Join(infos, "\n"), "\n") {
 		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
 		name, isCmd := strings.CutPrefix(name, "cmdstat_")
 		if !ok || !isCmd {
@@ -516,7 +553,12 @@ func commandStats(ctx context.Context, rdb *redis.Client, events int64) map[stri
 				fmt.Sscan(v, &usec)
 			}
 		}
-		out[name] = cmdStat{Calls: round3(calls / float64(events)), Usec: round3(usec / float64(events))}
+		sum := sums[name]
+		sums[name] = [2]float64{sum[0] + calls, sum[1] + usec}
+	}
+	out := map[string]cmdStat{}
+	for name, sum := range sums {
+		out[name] = cmdStat{Calls: round3(sum[0] / float64(events)), Usec: round3(sum[1] / float64(events))}
 	}
 	return out
 }

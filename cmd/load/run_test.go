@@ -58,6 +58,14 @@ func TestParseRefusesNonLoopbackTargets(t *testing.T) {
 	if _, err := parse([]string{"-gateways", "http://127.0.0.1:1"}, func(string) string { return "" }); err == nil {
 		t.Error("running Herald gateways without HERALD_API_KEY: want an error")
 	}
+	for _, args := range [][]string{{"-shards", "3", "-target", "baseline"}, {"-shards", "3", "-gateways", "http://127.0.0.1:1"}, {"-shards", "-1"}} {
+		if _, err := parse(args, env); err == nil {
+			t.Errorf("%v: want an error", args)
+		}
+	}
+	if o, err := parse([]string{"-shards", "3"}, env); err != nil || o.shards != 3 {
+		t.Errorf("-shards 3: %v, %v", o.shards, err)
+	}
 }
 
 func TestHistogram(t *testing.T) {

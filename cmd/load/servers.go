@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -26,7 +27,8 @@ type servers struct {
 	urls   []string // base URLs, http://127.0.0.1:port
 	debug  []string // base URLs serving /debug/pprof/, "" where unknown
 	pids   []int    // server processes (not Redis), for memory and CPU
-	redis  string   // host:port of the Redis, "" for none
+	redis  string   // host:port of the Redis (a cluster's first node), "" for none
+	nodes  []string // with -shards: every node of the Redis Cluster
 	dir    string   // logs of the processes the tool started
 	procs  []*proc  // started by the tool, in start order
 	stderr io.Writer
@@ -76,14 +78,27 @@ func (s *servers) start(ctx context.Context, o options) error {
 		}
 		return nil
 	}
-	if err := s.startRedis(ctx, o.redisBin); err != nil {
-		return err
+	var redisEnv []string
+	if o.shards > 0 {
+		if err := s.startRedisCluster(ctx, o.redisBin, o.shards); err != nil {
+			return err
+		}
+		u := "redis://" + s.nodes[0]
+		for i, n := range s.nodes[1:] {
+			u += map[bool]string{true: "?", false: "&"}[i == 0] + "addr=" + n
+		}
+		// No replicas here: publishes wait for none.
+		redisEnv = []string{"REDIS_URL=" + u, "HERALD_REDIS_MODE=cluster", "HERALD_REDIS_REPLICA_ACKS=0"}
+	} else {
+		if err := s.startRedis(ctx, o.redisBin); err != nil {
+			return err
+		}
+		redisEnv = []string{"REDIS_URL=redis://" + s.redis}
 	}
 	for i := range o.replicas {
 		debugAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort()))
-		env := []string{
+		env := append([]string{
 			"PATH=" + os.Getenv("PATH"),
-			"REDIS_URL=redis://" + s.redis,
 			"HERALD_ADDR=127.0.0.1:0",
 			"HERALD_API_KEYS=" + o.apiKey,
 			"HERALD_NODE=" + fmt.Sprintf("load-%d", i),
@@ -96,7 +111,7 @@ func (s *servers) start(ctx context.Context, o options) error {
 			"HERALD_MAX_CONNS_PER_USER=10000",
 			"HERALD_PUBLISH_RATE=10000000",
 			"HERALD_PUBLISH_BURST=10000000",
-		}
+		}, redisEnv...)
 		p, addr, err := s.spawn(ctx, fmt.Sprintf("gateway-%d", i), o.gatewayBin, nil, env)
 		if err != nil {
 			return err
@@ -165,18 +180,83 @@ func (s *servers) spawn(ctx context.Context, name, bin string, args, env []strin
 // startRedis starts the tool's own redis-server on a free loopback port,
 // without persistence.
 func (s *servers) startRedis(ctx context.Context, bin string) error {
+	addr, err := s.startRedisNode(ctx, bin, "redis", s.dir)
+	s.redis = addr
+	return err
+}
+
+// startRedisCluster starts n cluster-enabled redis-servers, gives each an
+// equal share of the slots, joins them and waits until every node sees the
+// cluster healthy.
+func (s *servers) startRedisCluster(ctx context.Context, bin string, n int) error {
+	for i := range n {
+		dir := filepath.Join(s.dir, fmt.Sprintf("redis-%d", i))
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			return err
+		}
+		addr, err := s.startRedisNode(ctx, bin, fmt.Sprintf("redis-%d", i), dir,
+			"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000")
+		if err != nil {
+			return err
+		}
+		s.nodes = append(s.nodes, addr)
+	}
+	s.redis = s.nodes[0]
+	var clients []*redis.Client
+	defer func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	for i, addr := range s.nodes {
+		c := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+		clients = append(clients, c)
+		lo, hi := i*16384/n, (i+1)*16384/n-1
+		if err := c.ClusterAddSlotsRange(ctx, lo, hi).Err(); err != nil {
+			return fmt.Errorf("cluster addslots on %s: %w", addr, err)
+		}
+	}
+	for _, addr := range s.nodes[1:] {
+		host, port, _ := net.SplitHostPort(addr)
+		if err := clients[0].ClusterMeet(ctx, host, port).Err(); err != nil {
+			return fmt.Errorf("cluster meet %s: %w", addr, err)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, c := range clients {
+		for {
+			info, err := c.ClusterInfo(ctx).Result()
+			if err == nil && strings.Contains(info, "cluster_state:ok") && strings.Contains(info, fmt.Sprintf("cluster_known_nodes:%d", n)) {
+				break
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return fmt.Errorf("redis cluster not healthy: %v %s", err, info)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// startRedisNode starts one redis-server, without persistence, on a free
+// loopback port with its files in dir, and waits until it answers.
+func (s *servers) startRedisNode(ctx context.Context, bin, name, dir string, args ...string) (string, error) {
 	port := strconv.Itoa(freePort())
-	s.redis = "127.0.0.1:" + port
-	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--daemonize", "no", "--dir", s.dir, "--logfile", filepath.Join(s.dir, "redis.log"))
+	if slices.Contains(args, "--cluster-enabled") {
+		port = strconv.Itoa(freeClusterPort())
+	}
+	addr := "127.0.0.1:" + port
+	args = append([]string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--daemonize", "no", "--dir", dir, "--logfile", filepath.Join(dir, name+".log")}, args...)
+	cmd := exec.Command(bin, args...)
 	dieWithParent(cmd)
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start redis-server: %w", err)
+		return addr, fmt.Errorf("start redis-server: %w", err)
 	}
-	p := &proc{name: "redis", cmd: cmd, done: make(chan struct{})}
+	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
 	s.procs = append(s.procs, p)
 	go func() { cmd.Wait(); close(p.done) }()
-	rdb := redis.NewClient(&redis.Options{Addr: s.redis, MaxRetries: -1})
+	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
 	defer rdb.Close()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -185,13 +265,13 @@ func (s *servers) startRedis(ctx context.Context, bin string) error {
 		cancel()
 		switch {
 		case err == nil:
-			return nil
+			return addr, nil
 		case time.Now().After(deadline) || ctx.Err() != nil:
-			return fmt.Errorf("redis-server on %s not ready: %w", s.redis, err)
+			return addr, fmt.Errorf("redis-server on %s not ready: %w", addr, err)
 		}
 		select {
 		case <-p.done:
-			return fmt.Errorf("redis-server exited (log in %s)", s.dir)
+			return addr, fmt.Errorf("redis-server exited (log in %s)", dir)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -233,6 +313,24 @@ func waitReady(ctx context.Context, url string) error {
 			return err
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// freeClusterPort returns a free loopback TCP port whose cluster bus port
+// (10,000 above) is free too, both below Linux's ephemeral range.
+func freeClusterPort() int {
+	for {
+		port := 20000 + rand.IntN(2700)
+		a, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		b, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+10000)))
+		a.Close()
+		if err == nil {
+			b.Close()
+			return port
+		}
 	}
 }
 
