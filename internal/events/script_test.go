@@ -7,7 +7,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -170,20 +169,7 @@ func BenchmarkAppendConcurrent(b *testing.B) {
 	}
 	rdb.ConfigResetStat(ctx)
 	cpu0 := redisCPU(b, rdb)
-	var next atomic.Int64
-	b.SetParallelism(32) // 64 goroutines on 2 cores
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			i := next.Add(1)
-			p := events.Publication{Channel: "user:" + prefix + strconv.FormatInt(i%1000, 10), Event: "effect.complete", Data: data}
-			if _, err := l.Append(ctx, "", p); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
-	b.StopTimer()
+	publishConcurrently(b, l, prefix, data)
 	usec, calls := commandStats(b, rdb, "evalsha")
 	b.ReportMetric((redisCPU(b, rdb)-cpu0)*1e6/float64(b.N), "redis-cpu-µs/event")
 	b.ReportMetric(usec/float64(b.N), "redis-µs/event")

@@ -28,7 +28,8 @@ const ClusterNodeTimeout = time.Second
 // StartCluster starts masters × (1 + replicas) cluster-enabled
 // redis-server processes on free loopback ports, joins them with
 // `redis-cli --cluster create … --cluster-replicas replicas --cluster-yes`
-// (slots spread evenly over the masters) and waits until every node sees
+// (slots spread evenly over the masters; one master without replicas takes
+// every slot itself) and waits until every node sees
 // the cluster healthy. Extra args go to every node. The nodes are stopped
 // when the test ends.
 func StartCluster(tb testing.TB, masters, replicas int, args ...string) *Cluster {
@@ -48,6 +49,18 @@ func StartCluster(tb testing.TB, masters, replicas int, args ...string) *Cluster
 		s := Start(tb, nodeArgs...)
 		c.Nodes = append(c.Nodes, s)
 		addrs = append(addrs, s.Addr)
+	}
+	if masters == 1 && replicas == 0 {
+		// redis-cli creates clusters of three masters or more; one node
+		// takes every slot by itself.
+		rdb := redis.NewClient(&redis.Options{Addr: addrs[0]})
+		err := rdb.ClusterAddSlotsRange(context.Background(), 0, 16383).Err()
+		rdb.Close()
+		if err != nil {
+			tb.Fatalf("CLUSTER ADDSLOTSRANGE: %v", err)
+		}
+		c.WaitHealthy()
+		return c
 	}
 	create := append([]string{"--cluster", "create"}, addrs...)
 	create = append(create, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
@@ -126,6 +139,9 @@ func (c *Cluster) Topology(addr string) ([]ClusterNode, error) {
 		}
 		n := ClusterNode{ID: f[0], Addr: strings.SplitN(f[1], "@", 2)[0], MasterID: f[3]}
 		flags := f[2]
+		if strings.Contains(flags, "myself") {
+			n.Addr = addr // a lone node does not know its own IP yet
+		}
 		n.Master = strings.Contains(flags, "master")
 		n.Failed = strings.Contains(flags, "fail") || f[7] != "connected"
 		if n.MasterID == "-" {
