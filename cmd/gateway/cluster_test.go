@@ -326,7 +326,10 @@ func TestDrainClosesWith1012AndExitsCleanly(t *testing.T) {
 }
 
 func TestRedisOutage(t *testing.T) {
-	srv, rs := cluster(t, 1, nil)
+	// The restarted Redis keeps nothing (no persistence), the session
+	// neither: a session check, due at any moment of its first interval,
+	// would close the socket (rightly). This test is about the outage.
+	srv, rs := cluster(t, 1, map[string]string{"HERALD_SESSION_CHECK": "1h"})
 	r := rs[0]
 	sid := r.newSession(t, "u")
 	cl := dial(t, r.wsURL(""), bearerHeader(sid))

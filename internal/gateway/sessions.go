@@ -127,13 +127,13 @@ func (l *liveSessions) release(hash string) {
 	}
 }
 
-// due returns up to max sessions whose check is due at now, the most
+// due returns up to limit sessions whose check is due at now, the most
 // overdue first, and schedules their next check one interval later.
-func (l *liveSessions) due(now time.Time, max int, every time.Duration) []liveSession {
+func (l *liveSessions) due(now time.Time, limit int, every time.Duration) []liveSession {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var out []liveSession
-	for len(out) < max && len(l.queue) > 0 && !l.queue[0].next.After(now) {
+	for len(out) < limit && len(l.queue) > 0 && !l.queue[0].next.After(now) {
 		e := l.queue[0]
 		out = append(out, *e)
 		e.next = now.Add(every)
