@@ -41,13 +41,16 @@ type RedisOptions struct {
 	// like the Handler, it must neither block nor call back into the broker.
 	OnResubscribe func(channels []string)
 
-	// ReceiveBuffer is the size of the go-redis message channel between its
-	// socket reader and the delivery loop. Default 1024.
+	// ReceiveBuffer is the size of each go-redis message channel between
+	// its socket reader and the delivery loop, and of the delivery loop's
+	// own queue. Default 1024.
 	ReceiveBuffer int
 
 	// ResyncInterval is how long the broker waits for Redis to confirm a
 	// subscription before it asks again; a confirmation is lost when the
-	// connection drops. Default 1s.
+	// connection drops, and on a cluster when the node answered MOVED
+	// (after two resyncs without one the connection is rebuilt on the
+	// slot's current owner). Default 1s.
 	ResyncInterval time.Duration
 
 	// OnGap, when set, is told about each channel whose refill after a
@@ -57,12 +60,13 @@ type RedisOptions struct {
 	OnGap GapHandler
 
 	// ProbeInterval is how often the broker publishes a probe on a channel
-	// of its own, to find out whether its pub/sub connection still
-	// receives; ProbeTimeout is how long it waits to see the probe before
-	// it replaces the connection (and refills every channel from history).
+	// of each pub/sub connection, to find out whether it still receives;
+	// ProbeTimeout is how long it waits to see the probe before it
+	// replaces the connection (and refills its channels from history).
 	// That catches what go-redis cannot: a connection that stopped
-	// receiving without breaking, or one left on an old master after a
-	// failover. Defaults 5s and 3s.
+	// receiving without breaking, one left on an old primary after a
+	// Sentinel failover, or a shard connection on a node that no longer
+	// owns its slot. Defaults 5s and 3s.
 	ProbeInterval, ProbeTimeout time.Duration
 }
 
