@@ -65,3 +65,34 @@ func TestNew(t *testing.T) {
 		rdb.Close()
 	}
 }
+
+func TestProtocolDefaultsToRESP2(t *testing.T) {
+	tests := []struct {
+		mode redisclient.Mode
+		url  string
+		want int
+	}{
+		{redisclient.Single, "redis://127.0.0.1:6390", 2},
+		{redisclient.Single, "redis://127.0.0.1:6390?protocol=3", 3},
+		{redisclient.Cluster, "redis://127.0.0.1:7000?addr=127.0.0.1:7001", 2},
+		{redisclient.Cluster, "redis://127.0.0.1:7000?protocol=3", 3},
+		{redisclient.Sentinel, "redis://127.0.0.1:26379?master_name=herald", 2},
+	}
+	for _, tt := range tests {
+		rdb, err := redisclient.New(tt.mode, tt.url)
+		if err != nil {
+			t.Fatalf("New(%s, %s): %v", tt.mode, tt.url, err)
+		}
+		var got int
+		switch c := rdb.(type) {
+		case *redis.Client:
+			got = c.Options().Protocol
+		case *redis.ClusterClient:
+			got = c.Options().Protocol
+		}
+		if got != tt.want {
+			t.Errorf("New(%s, %s) speaks RESP%d, want RESP%d", tt.mode, tt.url, got, tt.want)
+		}
+		rdb.Close()
+	}
+}
