@@ -128,7 +128,9 @@ func (l *liveSessions) release(hash string) {
 }
 
 // due returns up to limit sessions whose check is due at now, the most
-// overdue first, and schedules their next check one interval later.
+// overdue first, and schedules their next check one interval later, or at
+// their expiresAt when that comes first (every check, not only the first:
+// a session checked before it expires is checked again at its expiry).
 func (l *liveSessions) due(now time.Time, limit int, every time.Duration) []liveSession {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -137,6 +139,9 @@ func (l *liveSessions) due(now time.Time, limit int, every time.Duration) []live
 		e := l.queue[0]
 		out = append(out, *e)
 		e.next = now.Add(every)
+		if e.expires.After(now) && e.expires.Before(e.next) {
+			e.next = e.expires
+		}
 		heap.Fix(&l.queue, 0)
 	}
 	return out

@@ -65,3 +65,48 @@ func TestSessionChecksArePacedAndBounded(t *testing.T) {
 		t.Error("releasing one of two sockets forgot the session")
 	}
 }
+
+// TestSessionCheckedAtExpiryAfterEarlierChecks: a session that expires
+// after its first check is checked again at its expiresAt (within the
+// tick), not a whole interval after the check before.
+func TestSessionCheckedAtExpiryAfterEarlierChecks(t *testing.T) {
+	l := newLiveSessions()
+	now := time.Unix(1000, 0)
+	every := 30 * time.Second
+	tick := time.Second
+	// Expiring between one and two intervals after connect: the first
+	// check, at a random point of the first interval, comes before it.
+	expires := map[string]time.Time{}
+	for i := range 20 {
+		at := now.Add(every + every/2 + time.Duration(i)*time.Second/2)
+		h := l.add(session.Session{ID: fmt.Sprint("s", i), UserID: "u", ExpiresAt: at.UnixMilli()}, now, every)
+		expires[h] = at
+	}
+	checks := map[string][]time.Time{}
+	for at := now; !at.After(now.Add(3 * every)); at = at.Add(tick) {
+		for _, s := range l.due(at, 1000, every) {
+			checks[s.hash] = append(checks[s.hash], at)
+		}
+	}
+	for h, exp := range expires {
+		var before, atExpiry bool
+		for _, c := range checks[h] {
+			before = before || c.Before(exp)
+			atExpiry = atExpiry || !c.Before(exp) && c.Sub(exp) < tick
+		}
+		if !before {
+			t.Fatalf("session %s: no check before its expiry %v: %v", h, exp, checks[h])
+		}
+		if !atExpiry {
+			t.Errorf("session %s expiring at %v: checked at %v, want one within a tick of its expiry", h, exp.Sub(now), offsets(checks[h], now))
+		}
+	}
+}
+
+func offsets(ts []time.Time, from time.Time) []time.Duration {
+	var out []time.Duration
+	for _, t := range ts {
+		out = append(out, t.Sub(from))
+	}
+	return out
+}
