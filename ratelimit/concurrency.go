@@ -41,6 +41,14 @@ type ConcurrencyConfig struct {
 	// refused caller: slots free when their holders leave, not on a
 	// schedule. Default 5 s.
 	RetryAfter time.Duration
+	// OnLost is told of each lease this replica held but lost: after the
+	// replica could not beat for LeaseTTL (its slots were freed by
+	// others), Run takes its leases again under a new instance, and a
+	// lease whose user meanwhile filled their cap elsewhere is lost. Its
+	// connection should then be closed; releasing it is a no-op. Called
+	// on Run's goroutine: it must not block. Nil: nobody is told. The
+	// memory twin never loses a lease.
+	OnLost func(Lease)
 }
 
 func (c *ConcurrencyConfig) check() error {
@@ -82,9 +90,8 @@ func concResult(allowed bool, limit int, count int64, retryAfter time.Duration) 
 // Give it back with Release on the limiter that issued it. The zero Lease
 // holds nothing; releasing it is a no-op.
 type Lease struct {
-	user     string
-	member   string
-	instance string // the replica instance that holds it
+	user string
+	id   string // names the lease in its limiter; "" for the zero Lease
 }
 
 // liveScore is the score of every lease: a lease lives as long as its
@@ -94,22 +101,26 @@ type Lease struct {
 const liveScore = 1 << 52
 
 // acquireScript takes a slot if the user holds fewer than limit live ones, in
-// one atomic step. Leases of replicas known dead (ARGV[4..], whose members
+// one atomic step. Leases of replicas known dead (ARGV[5..], whose members
 // start with "{id}:") are dropped before counting, as are leases of
-// earlier versions whose expiry score passed. A member already present is a
-// go-redis retry of this very call: it is admitted again without counting
-// twice.
+// earlier versions whose expiry score passed, and the member ARGV[4] (the
+// same lease under the instance that held it before, when a replica takes
+// its leases again; "" for none). A member already present is a go-redis
+// retry of this very call: it is admitted again without counting twice.
 //
 // KEYS[1] the user's sorted set; ARGV[1] limit; ARGV[2] member; ARGV[3]
-// liveScore; ARGV[4..] dead replica instances. Returns {allowed 0|1, slots
-// held after}.
+// liveScore; ARGV[4] the member it replaces, or ""; ARGV[5..] dead replica
+// instances. Returns {allowed 0|1, slots held after}.
 var acquireScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if #ARGV > 3 then
+if ARGV[4] and ARGV[4] ~= '' then
+  redis.call('ZREM', KEYS[1], ARGV[4])
+end
+if #ARGV > 4 then
   for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-    for i = 4, #ARGV do
+    for i = 5, #ARGV do
       local p = ARGV[i] .. ':'
       if string.sub(m, 1, #p) == p then redis.call('ZREM', KEYS[1], m) end
     end
@@ -136,20 +147,45 @@ return {1, count + 1}
 // user). [Concurrency.Run] beats every LeaseTTL/3 — one write per replica,
 // whatever the number of sockets — and frees the leases of instances whose
 // heartbeat expired, through their index; an Acquire drops the leases of
-// the dead instances Run found from the user's set too. So a replica that dies frees its slots within about
-// LeaseTTL plus one beat, while Release frees a slot at once. Every
-// operation touches one key, so it works on a Redis Cluster. It is safe
-// for concurrent use.
+// the dead instances Run found from the user's set too. So a replica that
+// dies frees its slots within about LeaseTTL plus one beat, while Release
+// frees a slot at once.
+//
+// Nothing held by a live replica is ever left behind: a Release that
+// failed, and an Acquire that failed after its slot may have been taken
+// (the reply lost, the context cancelled), leave the slot in a pending
+// set that each beat removes (by its unique member, so repeating it is
+// harmless). A replica found dead while alive (it could not beat for
+// LeaseTTL) takes its leases again under a new instance at its next beat,
+// within the users' caps; the leases that no longer fit are lost
+// (ConcurrencyConfig.OnLost). Every operation touches one key, so it works
+// on a Redis Cluster. It is safe for concurrent use.
 type Concurrency struct {
 	rdb redis.Cmdable
 	cfg ConcurrencyConfig
 	log *slog.Logger
 
 	mu         sync.Mutex
-	instance   string            // guarded by mu; this process's name in Redis, renewed when found dead
-	registered bool              // guarded by mu; instance has a heartbeat
-	held       map[string]string // guarded by mu; member → user of every lease held
-	dead       []string          // guarded by mu; instances Run last found dead
+	instance   string                 // guarded by mu; this process's name in Redis, renewed when found dead
+	registered bool                   // guarded by mu; instance has a heartbeat
+	held       map[string]heldLease   // guarded by mu; lease id → its slot, of every lease held
+	pending    map[string]pendingSlot // guarded by mu; member → slots to remove from Redis (see Concurrency)
+	dead       []string               // guarded by mu; instances Run last found dead
+}
+
+// heldLease is where a lease's slot is in Redis: the member
+// instance+":"+id of the user's set, entered in instance's index.
+type heldLease struct {
+	user, id, instance string
+	limit              int // the cap it was taken under, to take it again
+}
+
+func (h heldLease) member() string { return h.instance + ":" + h.id }
+
+// pendingSlot is a slot, and its index entry, to remove from Redis.
+type pendingSlot struct {
+	heldLease
+	aged bool // it has waited one beat (flushPending)
 }
 
 // NewConcurrency returns a concurrency limiter on rdb that logs heartbeat
@@ -162,7 +198,10 @@ func NewConcurrency(rdb redis.Cmdable, cfg ConcurrencyConfig, log *slog.Logger) 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Concurrency{rdb: rdb, cfg: cfg, log: log, instance: newInstance(cfg.Replica), held: make(map[string]string)}, nil
+	return &Concurrency{
+		rdb: rdb, cfg: cfg, log: log, instance: newInstance(cfg.Replica),
+		held: make(map[string]heldLease), pending: make(map[string]pendingSlot),
+	}, nil
 }
 
 // newInstance names one run of a replica.
@@ -191,93 +230,142 @@ func (c *Concurrency) sweepKey(instance string) string {
 // this instance's heartbeat (in the same round trip as the lease's entry
 // in its index), so a slot is always taken by an instance that is alive
 // for LeaseTTL more, and is freed if the process dies. On an error the
-// slot may still have been taken in Redis (the reply was lost), and is
-// then freed with the instance.
+// slot may still have been taken in Redis (the reply was lost): Run frees
+// it at its next beat.
 func (c *Concurrency) Acquire(ctx context.Context, user string, limit int) (Lease, Result, error) {
 	if err := checkLimit(limit); err != nil {
 		return Lease{}, Result{}, err
 	}
-	var l Lease
+	h := heldLease{user: user, id: rand.Text(), limit: limit}
 	for attempt := 0; ; attempt++ {
 		c.mu.Lock()
 		instance, first := c.instance, !c.registered
 		c.mu.Unlock()
-		l = Lease{user: user, member: instance + ":" + rand.Text(), instance: instance}
+		h.instance = instance
 		// The heartbeat and the index entry, before the slot: the slot is
 		// then taken by a live instance and freed if it dies.
-		var beat *redis.Cmd
-		var index *redis.IntCmd
-		run := func() error {
-			_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-				beat = heartbeatScript.EvalSha(ctx, p, []string{c.registryKey()}, instance, c.cfg.LeaseTTL.Milliseconds(), flag(first))
-				index = p.HSet(ctx, c.indexKey(instance), l.member, user)
-				return nil
-			})
-			return err
-		}
-		err := run()
-		if redis.HasErrorPrefix(beat.Err(), "NOSCRIPT") {
-			// Scripts are not loaded inside pipelines: load it, try again.
-			if err = heartbeatScript.Load(ctx, c.rdb).Err(); err == nil {
-				err = run()
-			}
-		}
+		alive, err := c.beatAndIndex(ctx, h, first)
 		if err != nil {
-			return Lease{}, Result{}, fmt.Errorf("ratelimit: concurrency heartbeat and index: %w", err)
+			c.forget(h) // the index entry may be in
+			return Lease{}, Result{}, err
 		}
-		if index.Err() != nil {
-			return Lease{}, Result{}, fmt.Errorf("ratelimit: concurrency index: %w", index.Err())
-		}
-		if alive, _ := beat.Int(); alive == 1 {
-			c.beaten(instance)
+		if alive {
 			break
 		}
-		c.rdb.HDel(ctx, c.indexKey(instance), l.member) // best effort: its instance is dead
+		c.forget(h) // its instance is dead: a stale index entry
 		c.reincarnate(instance)
 		if attempt > 0 {
 			return Lease{}, Result{}, errors.New("ratelimit: concurrency: this replica's heartbeat keeps expiring")
 		}
 	}
-	args := []any{limit, l.member, liveScore}
-	for _, d := range c.deadInstances() {
-		args = append(args, d)
-	}
-	v, err := acquireScript.Run(ctx, c.rdb, []string{c.Key(user)}, args...).Int64Slice()
-	if err == nil && len(v) != 2 {
-		err = fmt.Errorf("returned %d values, want 2", len(v))
-	}
+	v, err := c.take(ctx, h, "")
 	if err != nil {
+		c.forget(h) // the script may have run
 		return Lease{}, Result{}, fmt.Errorf("ratelimit: concurrency acquire script: %w", err)
 	}
 	r := concResult(v[0] == 1, limit, v[1], c.cfg.RetryAfter)
 	if !r.Allowed {
-		c.rdb.HDel(ctx, c.indexKey(l.instance), l.member) // best effort: a stale index entry frees nothing
+		// Its index entry: stale, it frees nothing, but it takes memory.
+		if err := c.rdb.HDel(ctx, c.indexKey(h.instance), h.member()).Err(); err != nil {
+			c.forget(h)
+		}
 		return Lease{}, r, nil
 	}
+	// Held under the instance it was taken by, even if that instance was
+	// found dead meanwhile (this call stalled): Run then takes it again.
 	c.mu.Lock()
-	c.held[l.member] = user
+	c.held[h.id] = h
 	c.mu.Unlock()
-	return l, r, nil
+	return Lease{user: user, id: h.id}, r, nil
 }
 
-// Release frees the lease's slot at once. Releasing a lease twice, or the
-// zero Lease, is a no-op. Pass a context that outlives the connection being
-// closed. When Release fails, the slot stays taken until this process
-// ends (and its instance is found dead).
+// beatAndIndex beats h's instance and enters h in its index, in one round
+// trip. It reports whether the instance is alive.
+func (c *Concurrency) beatAndIndex(ctx context.Context, h heldLease, first bool) (bool, error) {
+	var beat *redis.Cmd
+	var index *redis.IntCmd
+	run := func() error {
+		_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			beat = heartbeatScript.EvalSha(ctx, p, []string{c.registryKey()}, h.instance, c.cfg.LeaseTTL.Milliseconds(), flag(first))
+			index = p.HSet(ctx, c.indexKey(h.instance), h.member(), h.user)
+			return nil
+		})
+		return err
+	}
+	err := run()
+	if redis.HasErrorPrefix(beat.Err(), "NOSCRIPT") {
+		// Scripts are not loaded inside pipelines: load it, try again.
+		if err = heartbeatScript.Load(ctx, c.rdb).Err(); err == nil {
+			err = run()
+		}
+	}
+	if err != nil {
+		return false, fmt.Errorf("ratelimit: concurrency heartbeat and index: %w", err)
+	}
+	if index.Err() != nil {
+		return false, fmt.Errorf("ratelimit: concurrency index: %w", index.Err())
+	}
+	alive, _ := beat.Int()
+	if alive == 1 {
+		c.beaten(h.instance)
+	}
+	return alive == 1, nil
+}
+
+// take runs the acquire script for h, replacing the member old ("" for
+// none), and returns the script's reply.
+func (c *Concurrency) take(ctx context.Context, h heldLease, old string) ([]int64, error) {
+	args := []any{h.limit, h.member(), liveScore, old}
+	for _, d := range c.deadInstances() {
+		args = append(args, d)
+	}
+	v, err := acquireScript.Run(ctx, c.rdb, []string{c.Key(h.user)}, args...).Int64Slice()
+	if err == nil && len(v) != 2 {
+		err = fmt.Errorf("returned %d values, want 2", len(v))
+	}
+	return v, err
+}
+
+// forget puts h's slot and index entry in the pending set, for Run to
+// remove.
+func (c *Concurrency) forget(h heldLease) {
+	c.mu.Lock()
+	c.pending[h.member()] = pendingSlot{heldLease: h}
+	c.mu.Unlock()
+}
+
+// Release frees the lease's slot at once. Releasing a lease twice, a lease
+// lost (ConcurrencyConfig.OnLost), or the zero Lease, is a no-op. Pass a
+// context that outlives the connection being closed. When Release fails
+// (Redis unreachable), the slot is freed by Run, at the first beat that
+// reaches Redis.
 func (c *Concurrency) Release(ctx context.Context, l Lease) error {
-	if l.member == "" {
+	if l.id == "" {
 		return nil
 	}
 	c.mu.Lock()
-	delete(c.held, l.member)
+	h, ok := c.held[l.id]
+	delete(c.held, l.id)
 	c.mu.Unlock()
-	// The slot first, its index entry after: a crash in between leaves an
-	// index entry that frees nothing, never a slot nobody frees.
-	if err := c.rdb.ZRem(ctx, c.Key(l.user), l.member).Err(); err != nil {
-		return fmt.Errorf("ratelimit: concurrency release: %w", err)
+	if !ok {
+		return nil
 	}
-	if err := c.rdb.HDel(ctx, c.indexKey(l.instance), l.member).Err(); err != nil {
-		return fmt.Errorf("ratelimit: concurrency release: index: %w", err)
+	if err := c.remove(ctx, h); err != nil {
+		c.forget(h)
+		return fmt.Errorf("ratelimit: concurrency release (Run retries it): %w", err)
+	}
+	return nil
+}
+
+// remove deletes h's slot, then its index entry: a crash in between
+// leaves an index entry that frees nothing, never a slot nobody frees.
+func (c *Concurrency) remove(ctx context.Context, h heldLease) error {
+	var reply redis.Error
+	if err := c.rdb.ZRem(ctx, c.Key(h.user), h.member()).Err(); err != nil && !errors.As(err, &reply) {
+		return err
+	}
+	if err := c.rdb.HDel(ctx, c.indexKey(h.instance), h.member()).Err(); err != nil && !errors.As(err, &reply) {
+		return fmt.Errorf("index: %w", err)
 	}
 	return nil
 }
@@ -287,4 +375,13 @@ func (c *Concurrency) Held() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.held)
+}
+
+// Pending reports how many slots this limiter still has to remove from
+// Redis: releases that failed, and acquires that failed after their slot
+// may have been taken. Run removes them at its next beats.
+func (c *Concurrency) Pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pending)
 }

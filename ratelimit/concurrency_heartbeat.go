@@ -40,10 +40,10 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)
 const sweepBatch = 500
 
 // Run keeps this instance's heartbeat and frees the slots of dead
-// instances, every LeaseTTL/3, until ctx is done. It must run while leases
-// are held, or other replicas free them after LeaseTTL. Failures are
-// logged and retried at the next tick; two ticks may fail before the
-// instance is taken for dead.
+// instances, every LeaseTTL/3, until ctx is done (see Renew). It must run
+// while leases are held, or other replicas free them after LeaseTTL.
+// Failures are logged and retried at the next tick; two ticks may fail
+// before the instance is taken for dead.
 func (c *Concurrency) Run(ctx context.Context) {
 	every := c.cfg.LeaseTTL / 3
 	t := time.NewTicker(every)
@@ -64,11 +64,14 @@ func (c *Concurrency) Run(ctx context.Context) {
 }
 
 // Renew beats once: it pushes this instance's heartbeat to LeaseTTL from
-// now (one write, however many leases it holds) and frees the leases of
+// now (one write, however many leases it holds), removes the slots left
+// pending by failed releases and acquires, and frees the leases of
 // instances whose heartbeat expired. An instance found dead itself (it
-// could not beat for LeaseTTL, and its slots may be someone else's now)
-// drops its leases — their sockets stay open but no longer count — and
-// carries on as a new instance.
+// could not beat for LeaseTTL, and its slots may have been freed) carries
+// on as a new instance and takes its leases again under it, each within
+// its user's cap: a lease that no longer fits is lost and reported to
+// ConcurrencyConfig.OnLost. A lease whose Acquire stalled past its
+// instance's death is taken again the same way.
 func (c *Concurrency) Renew(ctx context.Context) error {
 	c.mu.Lock()
 	instance, first := c.instance, !c.registered
@@ -79,12 +82,24 @@ func (c *Concurrency) Renew(ctx context.Context) error {
 	}
 	if !alive {
 		c.reincarnate(instance)
+		c.mu.Lock()
+		instance = c.instance
+		c.mu.Unlock()
+		if _, err := c.beat(ctx, instance, true); err != nil {
+			return err
+		}
+	}
+	var errs []error
+	if err := c.retake(ctx, instance); err != nil {
+		errs = append(errs, fmt.Errorf("take leases again: %w", err))
+	}
+	if err := c.flushPending(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("free pending slots: %w", err))
 	}
 	dead, err := c.readDead(ctx)
 	if err != nil {
-		return err
+		errs = append(errs, err)
 	}
-	var errs []error
 	for _, d := range dead {
 		if err := c.sweep(ctx, d); err != nil {
 			errs = append(errs, fmt.Errorf("free the slots of %s: %w", d, err))
@@ -94,6 +109,157 @@ func (c *Concurrency) Renew(ctx context.Context) error {
 		return fmt.Errorf("ratelimit: %w", err)
 	}
 	return nil
+}
+
+// retake takes the leases held under an instance other than instance (one
+// found dead) again under instance, which has a heartbeat: each lease's
+// index entry first, then its slot, replacing the old member, within its
+// user's cap. A lease that does not fit any more is dropped and reported
+// to OnLost; one whose script failed is tried again at the next beat
+// (the script is idempotent).
+func (c *Concurrency) retake(ctx context.Context, instance string) error {
+	c.mu.Lock()
+	var stale []heldLease
+	for _, h := range c.held {
+		if h.instance != instance {
+			stale = append(stale, h)
+		}
+	}
+	c.mu.Unlock()
+	var errs []error
+	retaken, lost := 0, 0
+	for len(stale) > 0 {
+		batch := stale[:min(len(stale), sweepBatch)]
+		stale = stale[len(batch):]
+		r, l, err := c.retakeBatch(ctx, instance, batch)
+		retaken, lost = retaken+r, lost+l
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if retaken+lost > 0 {
+		c.log.Warn("concurrency leases taken again under a new instance; those no longer within their user's cap are closed",
+			"retaken", retaken, "lost", lost)
+	}
+	return errors.Join(errs...)
+}
+
+// retakeBatch is retake for a few leases, in two pipelines.
+func (c *Concurrency) retakeBatch(ctx context.Context, instance string, batch []heldLease) (retaken, lost int, err error) {
+	fields := make([]any, 0, 2*len(batch))
+	for _, h := range batch {
+		fields = append(fields, instance+":"+h.id, h.user)
+	}
+	if err := c.rdb.HSet(ctx, c.indexKey(instance), fields...).Err(); err != nil {
+		return 0, 0, fmt.Errorf("index: %w", err)
+	}
+	dead := c.deadInstances()
+	var cmds []*redis.Cmd
+	run := func() error {
+		cmds = cmds[:0]
+		_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, h := range batch {
+				moved := h
+				moved.instance = instance
+				args := []any{h.limit, moved.member(), liveScore, h.member()}
+				for _, d := range dead {
+					args = append(args, d)
+				}
+				cmds = append(cmds, acquireScript.EvalSha(ctx, p, []string{c.Key(h.user)}, args...))
+			}
+			return nil
+		})
+		return err
+	}
+	err = run()
+	if len(cmds) > 0 && redis.HasErrorPrefix(cmds[0].Err(), "NOSCRIPT") {
+		if err = acquireScript.Load(ctx, c.rdb).Err(); err == nil {
+			err = run()
+		}
+	}
+	var gone []Lease
+	c.mu.Lock()
+	for i, h := range batch {
+		moved := h
+		moved.instance = instance
+		if cur, ok := c.held[h.id]; !ok || cur.instance != h.instance {
+			// Released meanwhile, its old slot only: free the new one.
+			c.pending[moved.member()] = pendingSlot{heldLease: moved}
+			continue
+		}
+		v, cerr := cmds[i].Int64Slice()
+		switch {
+		case cerr != nil || len(v) != 2:
+			// Tried again at the next beat.
+		case v[0] == 1:
+			c.held[h.id] = moved
+			retaken++
+		default:
+			delete(c.held, h.id)
+			c.pending[moved.member()] = pendingSlot{heldLease: moved} // its index entry
+			gone = append(gone, Lease{user: h.user, id: h.id})
+		}
+	}
+	c.mu.Unlock()
+	if c.cfg.OnLost != nil {
+		for _, l := range gone {
+			c.cfg.OnLost(l)
+		}
+	}
+	if err != nil {
+		err = fmt.Errorf("take slots: %w", err)
+	}
+	return retaken, len(gone), err
+}
+
+// flushPending removes the slots and index entries of the pending set
+// (concurrency.go) that have waited a beat at least, so that a command
+// still on its way to Redis when its caller gave up has arrived before
+// its slot is removed. Entries that fail stay for the next beat.
+func (c *Concurrency) flushPending(ctx context.Context) error {
+	c.mu.Lock()
+	var due []heldLease
+	for m, p := range c.pending {
+		if !p.aged {
+			p.aged = true
+			c.pending[m] = p
+			continue
+		}
+		due = append(due, p.heldLease)
+	}
+	c.mu.Unlock()
+	var errs []error
+	for len(due) > 0 {
+		batch := due[:min(len(due), sweepBatch)]
+		due = due[len(batch):]
+		zrem := make([]*redis.IntCmd, len(batch))
+		hdel := make([]*redis.IntCmd, len(batch))
+		_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, h := range batch {
+				zrem[i] = p.ZRem(ctx, c.Key(h.user), h.member())
+				hdel[i] = p.HDel(ctx, c.indexKey(h.instance), h.member())
+			}
+			return nil
+		})
+		if err != nil {
+			errs = append(errs, err)
+		}
+		c.mu.Lock()
+		for i, h := range batch {
+			if done(zrem[i].Err()) && done(hdel[i].Err()) {
+				delete(c.pending, h.member())
+			}
+		}
+		c.mu.Unlock()
+	}
+	return errors.Join(errs...)
+}
+
+// done reports whether a removal needs no retry: it succeeded, or Redis
+// refused it (a key of another type holds no slot).
+func done(err error) bool {
+	var reply redis.Error
+	return err == nil || errors.As(err, &reply)
 }
 
 // beat runs the heartbeat script for instance.
@@ -125,7 +291,8 @@ func (c *Concurrency) beaten(instance string) {
 	c.mu.Unlock()
 }
 
-// reincarnate drops the leases of a dead instance and names a new one.
+// reincarnate names a new instance in place of a dead one. The leases
+// held stay held: Renew takes them again under the new instance.
 func (c *Concurrency) reincarnate(dead string) {
 	c.mu.Lock()
 	if c.instance != dead {
@@ -133,10 +300,9 @@ func (c *Concurrency) reincarnate(dead string) {
 		return
 	}
 	n := len(c.held)
-	clear(c.held)
 	c.instance, c.registered = newInstance(c.cfg.Replica), false
 	c.mu.Unlock()
-	c.log.Warn("concurrency leases lost: this replica could not beat its heartbeat for the lease TTL; its open sockets no longer count against their users' caps",
+	c.log.Warn("concurrency heartbeat expired: this replica could not beat for the lease TTL and its slots may have been freed; it carries on as a new instance and takes its leases again",
 		"leases", n, "ttl", c.cfg.LeaseTTL.String())
 }
 

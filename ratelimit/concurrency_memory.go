@@ -46,21 +46,21 @@ func (c *MemoryConcurrency) Acquire(ctx context.Context, user string, limit int)
 		set = make(map[string]struct{})
 		c.users[user] = set
 	}
-	l := Lease{user: user, member: rand.Text()}
-	set[l.member] = struct{}{}
+	l := Lease{user: user, id: rand.Text()}
+	set[l.id] = struct{}{}
 	return l, concResult(true, limit, int64(len(set)), c.cfg.RetryAfter), nil
 }
 
 // Release frees the lease's slot. Releasing a lease twice, or the zero
 // Lease, is a no-op. It never fails.
 func (c *MemoryConcurrency) Release(_ context.Context, l Lease) error {
-	if l.member == "" {
+	if l.id == "" {
 		return nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	set := c.users[l.user]
-	delete(set, l.member)
+	delete(set, l.id)
 	if len(set) == 0 {
 		delete(c.users, l.user)
 	}

@@ -231,3 +231,149 @@ func TestSweepSurvivesOneBadKey(t *testing.T) {
 		t.Errorf("registry holds %d instances after the sweep, want 1 (live)", n)
 	}
 }
+
+// TestConcurrencyReleaseRetriedAfterOutage: a Release that fails while
+// Redis is down does not leave its slot taken for the replica's life: once
+// Redis is back (with its data: an append-only file), the next beats free
+// it, and the user's cap is exact again.
+func TestConcurrencyReleaseRetriedAfterOutage(t *testing.T) {
+	srv := redistest.Start(t, "--appendonly", "yes", "--appendfsync", "always")
+	rdb := srv.Client()
+	ctx := context.Background()
+	c := mustConcurrency(t, rdb, ratelimit.ConcurrencyConfig{Replica: "r"})
+	other := mustConcurrency(t, rdb, ratelimit.ConcurrencyConfig{Replica: "o"})
+	l1, r1, err1 := c.Acquire(ctx, "u", 2)
+	_, r2, err2 := c.Acquire(ctx, "u", 2)
+	if err1 != nil || err2 != nil || !r1.Allowed || !r2.Allowed {
+		t.Fatalf("Acquire: %v %v, %v %v", r1, err1, r2, err2)
+	}
+
+	srv.Kill()
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	err := c.Release(rctx, l1)
+	cancel()
+	if err == nil {
+		t.Fatal("Release with Redis down: no error")
+	}
+	actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	if _, _, err := c.Acquire(actx, "u", 2); err == nil {
+		t.Fatal("Acquire with Redis down: no error")
+	}
+	cancel()
+	srv.Restart()
+	if n := rdb.ZCard(ctx, c.Key("u")).Val(); n != 2 {
+		t.Fatalf("ZCARD %d after the restart, want 2: the append-only file kept both slots", n)
+	}
+
+	ratelimittest.WaitFor(t, 10*time.Second, "the failed release retried", func() bool {
+		c.Renew(ctx)
+		return rdb.ZCard(ctx, c.Key("u")).Val() == 1 && c.Pending() == 0
+	})
+	if c.Held() != 1 {
+		t.Fatalf("holds %d leases, want 1", c.Held())
+	}
+	if _, r, err := other.Acquire(ctx, "u", 2); err != nil || !r.Allowed {
+		t.Fatalf("the freed slot: %+v, %v; want admitted", r, err)
+	}
+	if _, r, err := other.Acquire(ctx, "u", 2); err != nil || r.Allowed {
+		t.Fatalf("a third slot of 2: %+v, %v; want refused", r, err)
+	}
+	if err := c.Release(ctx, l1); err != nil {
+		t.Fatalf("releasing again: %v", err)
+	}
+	if n := rdb.ZCard(ctx, c.Key("u")).Val(); n != 2 {
+		t.Fatalf("releasing the lease again freed another slot: ZCARD %d", n)
+	}
+}
+
+// TestConcurrencyReincarnationRetakesLeases: a live replica swept as dead
+// (it missed its heartbeats for the lease TTL) takes its leases again
+// under its new instance at its next beat, so its sockets count against
+// their users' caps again; a lease whose user filled the cap meanwhile is
+// lost and reported, and releasing it frees nobody else's slot.
+func TestConcurrencyReincarnationRetakesLeases(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	ctx := context.Background()
+	var mu sync.Mutex
+	var lost []ratelimit.Lease
+	a := mustConcurrency(t, rdb, ratelimit.ConcurrencyConfig{Replica: "a", LeaseTTL: leaseTTL, OnLost: func(l ratelimit.Lease) {
+		mu.Lock()
+		lost = append(lost, l)
+		mu.Unlock()
+	}})
+	b := mustConcurrency(t, rdb, ratelimit.ConcurrencyConfig{Replica: "b", LeaseTTL: leaseTTL})
+	acquire := func(c *ratelimit.Concurrency, user string, limit int) (ratelimit.Lease, bool) {
+		t.Helper()
+		l, r, err := c.Acquire(ctx, user, limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l, r.Allowed
+	}
+	// u: cap 3, a holds 2; w: cap 2, a holds 2.
+	var wLeases []ratelimit.Lease
+	for range 2 {
+		if _, ok := acquire(a, "u", 3); !ok {
+			t.Fatal("u refused")
+		}
+		l, ok := acquire(a, "w", 2)
+		if !ok {
+			t.Fatal("w refused")
+		}
+		wLeases = append(wLeases, l)
+	}
+	// a stops beating; b finds it dead and frees its slots.
+	ratelimittest.WaitFor(t, 10*time.Second, "a's slots swept", func() bool {
+		b.Renew(ctx)
+		return rdb.Exists(ctx, a.Key("u"), a.Key("w")).Val() == 0
+	})
+	if _, ok := acquire(b, "u", 3); !ok {
+		t.Fatal("b: u refused after the sweep")
+	}
+	if _, ok := acquire(b, "w", 2); !ok {
+		t.Fatal("b: w refused after the sweep")
+	}
+
+	if err := a.Renew(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := rdb.ZCard(ctx, a.Key("u")).Val(); n != 3 {
+		t.Errorf("u holds %d slots after a's return, want 3 (a's two again, b's one)", n)
+	}
+	if n := rdb.ZCard(ctx, a.Key("w")).Val(); n != 2 {
+		t.Errorf("w holds %d slots after a's return, want 2 (the cap)", n)
+	}
+	if a.Held() != 3 {
+		t.Errorf("a holds %d leases, want 3", a.Held())
+	}
+	mu.Lock()
+	gone := slices.Clone(lost)
+	mu.Unlock()
+	if len(gone) != 1 || !slices.Contains(wLeases, gone[0]) {
+		t.Fatalf("lost %v, want one of w's leases", gone)
+	}
+	if _, ok := acquire(b, "u", 3); ok {
+		t.Error("u: a fourth slot of 3 admitted")
+	}
+	if _, ok := acquire(b, "w", 2); ok {
+		t.Error("w: a third slot of 2 admitted")
+	}
+	if err := a.Release(ctx, gone[0]); err != nil {
+		t.Fatal(err)
+	}
+	if n := rdb.ZCard(ctx, a.Key("w")).Val(); n != 2 {
+		t.Errorf("releasing the lost lease changed w's slots to %d, want 2", n)
+	}
+	// The slots are a's new instance's: its index lists them, and a
+	// sweep of the old one frees nothing.
+	members := rdb.ZRange(ctx, a.Key("u"), 0, -1).Val()
+	instances := map[string]bool{}
+	for _, m := range members {
+		inst, _, _ := strings.Cut(m, ":")
+		instances[inst] = true
+	}
+	if len(instances) != 2 {
+		t.Errorf("u's members %q, want those of two instances (a's new one, b's)", members)
+	}
+}

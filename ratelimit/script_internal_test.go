@@ -35,7 +35,7 @@ func TestScriptsIdempotent(t *testing.T) {
 	}
 
 	for i, member := range []string{"r:1", "r:1"} {
-		v, err := acquireScript.Run(ctx, rdb, []string{"herald:conns:retry"}, 1, member, liveScore).Int64Slice()
+		v, err := acquireScript.Run(ctx, rdb, []string{"herald:conns:retry"}, 1, member, liveScore, "").Int64Slice()
 		if err != nil {
 			t.Fatal(err)
 		}

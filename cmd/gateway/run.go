@@ -66,7 +66,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	windowCfg := ratelimit.SlidingWindowConfig{Limit: cfg.ConnectLimit, Window: cfg.ConnectWindow}
 	bucketCfg := ratelimit.TokenBucketConfig{Rate: cfg.PublishRate, Burst: cfg.PublishBurst}
-	slotsCfg := ratelimit.ConcurrencyConfig{Prefix: cfg.KeyPrefix, Replica: cfg.Node}
+	slotsCfg := ratelimit.ConcurrencyConfig{
+		Prefix: cfg.KeyPrefix, Replica: cfg.Node,
+		OnLost: func(l ratelimit.Lease) { srv.SlotLost(l) }, // from the limiter's Run, which srv runs
+	}
 	if cfg.Dev && cfg.RedisURL != "" { // allowed by HERALD_DEV_FORCE only
 		log.Warn("dev mode with a shared Redis (HERALD_DEV_FORCE): anyone can log in as anyone, " +
 			"on every replica sharing this Redis; never with real users' sessions")

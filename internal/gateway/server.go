@@ -77,9 +77,10 @@ type Server struct {
 	budget    frameBudget // what one socket may send (meter.go)
 	backend   backendHealth
 
-	echo     *echo.Echo
-	live     *liveSessions
-	watching atomic.Bool // the revocation watch is subscribed
+	echo      *echo.Echo
+	live      *liveSessions
+	slotConns slotConns   // the connections of the slots held, by lease
+	watching  atomic.Bool // the revocation watch is subscribed
 
 	// ctx outlives requests: socket read loops and dev jobs run under it.
 	ctx    context.Context

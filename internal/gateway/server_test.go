@@ -52,6 +52,13 @@ func newTestServer(t *testing.T) *testServer {
 // tuned by hcfg.
 func newTestServerWith(t *testing.T, more map[string]string, hcfg hub.Config) *testServer {
 	t.Helper()
+	return newTestServerOn(t, more, hcfg, nil)
+}
+
+// newTestServerOn is newTestServerWith counting sockets per user in slots
+// (nil: the memory twin).
+func newTestServerOn(t *testing.T, more map[string]string, hcfg hub.Config, slots Slots) *testServer {
+	t.Helper()
 	env := map[string]string{"HERALD_API_KEYS": testKey + "," + otherKey, "HERALD_NODE": "t", "HERALD_DRAIN_TIMEOUT": "50ms"}
 	for k, v := range more {
 		env[k] = v
@@ -70,7 +77,9 @@ func newTestServerWith(t *testing.T, more map[string]string, hcfg hub.Config) *t
 	h = hub.New(hcfg, b, log)
 	connects, _ := ratelimit.NewMemorySlidingWindow(ratelimit.SlidingWindowConfig{Limit: 1000, Window: time.Second}, nil)
 	publishes, _ := ratelimit.NewMemoryTokenBucket(ratelimit.TokenBucketConfig{Rate: 1000, Burst: 1000}, nil)
-	slots, _ := ratelimit.NewMemoryConcurrency(ratelimit.ConcurrencyConfig{Replica: "t"})
+	if slots == nil {
+		slots, _ = ratelimit.NewMemoryConcurrency(ratelimit.ConcurrencyConfig{Replica: "t"})
+	}
 	sessions := session.NewMemory(nil)
 	guards := metrics.NewGuards(reg, func() float64 { return 0 })
 	srv = New(Deps{
@@ -106,6 +115,7 @@ type wsClient struct {
 	t      *testing.T
 	c      *websocket.Conn
 	frames chan map[string]any
+	err    error // why the socket ended; set before frames is closed
 }
 
 func (ts *testServer) dial(t *testing.T, user, query string) *wsClient {
@@ -128,6 +138,7 @@ func (ts *testServer) dial(t *testing.T, user, query string) *wsClient {
 		for {
 			_, b, err := c.Read(context.Background())
 			if err != nil {
+				cl.err = err
 				return
 			}
 			for _, line := range bytes.Split(b, []byte("\n")) { // several frames per message

@@ -64,11 +64,11 @@ func (s *Server) handleSSE(c echo.Context) error {
 	if err != nil {
 		return s.refuse(c, errBadRequest(field, "not a resume cursor of this stream"))
 	}
-	sess, release, err := s.admit(c)
+	sess, sl, err := s.admit(c)
 	if err != nil {
 		return s.refuse(c, err)
 	}
-	defer release()
+	defer sl.release()
 	s.wg.Add(1) // a drain waits for this handler
 	defer s.wg.Done()
 
@@ -97,6 +97,7 @@ func (s *Server) handleSSE(c echo.Context) error {
 		st.finish()
 		return nil
 	}
+	sl.bind(conn)
 	s.metrics.SSEConnects.Inc()
 	s.joinStream(r.Context(), conn, channels, since[1:])
 

@@ -36,7 +36,7 @@ func (s *Server) handleWS(c echo.Context) error {
 	if _, _, err := events.ParseID(since); since != "" && err != nil {
 		return s.refuse(c, errBadRequest("since", "since is not an event id"))
 	}
-	sess, release, err := s.admit(c)
+	sess, sl, err := s.admit(c)
 	if err != nil {
 		return s.refuse(c, err)
 	}
@@ -53,7 +53,7 @@ func (s *Server) handleWS(c echo.Context) error {
 	})
 	if err != nil {
 		s.wg.Done()
-		release()
+		sl.release()
 		s.log.Debug("upgrade failed", "err", err)
 		return nil // Accept answered the client itself
 	}
@@ -61,8 +61,8 @@ func (s *Server) handleWS(c echo.Context) error {
 	// The socket's life goes on in a goroutine of its own, and the request
 	// goroutine returns: its stack, grown deep through net/http and echo,
 	// would otherwise stay with every idle socket.
-	go s.serveSocket(ws, mw.conn, sess, since, func() {
-		release()
+	go s.serveSocket(ws, mw.conn, sess, since, sl.bind, func() {
+		sl.release()
 		s.wg.Done()
 	})
 	return nil
@@ -76,30 +76,25 @@ var socketBuffers = hijackBuffers{read: 256, write: 512}
 
 // admit checks the credentials of a connect (PROTOCOL §3) and takes one of
 // the user's connection slots across replicas, for /ws and /sse alike. On
-// success the caller gives the slot back with release once the connection
-// is over; the error is the refusal to answer with.
-func (s *Server) admit(c echo.Context) (sess session.Session, release func(), err error) {
+// success the caller binds the slot to its connection once it exists, and
+// releases it once the connection is over; the error is the refusal to
+// answer with.
+func (s *Server) admit(c echo.Context) (session.Session, slot, error) {
 	r := c.Request()
-	sess, err = s.authenticate(r)
+	sess, err := s.authenticate(r)
 	if err != nil {
-		return session.Session{}, nil, err
+		return session.Session{}, slot{}, err
 	}
 	lease, res, err := s.slots.Acquire(r.Context(), sess.UserID, s.cfg.MaxConnsPerUser)
 	switch {
 	case err != nil:
-		return session.Session{}, nil, errUnavailable(err)
+		return session.Session{}, slot{}, errUnavailable(err)
 	case !res.Allowed:
 		ratelimit.SetHeaders(c.Response().Header(), res)
-		return session.Session{}, nil, errUserAtCap
+		return session.Session{}, slot{}, errUserAtCap
 	}
-	release = func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if err := s.slots.Release(ctx, lease); err != nil {
-			s.log.Warn("connection slot not released; its lease will expire", "err", err)
-		}
-	}
-	return sess, release, nil
+	s.slotConns.add(lease)
+	return sess, slot{s: s, lease: lease}, nil
 }
 
 // refuseEarly answers the connects that need no I/O to refuse: while
@@ -233,12 +228,13 @@ func (t wsTransport) CloseNow() error { return t.c.CloseNow() }
 // serveSocket registers an accepted socket and joins it to its personal
 // channel (the welcome is the reply to that join, so it comes before any
 // event of the channel), then runs its read loop until the socket ends and
-// releases everything it held; done runs last.
+// releases everything it held; done runs last. bind is given the hub
+// connection once it exists.
 //
 // The read loop gets a goroutine of its own, started once the join is
 // done: a new goroutine starts with a stack the size idle ones use, while
 // the join's calls would have grown this one's for the socket's life.
-func (s *Server) serveSocket(ws *websocket.Conn, nc net.Conn, sess session.Session, since string, done func()) {
+func (s *Server) serveSocket(ws *websocket.Conn, nc net.Conn, sess session.Session, since string, bind func(*hub.Conn), done func()) {
 	hash := s.live.add(sess, s.now(), s.cfg.SessionCheck)
 	conn, err := s.openConn(sess, hash, wsTransport{c: ws, nc: nc}, since)
 	if err != nil {
@@ -248,6 +244,7 @@ func (s *Server) serveSocket(ws *websocket.Conn, nc net.Conn, sess session.Sessi
 		done()
 		return
 	}
+	bind(conn)
 	go func() {
 		defer done()
 		defer s.live.release(hash)
