@@ -33,9 +33,11 @@ const (
 	Cluster Mode = "cluster"
 	// Sentinel is a primary with replicas, failed over by Sentinel:
 	// REDIS_URL names the Sentinels and the master,
-	// redis://[user:password@]sentinel1:port?master_name=NAME&addr=sentinel2:port
-	// (the user and password are the data nodes'; sentinel_password=…
-	// for the Sentinels).
+	// redis://[user:password@]sentinel1:port?master_name=NAME&addr=sentinel2:port&password=…
+	// As go-redis's ParseFailoverURL reads it, the user and password
+	// before the host are the Sentinels'; the data nodes' are the
+	// username= and password= parameters. (There is no
+	// sentinel_password= parameter: it is refused.)
 	Sentinel Mode = "sentinel"
 )
 
@@ -173,6 +175,17 @@ func parse(mode Mode, url string) (any, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cluster: %w", err)
 		}
+		// Reads from replicas would put SSUBSCRIBE on replicas, while
+		// Herald's probe publishes to the master: every partition's
+		// connection would be rebuilt at every probe.
+		switch {
+		case o.ReadOnly:
+			return nil, refused(mode, "read_only", "sends reads and SSUBSCRIBE to replicas")
+		case o.RouteByLatency:
+			return nil, refused(mode, "route_by_latency", "sends reads and SSUBSCRIBE to replicas")
+		case o.RouteRandomly:
+			return nil, refused(mode, "route_randomly", "sends reads and SSUBSCRIBE to replicas")
+		}
 		return o, nil
 	case Sentinel:
 		o, err := redis.ParseFailoverURL(url)
@@ -182,7 +195,23 @@ func parse(mode Mode, url string) (any, error) {
 		if o.MasterName == "" {
 			return nil, errors.New("sentinel: the URL names no master: add ?master_name=NAME")
 		}
+		// Herald writes to the primary and subscribes there: routing to
+		// replicas breaks it (and go-redis's NewFailoverClient panics on
+		// the two routing options).
+		switch {
+		case o.RouteByLatency:
+			return nil, refused(mode, "route_by_latency", "routes commands to replicas (NewFailoverClient refuses it)")
+		case o.RouteRandomly:
+			return nil, refused(mode, "route_randomly", "routes commands to replicas (NewFailoverClient refuses it)")
+		case o.ReplicaOnly:
+			return nil, refused(mode, "replica_only", "sends every command to a replica, where writes fail")
+		}
 		return o, nil
 	}
 	return nil, fmt.Errorf("unknown mode %q", mode)
+}
+
+// refused is the error for a URL option Herald cannot work with.
+func refused(mode Mode, option, why string) error {
+	return fmt.Errorf("%s: REDIS_URL option %s is not supported: it %s; remove it", mode, option, why)
 }
