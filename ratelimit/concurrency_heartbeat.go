@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -172,7 +173,9 @@ func (c *Concurrency) retakeBatch(ctx context.Context, instance string, batch []
 		return err
 	}
 	err = run()
-	if len(cmds) > 0 && redis.HasErrorPrefix(cmds[0].Err(), "NOSCRIPT") {
+	// Scripts are not loaded inside pipelines, and a cluster's nodes may
+	// differ: load it everywhere, try again (the script is idempotent).
+	if slices.ContainsFunc(cmds, func(cmd *redis.Cmd) bool { return redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") }) {
 		if err = acquireScript.Load(ctx, c.rdb).Err(); err == nil {
 			err = run()
 		}
