@@ -53,14 +53,15 @@ import (
 //
 // With ARGV[4] = OUTBOX (replica acknowledgements, see exec.go) the script
 // does not publish: it appends each message to the outbox list, numbered
-// by the outbox counter ("{n} a {len(pubsub)} {len(record)} {id}
-// {pubsub}{record}{message}"), and returns, after the groups, the
-// counter's value: flushScript publishes the outbox up to it once a
-// replica has the call's writes. A repeat of the call then rewrites its
+// by the outbox counter ("{n} {len(pubsub)} {pubsub}{message}"), and
+// returns, after the groups, the counter's value: flushScript publishes
+// the outbox up to it once a replica has the call's writes. A repeat of the call then rewrites its
 // own key's expiry, so that WAIT on the repeat's connection covers the
 // first run's writes too. A direct publish (PUBLISH, SPUBLISH) that finds
-// the outbox not empty queues its messages there too, marked "d" (no
-// confirmation needed): the flush that publishes the entries before them
+// the outbox not empty queues its messages there too, marked as needing
+// no confirmation by a leading 0 on the length ("{n} 0{len(pubsub)} …",
+// which flush scripts from before the mark read as the same length): the
+// flush that publishes the entries before them
 // publishes these right after, so the events of a channel go out in id
 // order whatever each publisher's replica acks. (Published directly, a
 // later event would overtake the queued ones, and subscribers would drop
@@ -118,7 +119,7 @@ local out = {}
 -- A direct publish queues behind whatever waits in the outbox, so that it
 -- never overtakes an earlier event of its channels.
 local queue = outbox or redis.call('LLEN', KEYS[#KEYS - 1]) > 0
-local flag = outbox and 'a' or 'd'
+local flag = outbox and '' or '0'
 for g = 1, tonumber(ARGV[6]) do
   local keyed, idemttl, fp, n = ARGV[a] == '1', ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
   a = a + 4
@@ -192,7 +193,7 @@ for g = 1, tonumber(ARGV[6]) do
       if o ~= 'n' and owner then frame = owner .. '\n' .. frame end
       if queue then
         local n = redis.call('INCR', KEYS[#KEYS])
-        redis.call('RPUSH', KEYS[#KEYS - 1], n .. ' ' .. flag .. ' ' .. #pubsub .. ' ' .. #rec .. ' ' .. id .. ' ' .. pubsub .. rec .. frame)
+        redis.call('RPUSH', KEYS[#KEYS - 1], n .. ' ' .. flag .. #pubsub .. ' ' .. pubsub .. frame)
       else
         redis.call(pubcmd, pubsub, frame)
       end
@@ -216,13 +217,13 @@ return out
 
 // flushScript publishes the outbox of a partition (or of a single Redis)
 // in order, up to the entry numbered ARGV[1] and past it through entries
-// queued by direct publishes ("d", no confirmation needed), and removes
-// what it published. Entries after that wait for a later flush: they may
-// not be on a replica yet. For each channel it published, it moves the
-// record's confirmed mark "c" to the newest id published, or removes it
-// when that is the channel's newest id ("t"): nothing waits any more.
-// Entries in the format before the mark existed ("{n} {len} {pubsub}
-// {message}") are published as such.
+// queued by direct publishes (a leading 0 on the length: no confirmation
+// needed), and removes what it published. Entries after that wait for a
+// later flush: they may not be on a replica yet. For each channel it
+// published, it moves the record's confirmed mark "c" to the newest id
+// published, or removes it when that is the channel's newest id ("t"):
+// nothing waits any more. The record's name follows from the pub/sub
+// channel's (Names: the prefix holds no "{"), the id from the frame.
 //
 // KEYS[1] the outbox; ARGV[1] the newest entry to publish; ARGV[2]
 // PUBLISH or SPUBLISH. Returns how many it published.
@@ -232,20 +233,19 @@ local marks, order = {}, {}
 while true do
   local e = redis.call('LINDEX', KEYS[1], 0)
   if not e then break end
-  local seq, f, lp, lr, id, at = string.match(e, '^(%d+) (%a) (%d+) (%d+) (%S+) ()')
-  if not seq then
-    seq, lp, at = string.match(e, '^(%d+) (%d+) ()')
-    f, lr = 'a', 0
-  end
-  if tonumber(seq) > upto and f ~= 'd' then break end
+  local seq, direct, len, at = string.match(e, '^(%d+) (0?)(%d+) ()')
+  if tonumber(seq) > upto and direct == '' then break end
   redis.call('LPOP', KEYS[1])
-  local l, r = tonumber(lp), tonumber(lr)
-  if r > 0 then
-    local rec = string.sub(e, at + l, at + l + r - 1)
+  local l = tonumber(len)
+  local pubsub, msg = string.sub(e, at, at + l - 1), string.sub(e, at + l)
+  local head, channel = string.match(pubsub, '^([^{]*{h%d+}):c:(.*)$')
+  local id = string.match(msg, '"id":"([^"]+)"')
+  if head and id then
+    local rec = head .. ':m:' .. channel
     if not marks[rec] then order[#order + 1] = rec end
     marks[rec] = id
   end
-  redis.call(cmd, string.sub(e, at, at + l - 1), string.sub(e, at + l + r))
+  redis.call(cmd, pubsub, msg)
   n = n + 1
 end
 for _, rec in ipairs(order) do
