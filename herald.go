@@ -122,6 +122,13 @@ func IdempotencyKey(key string) PublishOption {
 // for a publish to other channels or of other events.
 var ErrIdempotencyConflict = events.ErrIdempotencyConflict
 
+// ErrNotReplicated is matched by errors.Is for a publish through a
+// [RedisPublisher] with [RedisConfig.ReplicaAcks] that not enough replicas
+// confirmed in time. Its events were not published to subscribers yet;
+// they may be later, if the primary keeps them: retry with the same
+// [IdempotencyKey] to get their ids or publish them.
+var ErrNotReplicated = events.ErrNotReplicated
+
 // ErrNoMessages is returned by PublishBatch when given no messages.
 var ErrNoMessages = errors.New("herald: no messages to publish")
 

@@ -41,7 +41,10 @@ type RedisConfig struct {
 	// them (the gateways' HERALD_REDIS_REPLICA_ACKS: 1 under Sentinel and
 	// on a cluster, so that a failover loses no acknowledged event). A
 	// publish no replica confirms within ReplicaTimeout (default 1s) is
-	// tried again for a few seconds, then fails. Default 0: publish at once.
+	// tried again for a few seconds, then fails with [ErrNotReplicated].
+	// Default 0: publish at once. Publishers and gateways may differ here
+	// without reordering a channel: a publish without acks queues behind
+	// events of its partition that wait for replicas (docs/DELIVERY.md).
 	ReplicaAcks    int
 	ReplicaTimeout time.Duration
 
@@ -99,7 +102,7 @@ func NewRedisPublisher(rdb redis.UniversalClient, cfg RedisConfig) *RedisPublish
 	_, sharded := rdb.(*redis.ClusterClient)
 	log := events.NewRedisLog(rdb, names, events.LogConfig{
 		HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL, RecordTTL: cfg.RecordTTL,
-		Sharded: sharded,
+		Sharded: sharded, ReplicaAcks: cfg.ReplicaAcks, ReplicaTimeout: cfg.ReplicaTimeout,
 	})
 	scope := ""
 	if events.CheckIdemKey(cfg.Publisher) == nil {

@@ -102,13 +102,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			ReplicaAcks: cfg.ReplicaAcks, ReplicaTimeout: cfg.ReplicaTimeout,
 		})
 		warnShortOfReplicas(ctx, rdb, cfg.ReplicaAcks, log)
+		rs := session.NewRedis(rdb, names, log, nil)
 		rb := broker.NewRedis(rdb, rlog, names, deliver, log, broker.RedisOptions{
 			Classic: true,
 			OnGap:   func(channel string) { srv.Gap(channel) },
+			// Under Sentinel, pub/sub connections must follow the primary:
+			// the broker's and the revocation watch's.
+			WatchPrimary:    cfg.RedisMode == redisclient.Sentinel,
+			OnPrimaryChange: rs.Resubscribe,
 		})
 		metrics.RegisterBroker(reg, rb.Stats)
 		b = rb
-		sessions = session.NewRedis(rdb, names, log, nil)
+		sessions = rs
 		connects, err = ratelimit.NewSlidingWindow(rdb, windowCfg)
 		if err == nil {
 			publishes, err = ratelimit.NewTokenBucket(rdb, bucketCfg)

@@ -68,6 +68,23 @@ type RedisOptions struct {
 	// Sentinel failover, or a shard connection on a node that no longer
 	// owns its slot. Defaults 5s and 3s.
 	ProbeInterval, ProbeTimeout time.Duration
+
+	// WatchPrimary, for a primary failed over by Sentinel, makes every
+	// probe tick also ask which server the client's commands reach (its
+	// run_id, INFO server): go-redis moves its command connections on
+	// +switch-master but leaves pub/sub connections on the old primary,
+	// which, once it resynced as a replica, relays the new primary's
+	// frames to them, and a probe could pass there. When the run_id
+	// changes, every connection drops the frames of its old PubSub at once
+	// and is rebuilt, and its channels refill from history after the last
+	// event delivered. Off by default (single server, cluster).
+	WatchPrimary bool
+
+	// OnPrimaryChange, when set, is called (from the probe goroutine) each
+	// time WatchPrimary saw the primary change, after the rebuilds began:
+	// where other pub/sub connections (the session revocation watch) are
+	// told to move too. It must not block.
+	OnPrimaryChange func()
 }
 
 // RedisStats are the broker's counters since it started.
@@ -90,6 +107,8 @@ type RedisStats struct {
 	Replacements     uint64 // pub/sub connections replaced: a missed probe, a slot that moved, a node that stopped answering
 	Moves            uint64 // of those, the ones a cluster asked for: its server unsubscribed a slot that moved
 	Probes           uint64 // probes published (one per connection every ProbeInterval)
+	PrimaryChanges   uint64 // primary changes seen by WatchPrimary (each rebuilt every connection)
+	OutboxFlushed    uint64 // outbox entries published by the periodic flush (left behind by a failed flush or a stopped publisher)
 }
 
 // Redis is the shared Broker. Publish runs events.RedisLog's atomic script;
@@ -191,6 +210,7 @@ type redisCounters struct {
 	duplicates, refilled, refillGaps           atomic.Uint64
 	refillFailures, pendingDropped             atomic.Uint64
 	replacements, moves, probes                atomic.Uint64
+	primaryChanges, outboxFlushed              atomic.Uint64
 	converted, dropped, invalid, publishFailed atomic.Uint64
 }
 
@@ -367,6 +387,8 @@ func (b *Redis) Stats() RedisStats {
 		Replacements:     c.replacements.Load(),
 		Moves:            c.moves.Load(),
 		Probes:           c.probes.Load(),
+		PrimaryChanges:   c.primaryChanges.Load(),
+		OutboxFlushed:    c.outboxFlushed.Load(),
 	}
 }
 

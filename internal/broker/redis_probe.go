@@ -2,9 +2,13 @@ package broker
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/heraldgw/herald/internal/events"
 )
 
 // probeCheck is one connection's probe of a round.
@@ -22,15 +26,24 @@ type probeCheck struct {
 // receives: a shard connection left on a node that lost the slot, or a
 // pub/sub connection left on an old primary after a failover) has stopped
 // receiving without breaking: it is rebuilt, and refills from history.
+//
+// Each tick also publishes what waits in the outboxes and the replicas
+// have (flushPending), and with WatchPrimary looks for a new primary
+// (watchPrimary).
 func (b *Redis) probe() {
 	t := time.NewTicker(b.opts.ProbeInterval)
 	defer t.Stop()
+	primary := "" // run_id of the primary, once known
 	for {
 		select {
 		case <-b.ctx.Done():
 			return
 		case <-t.C:
 		}
+		if b.opts.WatchPrimary {
+			b.watchPrimary(&primary)
+		}
+		b.flushPending()
 		checks := b.sendProbes()
 		b.awaitProbes(checks)
 		b.mu.Lock()
@@ -121,4 +134,72 @@ func (b *Redis) mayReceive(p probeCheck) bool {
 func (b *Redis) probeSubscribedLocked(c *psConn) bool {
 	s := b.subs[c.probe]
 	return s != nil && c.ps != nil && s.round != 0 && s.round <= c.doneRound
+}
+
+// watchPrimary asks the server the client's commands reach for its run_id
+// and, when it is not the one seen last (*known), rebuilds every
+// connection at once: each drops the frames of its old PubSub from now on
+// (its epoch moves), and its reconciler opens a new one and refills every
+// channel from history after the last event delivered. A failed query
+// changes nothing: the next tick asks again, and the probe still catches
+// a connection that stopped receiving.
+func (b *Redis) watchPrimary(known *string) {
+	ctx, cancel := context.WithTimeout(b.ctx, b.opts.ProbeTimeout)
+	defer cancel()
+	info, err := b.rdb.Info(ctx, "server").Result()
+	if err != nil {
+		return
+	}
+	id := infoField(info, "run_id")
+	if id == "" || id == *known {
+		return
+	}
+	was := *known
+	*known = id
+	if was == "" {
+		return // the first answer: the connections were opened on it
+	}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return
+	}
+	for _, c := range b.connsLocked() {
+		c.epoch++ // frames of the old PubSub are dropped from now on; the refill covers them
+		c.rebuildLocked()
+	}
+	b.mu.Unlock()
+	b.stats.primaryChanges.Add(1)
+	b.logger.Warn("redis primary changed (Sentinel failover); moving every pub/sub connection and refilling from history")
+	if b.opts.OnPrimaryChange != nil {
+		b.opts.OnPrimaryChange()
+	}
+}
+
+// infoField returns the value of "name:value" in an INFO reply.
+func infoField(info, name string) string {
+	for line := range strings.SplitSeq(info, "\n") {
+		if v, ok := strings.CutPrefix(line, name+":"); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+// flushPending publishes outbox entries that a failed flush, or a
+// publisher that stopped between WAIT and its flush, left behind
+// (events.RedisLog.FlushPending): without it they would wait for the next
+// publish in their partition. Missing replica confirmations are expected
+// while a primary has too few replicas and are not logged.
+func (b *Redis) flushPending() {
+	ctx, cancel := context.WithTimeout(b.ctx, b.opts.ProbeTimeout)
+	defer cancel()
+	n, err := b.log.FlushPending(ctx)
+	if n > 0 {
+		b.stats.outboxFlushed.Add(uint64(n))
+		b.logger.Info("published events left in the outbox", "events", n)
+	}
+	if err != nil && !errors.Is(err, events.ErrNotReplicated) && b.ctx.Err() == nil {
+		b.logger.Debug("periodic outbox flush failed", "err", err)
+	}
 }

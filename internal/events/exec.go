@@ -1,6 +1,7 @@
 package events
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -191,6 +192,12 @@ func (l *RedisLog) runScripts(ctx context.Context, node pipeliner, calls []*scri
 // flush publishes the outboxes the calls of one node filled, up to each
 // call's newest entry.
 func (l *RedisLog) flush(ctx context.Context, node pipeliner, calls []*scriptCall) {
+	_, _ = l.flushCounted(ctx, node, calls)
+}
+
+// flushCounted is flush, returning how many entries it published and the
+// first error.
+func (l *RedisLog) flushCounted(ctx context.Context, node pipeliner, calls []*scriptCall) (int, error) {
 	upto := map[string]int64{} // per outbox: the newest entry any call may flush
 	for _, sc := range calls {
 		upto[sc.tag] = max(upto[sc.tag], sc.upto)
@@ -214,14 +221,21 @@ func (l *RedisLog) flush(ctx context.Context, node pipeliner, calls []*scriptCal
 		}
 	}
 	failed := map[string]error{}
+	var first error
+	published := 0
 	for i, cmd := range cmds {
-		if err := cmd.Err(); err != nil {
+		n, err := cmd.Int64()
+		if err != nil {
 			failed[tags[i]] = err
+			first = cmp.Or(first, err)
+			continue
 		}
+		published += int(n)
 	}
 	for _, sc := range calls {
 		sc.err = failed[sc.tag]
 	}
+	return published, first
 }
 
 func noScript(cmds []*redis.Cmd) bool {
@@ -255,4 +269,111 @@ func passing(err error, cluster bool) bool {
 	}
 	var ne net.Error
 	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+}
+
+// pendingScript returns the outbox counter when the outbox holds entries,
+// and writes the counter back unchanged: a write that WAIT on the same
+// connection can count, which replicas have only once they have every
+// entry numbered up to it. 0 when the outbox is empty.
+//
+// KEYS[1] the outbox, KEYS[2] its counter.
+var pendingScript = redis.NewScript(`
+if redis.call('LLEN', KEYS[1]) == 0 then return 0 end
+local n = redis.call('GET', KEYS[2])
+if not n then return 0 end
+redis.call('SET', KEYS[2], n)
+return tonumber(n)
+`)
+
+// FlushPending publishes what waits in the outboxes (one on a single
+// Redis, one per partition on a cluster) and the replicas already have:
+// entries a publish left behind when its flush failed, or when its
+// gateway stopped between WAIT and the flush, and direct publishes queued
+// behind them. Without it they would wait for the next publish to their
+// partition, and a quiet partition's subscribers would not get events
+// already in history. With ReplicaAcks it first confirms with WAIT that
+// the replicas have every entry it publishes; without, it publishes them
+// all (this log's deployment asks for no confirmation). The broker calls
+// it on every probe tick. It returns how many entries it published.
+func (l *RedisLog) FlushPending(ctx context.Context) (int, error) {
+	var calls []*scriptCall
+	if l.cfg.Sharded {
+		for p := range Partitions {
+			tag := Tag(p)
+			calls = append(calls, &scriptCall{tag: tag, keys: []string{l.names.Outbox(tag)}})
+		}
+	} else {
+		calls = []*scriptCall{{keys: []string{l.names.Outbox("")}}}
+	}
+	groups, err := l.byNode(ctx, calls)
+	if err != nil {
+		return 0, err
+	}
+	var mu sync.Mutex
+	var errs []error
+	published := 0
+	var wg sync.WaitGroup
+	for _, g := range groups {
+		wg.Go(func() {
+			n, err := l.flushPending(ctx, g.node, g.calls)
+			mu.Lock()
+			published += n
+			if err != nil {
+				errs = append(errs, err)
+			}
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return published, errors.Join(errs...)
+}
+
+// flushPending is FlushPending on one node: one pipeline finds the
+// outboxes with entries (and, with replica acks, WAITs for the write it
+// made after them), a second flushes those.
+func (l *RedisLog) flushPending(ctx context.Context, node pipeliner, calls []*scriptCall) (int, error) {
+	cmds := make([]*redis.Cmd, len(calls))
+	var wait *redis.IntCmd
+	exec := func() {
+		_, _ = node.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, sc := range calls {
+				cmds[i] = pendingScript.EvalSha(ctx, p, []string{sc.keys[0], l.names.OutboxSeq(sc.tag)})
+			}
+			if l.cfg.ReplicaAcks > 0 {
+				wait = redis.NewIntCmd(ctx, "wait", l.cfg.ReplicaAcks, l.cfg.ReplicaTimeout.Milliseconds())
+				p.Process(ctx, wait)
+			}
+			return nil
+		})
+	}
+	exec()
+	if noScript(cmds) {
+		if s, ok := node.(redis.Scripter); ok && pendingScript.Load(ctx, s).Err() == nil {
+			exec()
+		}
+	}
+	var due []*scriptCall
+	for i, sc := range calls {
+		n, err := cmds[i].Int64()
+		if err != nil {
+			return 0, fmt.Errorf("find pending outbox entries: %w", err)
+		}
+		if n > 0 {
+			sc.upto = n
+			due = append(due, sc)
+		}
+	}
+	if len(due) == 0 {
+		return 0, nil
+	}
+	if wait != nil {
+		if n, err := wait.Result(); err != nil || n < int64(l.cfg.ReplicaAcks) {
+			return 0, ErrNotReplicated
+		}
+	}
+	n, err := l.flushCounted(ctx, node, due)
+	if err != nil {
+		return n, fmt.Errorf("flush pending outbox entries: %w", err)
+	}
+	return n, nil
 }

@@ -55,9 +55,23 @@ import (
 // does not publish: it appends each message to the outbox list, numbered
 // by the outbox counter ("{n} {len(pubsub)} {pubsub}{message}"), and
 // returns, after the groups, the counter's value: flushScript publishes
-// the outbox up to it once a replica has the call's writes. A repeat of
-// the call then rewrites its own key's expiry, so that WAIT on the
-// repeat's connection covers the first run's writes too.
+// the outbox up to it once a replica has the call's writes. A repeat of the call then rewrites its
+// own key's expiry, so that WAIT on the repeat's connection covers the
+// first run's writes too. A direct publish (PUBLISH, SPUBLISH) that finds
+// the outbox not empty queues its messages there too, marked as needing
+// no confirmation by a leading 0 on the length ("{n} 0{len(pubsub)} …",
+// which flush scripts from before the mark read as the same length): the
+// flush that publishes the entries before them
+// publishes these right after, so the events of a channel go out in id
+// order whatever each publisher's replica acks. (Published directly, a
+// later event would overtake the queued ones, and subscribers would drop
+// those as already seen.)
+//
+// While a channel has queued events, its record's "c" holds the newest id
+// whose event is confirmed: history reads and baselines stop there
+// (historyScript, baselineScript). A direct publish that finds the outbox
+// empty writes no "c": without replica acks the cost per event stays one
+// record write, plus one LLEN per script call.
 //
 // KEYS[1]  the call's own key
 // ARGV[1]  history size     ARGV[2]  history ttl, ms
@@ -70,7 +84,8 @@ import (
 // owner ("n": not an effect; "e": an effect whose owner the publisher does
 // not know; "e:{user}").
 //
-// With OUTBOX, the last two KEYS are the outbox and its counter.
+// The last two KEYS are the outbox and its counter (also without OUTBOX:
+// a direct publish checks that the outbox is empty).
 //
 // Returns per group {1, id…} or {0} (its key was used for other content),
 // then with OUTBOX the counter. The frame it builds must stay
@@ -101,6 +116,10 @@ local nowstr = t[1] .. string.sub('00000' .. t[2], -6, -4)
 local now = tonumber(nowstr)
 local k, a = 2, 7
 local out = {}
+-- A direct publish queues behind whatever waits in the outbox, so that it
+-- never overtakes an earlier event of its channels.
+local queue = outbox or redis.call('LLEN', KEYS[#KEYS - 1]) > 0
+local flag = outbox and '' or '0'
 for g = 1, tonumber(ARGV[6]) do
   local keyed, idemttl, fp, n = ARGV[a] == '1', ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
   a = a + 4
@@ -125,7 +144,13 @@ for g = 1, tonumber(ARGV[6]) do
       local hist, rec = KEYS[k], KEYS[k + 1]
       local pubsub, channel, event, data, o = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
       k, a = k + 2, a + 5
-      local top, x = redis.call('HGET', rec, 't'), 0
+      local top, x, held = nil, 0, false
+      if queue then
+        local tc = redis.call('HMGET', rec, 't', 'c')
+        top, held = tc[1], tc[2]
+      else
+        top = redis.call('HGET', rec, 't')
+      end
       if top then top, x = string.match(top, '^(%S+) (%S+)$') end
       local owner = o ~= 'n' and redis.call('HGET', rec, 'o')
       local id, ms, lost
@@ -150,6 +175,10 @@ for g = 1, tonumber(ARGV[6]) do
       end
       local set = {'t', id .. ' ' .. x}
       if lost then set[#set + 1], set[#set + 2] = 'l', lost end
+      if queue and not held then
+        -- Readers stop at the confirmed mark until a flush moves it.
+        set[#set + 1], set[#set + 2] = 'c', top or (ms .. '-0')
+      end
       if o ~= 'n' and not owner and #o > 2 then
         owner = string.sub(o, 3)
         set[#set + 1], set[#set + 2] = 'o', owner
@@ -162,9 +191,9 @@ for g = 1, tonumber(ARGV[6]) do
       local frame = '{"type":"event","channel":"' .. channel .. '","id":"' .. id ..
         '","event":"' .. event .. '","data":' .. data .. ',"ts":' .. ms .. '}'
       if o ~= 'n' and owner then frame = owner .. '\n' .. frame end
-      if outbox then
+      if queue then
         local n = redis.call('INCR', KEYS[#KEYS])
-        redis.call('RPUSH', KEYS[#KEYS - 1], n .. ' ' .. #pubsub .. ' ' .. pubsub .. frame)
+        redis.call('RPUSH', KEYS[#KEYS - 1], n .. ' ' .. flag .. #pubsub .. ' ' .. pubsub .. frame)
       else
         redis.call(pubcmd, pubsub, frame)
       end
@@ -187,23 +216,47 @@ return out
 `)
 
 // flushScript publishes the outbox of a partition (or of a single Redis)
-// in order, up to the entry numbered ARGV[1], and removes what it
-// published. Entries after that wait for a later flush: they may not be
-// on a replica yet.
+// in order, up to the entry numbered ARGV[1] and past it through entries
+// queued by direct publishes (a leading 0 on the length: no confirmation
+// needed), and removes what it published. Entries after that wait for a
+// later flush: they may not be on a replica yet. For each channel it
+// published, it moves the record's confirmed mark "c" to the newest id
+// published, or removes it when that is the channel's newest id ("t"):
+// nothing waits any more. The record's name follows from the pub/sub
+// channel's (Names: the prefix holds no "{"), the id from the frame.
 //
 // KEYS[1] the outbox; ARGV[1] the newest entry to publish; ARGV[2]
 // PUBLISH or SPUBLISH. Returns how many it published.
 var flushScript = redis.NewScript(`
 local upto, cmd, n = tonumber(ARGV[1]), ARGV[2], 0
+local marks, order = {}, {}
 while true do
   local e = redis.call('LINDEX', KEYS[1], 0)
   if not e then break end
-  local seq, len, at = string.match(e, '^(%d+) (%d+) ()')
-  if tonumber(seq) > upto then break end
+  local seq, direct, len, at = string.match(e, '^(%d+) (0?)(%d+) ()')
+  if tonumber(seq) > upto and direct == '' then break end
   redis.call('LPOP', KEYS[1])
   local l = tonumber(len)
-  redis.call(cmd, string.sub(e, at, at + l - 1), string.sub(e, at + l))
+  local pubsub, msg = string.sub(e, at, at + l - 1), string.sub(e, at + l)
+  local head, channel = string.match(pubsub, '^([^{]*{h%d+}):c:(.*)$')
+  local id = string.match(msg, '"id":"([^"]+)"')
+  if head and id then
+    local rec = head .. ':m:' .. channel
+    if not marks[rec] then order[#order + 1] = rec end
+    marks[rec] = id
+  end
+  redis.call(cmd, pubsub, msg)
   n = n + 1
+end
+for _, rec in ipairs(order) do
+  local tc = redis.call('HMGET', rec, 't', 'c')
+  if tc[1] and tc[2] then
+    if string.match(tc[1], '^(%S+)') == marks[rec] then
+      redis.call('HDEL', rec, 'c')
+    else
+      redis.call('HSET', rec, 'c', marks[rec])
+    end
+  end
 end
 return n
 `)
@@ -408,9 +461,7 @@ func (l *RedisLog) scriptCall(tag string, groups []group) *scriptCall {
 			sc.args = append(sc.args, l.names.PubSub(p.Channel), p.Channel, p.Event, p.data(), c.owners[g.idx[i]])
 		}
 	}
-	if l.cfg.ReplicaAcks > 0 {
-		sc.keys = append(sc.keys, l.names.Outbox(tag), l.names.OutboxSeq(tag))
-	}
+	sc.keys = append(sc.keys, l.names.Outbox(tag), l.names.OutboxSeq(tag))
 	return sc
 }
 

@@ -20,7 +20,9 @@ import (
 //   - its record, a hash that outlives the history (the record TTL, 24 h
 //     by default): "t" the newest event id ever assigned (and, after a
 //     space, when the keys' TTLs are refreshed next), "l" the newest id
-//     known to be gone from the history, "o" an effect's owner.
+//     known to be gone from the history, "o" an effect's owner, and "c"
+//     while events of the channel wait in the outbox for replicas: the
+//     newest id that readers may see (see publishScript).
 //
 // Event ids are "{ms}-{seq}" with ms from Redis's clock, increasing per
 // channel like a stream's. A channel whose record is new starts at seq 1,
@@ -71,8 +73,10 @@ end
 //
 //   - With no record, nothing was published for a record TTL: complete
 //     when since is younger than that.
-//   - since at or after the newest id ("t"): nothing was published after
-//     it, complete.
+//   - since at or after the newest id ("t"; while events wait for
+//     replicas, the confirmed mark "c": later ones are left out, they
+//     arrive live once confirmed): nothing was published after it,
+//     complete.
 //   - Otherwise events after since exist: complete when the history holds
 //     them all, i.e. it is not empty and no id after since left it ("l").
 //
@@ -82,9 +86,13 @@ end
 var historyScript = redis.NewScript(idLua + `
 local since = ARGV[1]
 local now = nowms()
-local r = redis.call('HMGET', KEYS[2], 't', 'l', 'o')
+local r = redis.call('HMGET', KEYS[2], 't', 'l', 'o', 'c')
 local top, lost, owner = r[1], r[2], r[3] or ''
 if top then top = string.match(top, '^(%S+)') end
+-- Events after the confirmed mark wait in the outbox for replicas: not
+-- readable yet (they arrive live once confirmed).
+local mark = top and r[4]
+if mark then top = mark end
 local gone = agetrim(KEYS[1], now - tonumber(ARGV[2]))
 if gone and top then
   lost = gone
@@ -98,8 +106,9 @@ while true do
   nonempty = nonempty or #chunk > 0
   local reached = false
   for _, e in ipairs(chunk) do
-    if not before(since, string.match(e, '^(%S+)')) then reached = true break end
-    out[#out + 1] = e
+    local id = string.match(e, '^(%S+)')
+    if not before(since, id) then reached = true break end
+    if not mark or not before(mark, id) then out[#out + 1] = e end
   end
   if reached or #chunk < size then break end
   start, size = start + size, size * 2
@@ -115,15 +124,17 @@ end
 return {complete and 1 or 0, owner, out}
 `)
 
-// baselineScript returns the newest event id of a channel or, when it has
+// baselineScript returns the newest event id of a channel (while events
+// wait for replicas, the newest confirmed one, "c") or, when it has
 // no record, "{now}-0", which comes before any event published later (a
 // new record starts at seq 1) and tells a later history read how old the
 // baseline is.
 //
 // KEYS[1] record
 var baselineScript = redis.NewScript(idLua + `
-local top = redis.call('HGET', KEYS[1], 't')
-if top then return string.match(top, '^(%S+)') end
+local r = redis.call('HMGET', KEYS[1], 't', 'c')
+if r[1] and r[2] then return r[2] end
+if r[1] then return string.match(r[1], '^(%S+)') end
 return fmt(nowms()) .. '-0'
 `)
 

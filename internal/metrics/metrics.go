@@ -94,6 +94,8 @@ var brokerCounters = []struct {
 	{counterDesc("herald_pubsub_resubscribes_total", "Resubscriptions after the pub/sub connection reconnected."), func(s broker.RedisStats) uint64 { return s.Resubscribes }},
 	{counterDesc("herald_pubsub_replacements_total", "Pub/sub connections replaced: a missed probe, a moved slot, a node that confirms nothing."), func(s broker.RedisStats) uint64 { return s.Replacements }},
 	{counterDesc("herald_pubsub_moves_total", "Pub/sub connections a Redis Cluster unsubscribed because their slot moved (rebuilt on the new node)."), func(s broker.RedisStats) uint64 { return s.Moves }},
+	{counterDesc("herald_redis_primary_changes_total", "Redis primary changes seen under Sentinel (every pub/sub connection moved and refilled)."), func(s broker.RedisStats) uint64 { return s.PrimaryChanges }},
+	{counterDesc("herald_outbox_flushed_total", "Events the periodic outbox flush published (left behind by a failed flush or a stopped publisher)."), func(s broker.RedisStats) uint64 { return s.OutboxFlushed }},
 	{counterDesc("herald_refill_events_total", "Events delivered from history after a reconnect."), func(s broker.RedisStats) uint64 { return s.Refilled }},
 	{counterDesc("herald_refill_gaps_total", "Refills that found events gone from history, or gave up."), func(s broker.RedisStats) uint64 { return s.RefillGaps }},
 	{counterDesc("herald_refill_failures_total", "Baseline or history reads that failed and were retried."), func(s broker.RedisStats) uint64 { return s.RefillFailures }},

@@ -23,6 +23,7 @@ type Redis struct {
 	log    *slog.Logger
 	now    func() time.Time
 	revoke *redis.Script
+	renew  chan struct{} // capacity 1: Watch moves to a new pub/sub connection (Resubscribe)
 }
 
 var _ Store = (*Redis)(nil)
@@ -51,7 +52,7 @@ func NewRedis(client redis.UniversalClient, names events.Names, log *slog.Logger
 	if now == nil {
 		now = time.Now
 	}
-	return &Redis{client: client, names: names, log: log, now: now, revoke: redis.NewScript(revokeSrc)}
+	return &Redis{client: client, names: names, log: log, now: now, revoke: redis.NewScript(revokeSrc), renew: make(chan struct{}, 1)}
 }
 
 // Get implements Store. An unusable session is logged (by its Hash) at Warn,
@@ -213,14 +214,29 @@ func (r *Redis) RedeemTicket(ctx context.Context, ticket string) (Session, error
 	return s, err
 }
 
+// Resubscribe makes Watch close its pub/sub connection and subscribe on a
+// new one, without blocking. After a Sentinel failover go-redis moves its
+// command connections to the new primary but leaves pub/sub connections on
+// the old one, where revocations published on the new primary may never
+// arrive (the broker's primary watch calls this, see
+// broker.RedisOptions.OnPrimaryChange). Revocations announced meanwhile
+// are caught by the session check.
+func (r *Redis) Resubscribe() {
+	select {
+	case r.renew <- struct{}{}:
+	default:
+	}
+}
+
 // Watch implements Store on its own pub/sub connection, subscribed to
 // names.Revocations(). It logs its first subscription at Debug and every
 // re-subscription (after a reconnect) at Info. Messages that are not a
 // Revocation with a SessionHash are logged and skipped. It returns an error
-// only if the client is closed under it.
+// only if the client is closed under it. Resubscribe moves it to a new
+// connection.
 func (r *Redis) Watch(ctx context.Context, ready func(), fn func(Revocation)) error {
 	ps := r.client.Subscribe(ctx, r.names.Revocations())
-	defer ps.Close()
+	defer func() { ps.Close() }()
 	// go-redis reads the socket in its own goroutine, pings it and
 	// re-subscribes after reconnects; its Go channel only must never stay
 	// full for long, which it does not as fn does not block.
@@ -230,6 +246,11 @@ func (r *Redis) Watch(ctx context.Context, ready func(), fn func(Revocation)) er
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-r.renew:
+			r.log.Info("revocation watch moving to a new connection (Redis primary changed)")
+			ps.Close()
+			ps = r.client.Subscribe(ctx, r.names.Revocations())
+			msgs = ps.ChannelWithSubscriptions()
 		case m, ok := <-msgs:
 			if !ok {
 				return errors.New("watch revocations: subscription closed")
