@@ -1,7 +1,7 @@
 # Herald. The two commands a new machine needs:
 #   make run    — one gateway, single-node in memory, demo page at http://127.0.0.1:8080
 #   make test   — installs what tests need (redis-server, nginx, chromium, node, npm, gcc for -race), then
-#                 go test -race -count=1 ./... and a short run of every fuzz target
+#                 go test -race -count=1 ./... and a short run (5,000 inputs) of every fuzz target
 # And one to try the horizontal setup without Docker:
 #   make run-cluster — Redis, two replicas, the worker and nginx on loopback, page at http://127.0.0.1:8080
 #                      (REDIS_MODE=cluster: a Redis Cluster; REDIS_MODE=sentinel: Sentinel failover)
@@ -27,7 +27,7 @@ run-cluster: deps
 # of which go test tracks: a cached pass there could hide a change.
 test: deps
 	$(GO) test -race -count=1 -timeout 20m ./...
-	./scripts/fuzz.sh 2s
+	./scripts/fuzz.sh 5000x
 
 # Every fuzz target for longer (FUZZTIME each); crashers land in testdata/fuzz.
 FUZZTIME ?= 2m

@@ -196,13 +196,14 @@ func splitHostPort(s string) (host, port string, err error) {
 			return "", "", errors.New("unclosed [ in an IPv6 address")
 		}
 		host, port = s[:end+1], s[end+1:]
-		if port != "" {
-			p, ok := strings.CutPrefix(port, ":")
-			if !ok {
-				return "", "", fmt.Errorf("%q after the IPv6 address", port)
-			}
-			port = p
+		if port == "" {
+			return host, "", nil
 		}
+		p, ok := strings.CutPrefix(port, ":")
+		if !ok {
+			return "", "", fmt.Errorf("%q after the IPv6 address", port)
+		}
+		port = p
 	} else if strings.ContainsAny(s, "[]") {
 		return "", "", fmt.Errorf("%q is not a host name or IP address", s)
 	} else if i := strings.LastIndexByte(s, ':'); i >= 0 {

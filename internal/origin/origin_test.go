@@ -69,6 +69,7 @@ func TestMatch(t *testing.T) {
 			[]string{"http://a.example.com", "https://example.com"}},
 		{"*.example.com:8443", []string{"https://a.example.com:8443"}, []string{"https://a.example.com"}},
 		{"http://[::1]:8080", []string{"http://[::1]:8080"}, []string{"http://[::1]", "http://[::2]:8080"}},
+		{"http://[::1]", []string{"http://[::1]", "http://[::1]:80"}, []string{"http://[::1]:8080", "https://[::1]"}},
 		{"127.0.0.1:8080", []string{"http://127.0.0.1:8080"}, []string{"http://127.0.0.1", "http://127.0.0.2:8080"}},
 	}
 	for _, tt := range tests {
