@@ -59,6 +59,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	m := metrics.New(reg,
 		func() float64 { return float64(h.Conns()) },
 		func() float64 { return float64(h.Channels()) })
+	delivery := metrics.NewDelivery(reg, func() hub.Queued { return h.Queued() })
 	// The broker delivers into the hub, which subscribes through the
 	// broker: both are built before either is used.
 	deliver := func(channel, id, owner string, frame []byte) {
@@ -100,6 +101,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			HistorySize: int64(cfg.HistorySize), HistoryTTL: cfg.HistoryTTL, RecordTTL: cfg.RecordTTL,
 			Sharded:     cfg.RedisMode == redisclient.Cluster,
 			ReplicaAcks: cfg.ReplicaAcks, ReplicaTimeout: cfg.ReplicaTimeout,
+			OnBatch: metrics.NewPublish(reg).Batch,
 		})
 		warnShortOfReplicas(ctx, rdb, cfg.ReplicaAcks, log)
 		rs := session.NewRedis(rdb, names, log, nil)
@@ -124,6 +126,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	h = hub.New(hub.Config{
 		OnClose: m.Closed,
+		OnWrite: delivery.Written,
 		OnEvict: func(c *hub.Conn, channel string) { srv.Evicted(c, channel) },
 	}, b, log)
 	if err != nil {

@@ -351,9 +351,22 @@ func (l *RedisLog) publish(ctx context.Context, _ string, appends []*appendCall)
 		c.ids = make([]string, len(c.pubs))
 	}
 	calls := l.scriptCalls(appends)
+	start := time.Now()
 	l.run(ctx, calls)
+	took := time.Since(start)
+	var err error
 	for _, sc := range calls {
 		l.apply(sc)
+		if err == nil {
+			err = sc.err
+		}
+	}
+	if l.cfg.OnBatch != nil {
+		n := 0
+		for _, c := range appends {
+			n += len(c.pubs)
+		}
+		l.cfg.OnBatch(n, took, err)
 	}
 	return appends, nil
 }

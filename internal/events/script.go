@@ -169,6 +169,16 @@ type LogConfig struct {
 	// failover). ReplicaTimeout defaults to 1s.
 	ReplicaAcks    int
 	ReplicaTimeout time.Duration
+
+	// OnBatch, if set, is called after each batch of publishes went to
+	// Redis, for metrics: publishes arriving while script calls are under
+	// way are group-committed into one batch of up to 256 events (one
+	// script call; on a cluster one per partition, pipelined per node).
+	// It gets the events the batch carried, how long its Redis work took
+	// (every try, and with ReplicaAcks the WAIT and the outbox flush) and
+	// the first script call's error, nil when all succeeded. It must not
+	// block.
+	OnBatch func(events int, took time.Duration, err error)
 }
 
 // RedisLog appends events to their channels' history in Redis and publishes

@@ -27,6 +27,7 @@ type Conn struct {
 	queue, flight [][]byte
 	bytes, frames int
 	extra         int
+	oldest        int64         // publish time (unix ms) of the oldest live event frame in queue, 0 for none; guarded by mu
 	writing       bool          // a writer goroutine runs; guarded by mu
 	closeCode     int           // non-zero once a close was requested; guarded by mu
 	reason        string        // close reason; guarded by mu
@@ -123,9 +124,9 @@ func (c *Conn) Send(frame []byte) bool {
 	return c.sendLocked(frame)
 }
 
-// deliver queues an event frame of channel, or holds it back while the
-// channel is being joined.
-func (c *Conn) deliver(channel, id string, frame []byte) bool {
+// deliver queues an event frame of channel, published at ms (unix ms, 0
+// when unknown), or holds it back while the channel is being joined.
+func (c *Conn) deliver(channel, id string, ms int64, frame []byte) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := c.subLocked(channel)
@@ -146,7 +147,19 @@ func (c *Conn) deliver(channel, id string, frame []byte) bool {
 		s.held = append(s.held, heldFrame{id, frame})
 		return true
 	}
-	return c.sendLocked(frame)
+	if !c.sendLocked(frame) {
+		return false
+	}
+	c.stampLocked(ms)
+	return true
+}
+
+// stampLocked notes that a live event frame published at ms was queued,
+// for the publish→write latency reported to OnWrite.
+func (c *Conn) stampLocked(ms int64) {
+	if ms > 0 && (c.oldest == 0 || ms < c.oldest) {
+		c.oldest = ms
+	}
 }
 
 // release ends the hold of channel begun by Join: it queues first (the
@@ -182,9 +195,13 @@ func (c *Conn) release(channel string, first []byte, replay []events.Entry, last
 		c.queueExtraLocked(e.Frame)
 	}
 	for _, f := range held {
-		if events.CompareIDs(f.id, last) > 0 && !c.sendLocked(f.frame) {
+		if events.CompareIDs(f.id, last) <= 0 {
+			continue
+		}
+		if !c.sendLocked(f.frame) {
 			return
 		}
+		c.stampLocked(publishedMS(f.id))
 	}
 	s.skip = last
 }
@@ -231,7 +248,7 @@ func (c *Conn) sendLocked(frame []byte) bool {
 // dropQueueLocked forgets everything queued and held, giving the memory
 // back.
 func (c *Conn) dropQueueLocked() {
-	c.queue, c.bytes, c.frames, c.extra = nil, 0, 0, 0
+	c.queue, c.bytes, c.frames, c.extra, c.oldest = nil, 0, 0, 0, 0
 	for i := range c.subs {
 		c.subs[i].held = nil
 	}
@@ -290,8 +307,8 @@ func (c *Conn) writeLoop() {
 	defer h.wg.Done()
 	for {
 		c.mu.Lock()
-		batch := c.queue
-		c.queue, c.flight, c.bytes, c.frames, c.extra = nil, batch, 0, 0, 0
+		batch, oldest := c.queue, c.oldest
+		c.queue, c.flight, c.bytes, c.frames, c.extra, c.oldest = nil, batch, 0, 0, 0, 0
 		if len(batch) == 0 {
 			c.flight = nil
 			code, reason := c.closeCode, c.reason
@@ -311,6 +328,9 @@ func (c *Conn) writeLoop() {
 		}
 		c.mu.Unlock()
 		ok := c.writeBatch(batch)
+		if ok {
+			h.cfg.OnWrite(Write{Frames: len(batch), Oldest: oldest})
+		}
 		c.mu.Lock()
 		c.flight = nil
 		if !ok {

@@ -111,6 +111,11 @@ type Config struct {
 	// metrics. It must not block.
 	OnClose func(code int)
 
+	// OnWrite, if set, is called by a connection's writer after each batch
+	// of frames it took from the queue went out to the socket, for
+	// metrics. It must not block: the connection's next frames wait.
+	OnWrite func(Write)
+
 	// OnEvict, if set, is called when Broadcast removed c from channel
 	// because the channel's event belongs to another user; the caller tells
 	// the client (c.Send). It must not block.
@@ -136,6 +141,9 @@ func (c *Config) setDefaults() {
 	defDur(&c.PingTimeout, defaultPingTimeout)
 	if c.OnClose == nil {
 		c.OnClose = func(int) {}
+	}
+	if c.OnWrite == nil {
+		c.OnWrite = func(Write) {}
 	}
 	if c.OnEvict == nil {
 		c.OnEvict = func(*Conn, string) {}
@@ -376,6 +384,7 @@ func (h *Hub) dropSub(c *Conn, channel string) {
 func (h *Hub) Broadcast(channel, id, owner string, frame []byte) int {
 	s := &h.channels[h.shard(channel)]
 	n := 0
+	ms := publishedMS(id) // once per event, not per recipient
 	var evict []*Conn
 	s.mu.RLock()
 	for c := range s.subs[channel].all() {
@@ -383,7 +392,7 @@ func (h *Hub) Broadcast(channel, id, owner string, frame []byte) int {
 			evict = append(evict, c)
 			continue
 		}
-		if c.deliver(channel, id, frame) {
+		if c.deliver(channel, id, ms, frame) {
 			n++
 		}
 	}
