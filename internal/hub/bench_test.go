@@ -40,7 +40,7 @@ func BenchmarkBroadcast(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := range b.N {
-				h.Broadcast("public:bench", "1-0", "", frame)
+				h.Broadcast("public:bench", future(0), "", frame) // after the join's last id
 				for writes.Load() < int64((i+1)*n) {
 				}
 			}
