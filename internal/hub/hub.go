@@ -161,7 +161,7 @@ type Hub struct {
 	log  *slog.Logger
 	seed maphash.Seed
 
-	ctx    context.Context // cancelled by Close: aborts writes and pings
+	ctx    context.Context // cancelled by Close: aborts pings
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // writers and closers
 
@@ -565,8 +565,9 @@ func (h *Hub) PingInterval() time.Duration { return h.cfg.PingInterval }
 // Draining reports whether Drain or Close began.
 func (h *Hub) Draining() bool { return h.draining.Load() }
 
-// Close refuses new connections, aborts pending writes and pings and waits
-// for the hub's goroutines. Connections still registered are dropped.
+// Close refuses new connections, aborts pending pings, drops the
+// connections still registered (which aborts their writes) and waits for
+// the hub's goroutines.
 func (h *Hub) Close() {
 	h.draining.Store(true)
 	h.cancel()
