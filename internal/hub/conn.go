@@ -389,7 +389,9 @@ func (c *Conn) drop(code int) {
 	c.shut(false, 0, "")
 }
 
-// ping sends a WebSocket ping and drops c when no pong comes in time.
+// ping sends a WebSocket ping and drops c when no pong comes in time: as
+// a slow consumer when its writer is blocked too (the peer is there but
+// not reading), else as a dead peer.
 func (c *Conn) ping() {
 	if c.Closing() {
 		return
@@ -401,6 +403,10 @@ func (c *Conn) ping() {
 		if !c.Closing() {
 			h.log.Debug("reaping unresponsive connection", "conn", c.ID, "err", err)
 		}
-		c.drop(CloseAbnormal)
+		code := CloseAbnormal
+		if c.writeBlocked() {
+			code = CloseSlowConsumer
+		}
+		c.drop(code)
 	}
 }

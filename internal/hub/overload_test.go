@@ -206,3 +206,31 @@ func TestWriteTimeoutIsASlowConsumer(t *testing.T) {
 		t.Errorf("closes by code %v, want one %d", codes, CloseSlowConsumer)
 	}
 }
+
+// TestUnansweredPingBehindABlockedWriteIsASlowConsumer: a peer that does
+// not answer a ping while a write to it is blocked is there but not
+// reading: 4009, not a dead peer's 1006.
+func TestUnansweredPingBehindABlockedWriteIsASlowConsumer(t *testing.T) {
+	var mu sync.Mutex
+	codes := map[int]int{}
+	h, _ := newHub(t, Config{PingInterval: 10 * time.Millisecond, PingTimeout: 20 * time.Millisecond, SlowWrite: time.Nanosecond,
+		OnClose: func(code int) { mu.Lock(); codes[code]++; mu.Unlock() }})
+	p := newPipe(0)
+	p.stall()
+	c := add(t, h, "1", p, "public:x")
+	h.Broadcast("public:x", future(0), "", []byte("0"))
+	eventually(t, "the write to block", func() bool { return p.writes.Load() == 1 })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go h.Run(ctx)
+	select {
+	case <-c.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("connection not dropped")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if codes[CloseSlowConsumer] != 1 || len(codes) != 1 {
+		t.Errorf("closes by code %v, want one %d", codes, CloseSlowConsumer)
+	}
+}
