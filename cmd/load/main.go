@@ -10,6 +10,7 @@
 //
 //	load -scenario broadcast -target herald -conns 5000 -rate 20 -duration 10s
 //	load -scenario personal -target baseline -conns 10000 -rate 5000
+//	load -scenario overload -target herald -conns 5000 -rate 200 -duration 10s
 //	load bench            # every scenario, Herald and baseline alternating, then a table
 //	load report FILE…     # the table of JSON lines (medians per scenario and target)
 //
@@ -20,6 +21,8 @@
 //	broadcast  every socket on one public: channel, -rate ev/s to it
 //	storm      authenticated connects as fast as -dialers allows (sessions made through the API first)
 //	ceiling    the highest publish rate (personal shape) whose p99 stays ≤ -ceiling-p99
+//	overload   broadcast at a rate the server cannot write in time, plus -stalled sockets
+//	           that stop reading: publish latency, peak memory, which sockets were closed
 //
 // With -gateways the tool starts nothing; HERALD_API_KEY then holds the API
 // key (not a flag, to keep it out of the process list).

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -14,15 +15,17 @@ import (
 
 // options are one run's settings.
 type options struct {
-	scenario  string        // idle, personal, broadcast, storm, ceiling
+	scenario  string        // idle, personal, broadcast, storm, ceiling, overload
 	target    string        // herald or baseline
 	replicas  int           // server processes to start
 	shards    int           // Herald: 0 one redis-server; N a Redis Cluster of N masters, gateways in cluster mode
+	memory    bool          // Herald: no Redis, the gateway's in-memory twins (single node)
 	gateways  []string      // base URLs of running servers; none: start them
 	pids      []int         // the running servers' process ids, for memory and CPU
 	redisAddr string        // a running Redis (with -gateways, for its CPU and the Go publisher)
 	publisher string        // http, batch, go or go-batch
-	conns     int           // sockets
+	conns     int           // sockets (overload: the healthy ones)
+	stalled   int           // overload: sockets that stop reading once subscribed, besides conns
 	users     int           // distinct users (personal channels)
 	rate      float64       // events per second (ceiling: the first step)
 	duration  time.Duration // publishing time (ceiling: per step; idle: the hold)
@@ -46,18 +49,24 @@ type options struct {
 	commit                            string // the commit measured, recorded in the result
 }
 
+// defaultStalled is how many stalled sockets -scenario overload adds
+// unless -stalled says otherwise.
+const defaultStalled = 50
+
 const defaultAPIKey = "load-tool-api-key-0123456789" // for the gateways the tool starts itself
 
 func flags(o *options, fs *flag.FlagSet) (gateways, pids *string) {
-	fs.StringVar(&o.scenario, "scenario", "personal", "idle, personal, broadcast, storm or ceiling")
+	fs.StringVar(&o.scenario, "scenario", "personal", "idle, personal, broadcast, storm, ceiling or overload")
 	fs.StringVar(&o.target, "target", "herald", "herald or baseline")
 	fs.IntVar(&o.replicas, "replicas", 1, "server processes to start (Herald replicas share one Redis)")
 	fs.IntVar(&o.shards, "shards", 0, "Herald: 0 starts one redis-server; N ≥ 1 a Redis Cluster of N masters (no replicas) and the gateways in cluster mode")
+	fs.BoolVar(&o.memory, "memory", false, "Herald: start the gateway without Redis, on its in-memory twins (one replica)")
 	gateways = fs.String("gateways", "", "comma-separated base URLs of running servers (loopback); empty: start them")
 	pids = fs.String("pids", "", "with -gateways: the servers' process ids, for memory and CPU figures")
 	fs.StringVar(&o.redisAddr, "redis", "", "with -gateways: the servers' Redis (host:port, loopback), for its CPU and -publisher go")
 	fs.StringVar(&o.publisher, "publisher", "http", "http (POST /api/publish), batch (POST /api/publish/batch), go (herald.NewRedisPublisher: Publish) or go-batch (PublishBatch)")
 	fs.IntVar(&o.conns, "conns", 1000, "sockets")
+	fs.IntVar(&o.stalled, "stalled", -1, "overload: sockets besides -conns that subscribe, then stop reading (small TCP buffers); -1: 50")
 	fs.IntVar(&o.users, "users", 0, "distinct users; 0: one per socket")
 	fs.Float64Var(&o.rate, "rate", 100, "events per second, in all (ceiling: the first step)")
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "publishing time (ceiling: per step; idle: how long the sockets are held)")
@@ -145,6 +154,12 @@ func (o *options) finish(gateways, pids string, getenv func(string) string) erro
 	if o.users == 0 {
 		o.users = o.conns
 	}
+	if o.stalled < 0 {
+		o.stalled = 0
+		if o.scenario == "overload" {
+			o.stalled = defaultStalled
+		}
+	}
 	if o.workers == 0 {
 		o.workers = (o.conns + 14999) / 15000
 	}
@@ -152,8 +167,12 @@ func (o *options) finish(gateways, pids string, getenv func(string) string) erro
 		o.sources = (o.conns + 24999) / 25000
 	}
 	switch {
-	case o.scenario != "idle" && o.scenario != "personal" && o.scenario != "broadcast" && o.scenario != "storm" && o.scenario != "ceiling":
+	case !slices.Contains([]string{"idle", "personal", "broadcast", "storm", "ceiling", "overload"}, o.scenario):
 		return fmt.Errorf("-scenario: unknown %q", o.scenario)
+	case o.stalled > 0 && o.scenario != "overload":
+		return errors.New("-stalled: for -scenario overload only")
+	case o.memory && (o.target != "herald" || len(o.gateways) > 0 || o.shards > 0 || o.replicas > 1 || strings.HasPrefix(o.publisher, "go")):
+		return errors.New("-memory starts one Herald gateway without Redis: not with -target baseline, -gateways, -shards, -replicas > 1 or -publisher go")
 	case o.target != "herald" && o.target != "baseline":
 		return fmt.Errorf("-target: unknown %q", o.target)
 	case o.publisher != "http" && o.publisher != "batch" && o.publisher != "go" && o.publisher != "go-batch":

@@ -13,3 +13,6 @@ func dieWithParent(cmd *exec.Cmd) {}
 
 // bindNoPort does nothing beyond Linux.
 func bindNoPort(network, address string, c syscall.RawConn) error { return nil }
+
+// smallBuffers does nothing beyond Linux.
+func smallBuffers(network, address string, c syscall.RawConn) error { return nil }

@@ -123,6 +123,7 @@ type pumpResult struct {
 	failed   int64   // events whose call failed
 	elapsed  time.Duration
 	errs     []string
+	calls    histSnap // each call's latency: request sent → answer read (failed calls too)
 }
 
 // pump publishes at rate events per second for dur, the k-th event (k
@@ -135,12 +136,15 @@ func pump(ctx context.Context, pub publisher, rate float64, dur time.Duration, i
 	next *int64, eventOf func(k int64) event) pumpResult {
 	res := pumpResult{accepted: make([]int64, channels)}
 	var mu sync.Mutex // guards res
+	var callLatency histogram
 	calls := make(chan []event, inflight)
 	var wg sync.WaitGroup
 	for range inflight {
 		wg.Go(func() {
 			for evs := range calls {
+				start := time.Now()
 				err := pub.publish(ctx, evs)
+				callLatency.record(time.Since(start).Microseconds())
 				mu.Lock()
 				if err != nil {
 					res.failed += int64(len(evs))
@@ -192,5 +196,6 @@ issue:
 	close(calls)
 	wg.Wait()
 	res.elapsed = time.Since(start)
+	res.calls = callLatency.take()
 	return res
 }

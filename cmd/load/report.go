@@ -80,6 +80,17 @@ func measures(scenario string) []measure {
 			{"ceiling, events/s", func(r result) float64 { return r.Ceiling }},
 			{"p99 ms at the ceiling", func(r result) float64 { return r.P99 }},
 		}, cpu...)
+	case "overload":
+		return append([]measure{
+			{"accepted events/s", func(r result) float64 { return r.EventsPerS }},
+			{"publish call p99 ms", func(r result) float64 { return r.PublishP99 }},
+			{"deliveries/s (healthy)", func(r result) float64 { return r.DeliveriesPerS }},
+			{"p50 ms (healthy)", func(r result) float64 { return r.P50 }},
+			{"p99 ms (healthy)", func(r result) float64 { return r.P99 }},
+			{"healthy sockets closed", func(r result) float64 { return float64(r.Closed) }},
+			{"stalled sockets closed", func(r result) float64 { return float64(r.StalledClosed) }},
+			{"server RSS peak, MB", func(r result) float64 { return float64(r.RSSPeak) / 1e6 }},
+		}, cpu...)
 	}
 	return append([]measure{
 		{"accepted events/s", func(r result) float64 { return r.EventsPerS }},
@@ -99,6 +110,8 @@ func loadName(r result) string {
 		s = fmt.Sprintf("%s %d sockets", r.Scenario, r.Conns)
 	case "ceiling":
 		s = fmt.Sprintf("ceiling %d users", r.Users)
+	case "overload":
+		s = fmt.Sprintf("overload %d × %g ev/s + %d stalled", r.Conns, r.Rate, r.Stalled)
 	default:
 		s = fmt.Sprintf("%s %d × %g ev/s", r.Scenario, r.Conns, r.Rate)
 	}
@@ -110,6 +123,9 @@ func loadName(r result) string {
 	}
 	if r.Shards > 0 {
 		s += fmt.Sprintf(", cluster of %d", r.Shards)
+	}
+	if r.Memory {
+		s += ", in memory"
 	}
 	return s
 }

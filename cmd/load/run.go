@@ -75,6 +75,7 @@ type result struct {
 	ServerCPU      float64            `json:"server_cpu_pct"`               // % of one core, all server processes
 	RedisCPU       float64            `json:"redis_cpu_pct"`                // % of one core, every Redis node together
 	Shards         int                `json:"shards,omitempty"`             // masters of the Redis Cluster; 0: one redis-server
+	Memory         bool               `json:"memory,omitempty"`             // Herald without Redis (-memory)
 	RedisNodeCPU   []float64          `json:"redis_node_cpu_pct,omitempty"` // with -shards: each node's share, % of one core
 	ClientCPU      float64            `json:"client_cpu_pct"`               // the load tool and its workers
 	Ceiling        float64            `json:"ceiling_events_per_s,omitempty"`
@@ -82,9 +83,39 @@ type result struct {
 	RedisCommands  map[string]cmdStat `json:"redis_commands,omitempty"` // per event, with -commandstats
 	Errors         int64              `json:"errors"`                   // failed connects + failed publishes + sockets the server closed
 	ErrorSamples   []string           `json:"error_samples,omitempty"`
-	LoadAvg        float64            `json:"loadavg"` // the machine's 1-minute load average at the start
-	Commit         string             `json:"commit,omitempty"`
-	Time           string             `json:"time"`
+
+	// Publish calls: request sent → answer read, in milliseconds.
+	PublishP50 float64 `json:"publish_p50_ms,omitempty"`
+	PublishP99 float64 `json:"publish_p99_ms,omitempty"`
+	PublishMax float64 `json:"publish_max_ms,omitempty"`
+	// Server memory while publishing and draining, sampled every 100 ms
+	// (RSS of all server processes; Redis not included).
+	RSSStart int64     `json:"rss_start_bytes,omitempty"` // when publishing began
+	RSSPeak  int64     `json:"rss_peak_bytes,omitempty"`
+	RSSEnd   int64     `json:"rss_end_bytes,omitempty"` // after the drain
+	RSSMB    []float64 `json:"rss_mb,omitempty"`        // one sample per second, MB
+	// TCPMemPeak is the growth of the kernel's TCP buffer memory
+	// (/proc/net/sockstat) while publishing, peak minus start: where a
+	// backlog goes once the server wrote it. Machine-wide: other processes
+	// count too.
+	TCPMemPeak int64 `json:"tcp_mem_peak_bytes,omitempty"`
+	// Sockets the server ended after they were ready, by the close code
+	// the client read (1006: cut without a close frame); Closed is also in
+	// Errors. Stalled sockets (overload) count apart, not in Errors.
+	Closed            int64         `json:"closed,omitempty"`
+	CloseCodes        map[int]int64 `json:"close_codes,omitempty"`
+	Stalled           int           `json:"stalled,omitempty"` // asked for
+	StalledConnected  int64         `json:"stalled_connected,omitempty"`
+	StalledClosed     int64         `json:"stalled_closed,omitempty"`
+	StalledCloseCodes map[int]int64 `json:"stalled_close_codes,omitempty"`
+	// ServerCloseCodes are the closes Herald counted while publishing and
+	// draining (herald_closes_total), healthy and stalled sockets together:
+	// the code it meant, also when the close frame never reached a peer
+	// that was not reading.
+	ServerCloseCodes map[int]int64 `json:"server_close_codes,omitempty"`
+	LoadAvg          float64       `json:"loadavg"` // the machine's 1-minute load average at the start
+	Commit           string        `json:"commit,omitempty"`
+	Time             string        `json:"time"`
 }
 
 // rounded returns r with its figures rounded to what they can tell.
@@ -92,7 +123,8 @@ func (r result) rounded() result {
 	for _, f := range []*float64{&r.EventsPerS, &r.DeliveriesPerS, &r.ConnectsPerS, &r.SessionsPerS, &r.Ceiling} {
 		*f = math.Round(*f)
 	}
-	for _, f := range []*float64{&r.P50, &r.P99, &r.P999, &r.Max, &r.ConnectP50, &r.ConnectP99, &r.ServerCPU, &r.RedisCPU, &r.ClientCPU} {
+	for _, f := range []*float64{&r.P50, &r.P99, &r.P999, &r.Max, &r.ConnectP50, &r.ConnectP99, &r.ServerCPU, &r.RedisCPU, &r.ClientCPU,
+		&r.PublishP50, &r.PublishP99, &r.PublishMax} {
 		*f = math.Round(*f*100) / 100
 	}
 	for i := range r.Steps {
@@ -137,8 +169,8 @@ func runOnce(ctx context.Context, o options, stderr io.Writer) (res result, err 
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	s := &session{o: o, stderr: stderr}
-	s.res = result{Scenario: o.scenario, Target: o.target, Replicas: o.replicas, Shards: o.shards, Publisher: o.publisher,
-		Conns: o.conns, Users: o.users, LoadAvg: loadAverage(), Commit: cmp.Or(o.commit, commit()), Time: time.Now().UTC().Format(time.RFC3339)}
+	s.res = result{Scenario: o.scenario, Target: o.target, Replicas: o.replicas, Shards: o.shards, Memory: o.memory, Publisher: o.publisher,
+		Conns: o.conns, Users: o.users, Stalled: o.stalled, LoadAvg: loadAverage(), Commit: cmp.Or(o.commit, commit()), Time: time.Now().UTC().Format(time.RFC3339)}
 	if o.scenario != "idle" && o.scenario != "storm" {
 		s.res.Rate, s.res.DurationS = o.rate, o.duration.Seconds()
 	}
@@ -184,7 +216,7 @@ func runOnce(ctx context.Context, o options, stderr io.Writer) (res result, err 
 		err = s.measureCPU(ctx, func() error { return sleep(ctx, o.duration) })
 	case "storm":
 		// The connect phase was the measurement.
-	case "personal", "broadcast":
+	case "personal", "broadcast", "overload":
 		err = s.phase(ctx, o.rate, o.duration)
 	case "ceiling":
 		err = s.ceiling(ctx)
@@ -195,10 +227,15 @@ func runOnce(ctx context.Context, o options, stderr io.Writer) (res result, err 
 	return s.res, nil
 }
 
+// broadcastShape reports whether every socket is on one public: channel.
+func (s *session) broadcastShape() bool {
+	return s.o.scenario == "broadcast" || s.o.scenario == "overload"
+}
+
 // names returns the channel of each channel index: users' personal channels
 // or the one broadcast channel.
 func (s *session) names() func(int) string {
-	if s.o.scenario == "broadcast" {
+	if s.broadcastShape() {
 		return func(int) string { return "public:load" }
 	}
 	return func(ch int) string { return "user:" + userName(ch) }
@@ -208,7 +245,7 @@ func userName(u int) string { return fmt.Sprintf("load-%d", u) }
 
 // channelOf is the channel index of socket i.
 func (s *session) channelOf(i int) int {
-	if s.o.scenario == "broadcast" {
+	if s.broadcastShape() {
 		return 0
 	}
 	return i % s.o.users
@@ -233,14 +270,15 @@ func (s *session) connect(ctx context.Context) error {
 	for w := range jobs {
 		jobs[w].Dialers = max(1, o.dialers/o.workers)
 	}
-	for i := range o.conns {
+	// Stalled sockets come after the healthy ones and share their users.
+	for i := range o.conns + o.stalled {
 		u := i % o.users
 		base := "ws" + strings.TrimPrefix(s.srv.urls[i%len(s.srv.urls)], "http") + "/ws"
-		c := connSpec{I: i, URL: base, Token: tokens[u], Src: fmt.Sprintf("127.0.0.%d", 1+i%o.sources)}
+		c := connSpec{I: i, URL: base, Token: tokens[u], Src: fmt.Sprintf("127.0.0.%d", 1+i%o.sources), Stall: i >= o.conns}
 		if o.target == "baseline" {
 			c.URL += "?user=" + userName(u)
 		}
-		if o.scenario == "broadcast" {
+		if s.broadcastShape() {
 			c.Sub = "public:load"
 		}
 		jobs[i%o.workers].Conns = append(jobs[i%o.workers].Conns, c)
@@ -265,6 +303,7 @@ func (s *session) connect(ctx context.Context) error {
 	var connectHist histSnap
 	for _, m := range ready {
 		s.res.Connected += m.Connected
+		s.res.StalledConnected += m.StalledConnected
 		for _, i := range m.Failed {
 			failed[i] = true
 		}
@@ -316,7 +355,9 @@ func (s *session) phase(ctx context.Context, rate float64, dur time.Duration) er
 		before.Delivered += m.Delivered
 		before.Dups += m.Dups
 		before.Closed += m.Closed
+		before.StalledClosed += m.StalledClosed
 	}
+	closes0 := s.serverCloses(ctx)
 	if o.commandStats && s.rdb != nil {
 		for _, n := range s.nodes {
 			n.ConfigResetStat(ctx)
@@ -328,23 +369,27 @@ func (s *session) phase(ctx context.Context, rate float64, dur time.Duration) er
 	}
 	channels := len(s.perCh)
 	eventOf := func(k int64) event { return event{ch: int(k % int64(channels)), seq: k / int64(channels)} }
-	if o.scenario == "broadcast" {
+	if s.broadcastShape() {
 		channels = 1
 		eventOf = func(k int64) event { return event{seq: k} }
 	}
 
 	var pr pumpResult
 	var expected int64
+	var mem memSamples
 	err = s.measureCPU(ctx, func() error {
-		var prof sync.WaitGroup
-		defer prof.Wait()
+		var bg sync.WaitGroup
+		defer bg.Wait()
 		if o.cpuProfile != "" && s.srv.debug[0] != "" {
-			prof.Go(func() { s.profile(ctx, s.srv.debug[0], dur) })
+			bg.Go(func() { s.profile(ctx, s.srv.debug[0], dur) })
 		}
+		mctx, stopMem := context.WithCancel(ctx)
+		defer stopMem() // before bg.Wait: the samples end with the drain
+		bg.Go(func() { mem = sampleMemory(mctx, s.srv.pids) })
 		s.setLabel(fmt.Sprintf("publishing %.0f/s", rate))
 		pr = pump(ctx, pub, rate, dur, o.inflight, s.batchSize(), channels, &s.nextEv, eventOf)
 		for ch, n := range pr.accepted {
-			if o.scenario == "broadcast" {
+			if s.broadcastShape() {
 				expected += n * s.res.Connected
 			} else {
 				expected += n * s.perCh[ch]
@@ -356,20 +401,34 @@ func (s *session) phase(ctx context.Context, rate float64, dur time.Duration) er
 	if err != nil {
 		return err
 	}
+	if o.stalled > 0 {
+		// The stalled sockets read again, to learn how they were closed.
+		if err := s.resumeStalled(ctx); err != nil {
+			return err
+		}
+	}
 	after, err := snap(ctx, s.workers)
 	if err != nil {
 		return err
 	}
 	var h histSnap
-	var delivered, dups, closed int64
+	var delivered, dups, closed, stalledClosed int64
+	codes, stalledCodes := map[int]int64{}, map[int]int64{}
 	for _, m := range after {
 		delivered += m.Delivered
 		dups += m.Dups
 		closed += m.Closed
+		stalledClosed += m.StalledClosed
+		addCounts(codes, m.Codes)
+		addCounts(stalledCodes, m.StalledCodes)
 		s.noteErrors(m.Errors)
 		if m.Hist != nil {
 			h.add(*m.Hist)
 		}
+	}
+	for _, m := range first {
+		subCounts(codes, m.Codes)
+		subCounts(stalledCodes, m.StalledCodes)
 	}
 	r := &s.res
 	r.Events, r.EventsPerS = pr.events, float64(pr.events)/pr.elapsed.Seconds()
@@ -380,6 +439,13 @@ func (s *session) phase(ctx context.Context, rate float64, dur time.Duration) er
 	r.P50, r.P99, r.P999, r.Max = h.quantile(0.5), h.quantile(0.99), h.quantile(0.999), float64(h.Max)/1000
 	r.Errors += pr.failed + (closed - before.Closed)
 	s.noteErrors(pr.errs)
+	r.PublishP50, r.PublishP99, r.PublishMax = pr.calls.quantile(0.5), pr.calls.quantile(0.99), float64(pr.calls.Max)/1000
+	r.RSSStart, r.RSSPeak, r.RSSEnd, r.RSSMB, r.TCPMemPeak = mem.start, mem.peak, mem.end, mem.perSecond, mem.tcpPeak
+	r.Closed, r.CloseCodes = closed-before.Closed, nonZero(codes)
+	r.StalledClosed, r.StalledCloseCodes = stalledClosed-before.StalledClosed, nonZero(stalledCodes)
+	if closes0 != nil {
+		r.ServerCloseCodes = nonZero(subCounts(s.serverCloses(ctx), closes0))
+	}
 	if o.commandStats && s.rdb != nil && pr.events > 0 {
 		r.RedisCommands = commandStats(ctx, s.nodes, pr.events)
 	}
@@ -632,8 +698,12 @@ func (s *session) printProgress(ctx context.Context) {
 		if ws := s.shown.Load(); ws != nil {
 			p = progress(*ws)
 		}
-		fmt.Fprintf(s.stderr, "load: %s %s %3.0fs  %s  sockets %d/%d  delivered %d  dups %d  closed %d\n",
-			s.o.target, s.o.scenario, time.Since(start).Seconds(), *s.label.Load(), p.Connected, s.o.conns, p.Delivered, p.Dups, p.Closed)
+		stalled := ""
+		if s.o.stalled > 0 {
+			stalled = fmt.Sprintf("  stalled %d/%d closed %d", p.StalledConnected, s.o.stalled, p.StalledClosed)
+		}
+		fmt.Fprintf(s.stderr, "load: %s %s %3.0fs  %s  sockets %d/%d  delivered %d  dups %d  closed %d%s\n",
+			s.o.target, s.o.scenario, time.Since(start).Seconds(), *s.label.Load(), p.Connected, s.o.conns, p.Delivered, p.Dups, p.Closed, stalled)
 	}
 }
 

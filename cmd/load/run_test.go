@@ -133,10 +133,11 @@ func TestSeqSet(t *testing.T) {
 }
 
 // fanOut is a minimal server of the baseline's shape, enough to drive the
-// whole tool: /ws?user= greets and subscribes, /api/publish fans out.
+// whole tool: /ws?user= greets and subscribes, a subscribe frame adds a
+// channel, /api/publish fans out.
 func fanOut(t *testing.T) *httptest.Server {
 	var mu sync.Mutex
-	users := map[string][]*websocket.Conn{}
+	users := map[string][]*websocket.Conn{} // channel → its sockets
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ws", func(w http.ResponseWriter, r *http.Request) {
 		ws, err := websocket.Accept(w, r, nil)
@@ -147,7 +148,21 @@ func fanOut(t *testing.T) *httptest.Server {
 		mu.Lock()
 		users["user:"+r.URL.Query().Get("user")] = append(users["user:"+r.URL.Query().Get("user")], ws)
 		mu.Unlock()
-		ws.CloseRead(context.Background())
+		go func() {
+			for {
+				_, b, err := ws.Read(context.Background())
+				if err != nil {
+					return
+				}
+				var f struct{ Type, Channel string }
+				if json.Unmarshal(b, &f) == nil && f.Type == "subscribe" {
+					mu.Lock()
+					users[f.Channel] = append(users[f.Channel], ws)
+					mu.Unlock()
+					ws.Write(context.Background(), websocket.MessageText, []byte(`{"type":"subscribed"}`))
+				}
+			}
+		}()
 	})
 	mux.HandleFunc("POST /api/publish", func(w http.ResponseWriter, r *http.Request) {
 		var p struct {
@@ -205,5 +220,73 @@ func TestRunAgainstAFanOutServer(t *testing.T) {
 	}
 	if !strings.Contains(table.String(), "| personal 20 × 100 ev/s | p99 ms |") {
 		t.Errorf("report:\n%s\nwant a p99 row for the run", table.String())
+	}
+}
+
+// TestOverloadCountsStalledSocketsApart runs the overload scenario against
+// the fan-out server: the stalled sockets connect and subscribe but count
+// in none of the healthy sockets' figures, and their number is reported.
+func TestOverloadCountsStalledSocketsApart(t *testing.T) {
+	srv := fanOut(t)
+	var out bytes.Buffer
+	args := []string{"-target", "baseline", "-gateways", srv.URL, "-scenario", "overload",
+		"-conns", "6", "-stalled", "2", "-rate", "50", "-duration", "500ms", "-settle", "0s", "-drain", "1s",
+		"-workers", "2", "-sources", "2", "-timeout", "60s"}
+	if err := run(context.Background(), args, func(string) string { return "" }, nil, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	var res result
+	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+		t.Fatalf("output %q: %v", out.String(), err)
+	}
+	if res.Connected != 6 || res.Stalled != 2 || res.StalledConnected != 2 || res.Events == 0 ||
+		res.Expected != 6*res.Events || res.Deliveries != res.Expected || res.Lost != 0 || res.Closed != 0 || res.StalledClosed != 0 {
+		t.Errorf("got %+v; want 6 healthy sockets getting every event, 2 stalled ones apart, none closed", res)
+	}
+	if res.PublishP99 <= 0 || res.RSSPeak != 0 {
+		t.Errorf("publish p99 %v ms, RSS peak %d; want a publish latency, and no memory figure without -pids", res.PublishP99, res.RSSPeak)
+	}
+	var table bytes.Buffer
+	if err := run(context.Background(), []string{"report"}, nil, &out, &table, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(table.String(), "| overload 6 × 50 ev/s + 2 stalled | stalled sockets closed |") {
+		t.Errorf("report:\n%s\nwant a stalled row for the run", table.String())
+	}
+}
+
+func TestScanCloses(t *testing.T) {
+	page := `# HELP herald_closes_total Client connections closed by the server.
+# TYPE herald_closes_total counter
+herald_closes_total{code="1012"} 3
+herald_closes_total{code="4009"} 50
+herald_connections 5000
+`
+	sum := map[int]int64{4009: 1}
+	if err := scanCloses(strings.NewReader(page), sum); err != nil {
+		t.Fatal(err)
+	}
+	if len(sum) != 2 || sum[1012] != 3 || sum[4009] != 51 {
+		t.Errorf("got %v, want 1012:3 4009:51", sum)
+	}
+}
+
+func TestParseOverloadOptions(t *testing.T) {
+	env := func(string) string { return "" }
+	if o, err := parse([]string{"-scenario", "overload"}, env); err != nil || o.stalled != defaultStalled {
+		t.Errorf("overload: stalled %d, %v; want %d", o.stalled, err, defaultStalled)
+	}
+	if o, err := parse([]string{"-scenario", "broadcast"}, env); err != nil || o.stalled != 0 {
+		t.Errorf("broadcast: stalled %d, %v; want 0", o.stalled, err)
+	}
+	for _, args := range [][]string{
+		{"-scenario", "broadcast", "-stalled", "5"},
+		{"-memory", "-target", "baseline"},
+		{"-memory", "-replicas", "2"},
+		{"-memory", "-publisher", "go"},
+	} {
+		if _, err := parse(args, env); err == nil {
+			t.Errorf("%v: want an error", args)
+		}
 	}
 }

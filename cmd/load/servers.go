@@ -79,7 +79,10 @@ func (s *servers) start(ctx context.Context, o options) error {
 		return nil
 	}
 	var redisEnv []string
-	if o.shards > 0 {
+	switch {
+	case o.memory:
+		// No REDIS_URL: the gateway runs on its in-memory twins.
+	case o.shards > 0:
 		if err := s.startRedisCluster(ctx, o.redisBin, o.shards); err != nil {
 			return err
 		}
@@ -89,7 +92,7 @@ func (s *servers) start(ctx context.Context, o options) error {
 		}
 		// No replicas here: publishes wait for none.
 		redisEnv = []string{"REDIS_URL=" + u, "HERALD_REDIS_MODE=cluster", "HERALD_REDIS_REPLICA_ACKS=0"}
-	} else {
+	default:
 		if err := s.startRedis(ctx, o.redisBin); err != nil {
 			return err
 		}

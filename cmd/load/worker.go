@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"runtime/pprof"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -22,8 +24,8 @@ import (
 // A worker is a child process of the load tool (the same binary, run as
 // `load worker`) that holds a share of the sockets, so that more of them
 // fit than one process's open-file limit allows. It reads its job as one
-// JSON line on stdin, then commands ("snap", "stop"), one per line, and
-// writes workerMsg lines on stdout.
+// JSON line on stdin, then commands ("snap", "resume", "stop"), one per
+// line, and writes workerMsg lines on stdout.
 
 // job is a worker's share of the sockets.
 type job struct {
@@ -38,25 +40,35 @@ type connSpec struct {
 	Token string `json:"k,omitempty"` // bearer credential (a Herald session id)
 	Sub   string `json:"s,omitempty"` // channel to subscribe to with a frame once welcomed
 	Src   string `json:"a,omitempty"` // loopback source address to dial from
+	// Stall makes a socket that stops reading once it is subscribed, until
+	// the "resume" command; it then reads on to learn how it was closed.
+	// Its frames count nowhere but in its own counters.
+	Stall bool `json:"st,omitempty"`
 }
 
 // workerMsg is a line a worker writes: "progress" (every 250 ms), "ready"
 // (every socket is open or failed) or "snap" (an answer to snap).
 type workerMsg struct {
-	Type      string    `json:"type"`
-	Connected int64     `json:"connected"`
-	Failed    []int     `json:"failed,omitempty"` // indexes of sockets that never became ready (ready only)
-	Delivered int64     `json:"delivered"`        // distinct event frames, since the start
-	Dups      int64     `json:"dups"`
-	Closed    int64     `json:"closed"` // sockets the server ended after they were ready
-	Errors    []string  `json:"errors,omitempty"`
-	Hist      *histSnap `json:"hist,omitempty"` // delivery latency since the last snap (snap); connect latency (ready)
+	Type      string `json:"type"`
+	Connected int64  `json:"connected"`
+	Failed    []int  `json:"failed,omitempty"` // indexes of sockets that never became ready (ready only)
+	Delivered int64  `json:"delivered"`        // distinct event frames, since the start
+	Dups      int64  `json:"dups"`
+	Closed    int64  `json:"closed"` // sockets the server ended after they were ready
+	// Codes counts Closed by the close code the socket read (1006: cut
+	// without a close frame).
+	Codes            map[int]int64 `json:"codes,omitempty"`
+	StalledConnected int64         `json:"stalled_connected,omitempty"` // stalled sockets, not in Connected
+	StalledClosed    int64         `json:"stalled_closed,omitempty"`    // stalled sockets the server ended, not in Closed
+	StalledCodes     map[int]int64 `json:"stalled_codes,omitempty"`
+	Errors           []string      `json:"errors,omitempty"`
+	Hist             *histSnap     `json:"hist,omitempty"` // delivery latency since the last snap (snap); connect latency (ready)
 }
 
 // worker holds the sockets of one worker process.
 type worker struct {
 	out *json.Encoder
-	mu  sync.Mutex // serialises writes to out and guards errs, failed
+	mu  sync.Mutex // serialises writes to out and guards errs, failed, codes, stalledCodes
 
 	connected atomic.Int64
 	delivered atomic.Int64
@@ -65,8 +77,13 @@ type worker struct {
 	latency   histogram // publish → frame received
 	connect   histogram // dial → welcomed (and subscribed)
 
-	errs   []string // the first few distinct errors
-	failed []int
+	stalledConnected, stalledClosed atomic.Int64
+	resume                          chan struct{} // closed by the "resume" command: stalled sockets read again
+
+	errs         []string      // the first few distinct errors
+	failed       []int         // indexes of sockets that never became ready
+	codes        map[int]int64 // close codes read by sockets the server ended
+	stalledCodes map[int]int64 // the same for stalled sockets
 
 	socketsMu sync.Mutex
 	sockets   map[*websocket.Conn]struct{} // open sockets; nil once stopping; guarded by socketsMu
@@ -113,8 +130,31 @@ func (w *worker) send(m workerMsg) {
 }
 
 func (w *worker) counters(typ string) workerMsg {
-	return workerMsg{Type: typ, Connected: w.connected.Load(), Delivered: w.delivered.Load(),
-		Dups: w.dups.Load(), Closed: w.closed.Load()}
+	m := workerMsg{Type: typ, Connected: w.connected.Load(), Delivered: w.delivered.Load(),
+		Dups: w.dups.Load(), Closed: w.closed.Load(),
+		StalledConnected: w.stalledConnected.Load(), StalledClosed: w.stalledClosed.Load()}
+	w.mu.Lock()
+	m.Codes, m.StalledCodes = maps.Clone(w.codes), maps.Clone(w.stalledCodes)
+	w.mu.Unlock()
+	return m
+}
+
+// noteClosed counts a socket the server ended, with the close code it read
+// (1006 when the connection was cut without a close frame).
+func (w *worker) noteClosed(stalled bool, err error) {
+	code := int(websocket.CloseStatus(err))
+	if code < 0 {
+		code = int(websocket.StatusAbnormalClosure)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if stalled {
+		w.stalledClosed.Add(1)
+		w.stalledCodes[code]++
+		return
+	}
+	w.closed.Add(1)
+	w.codes[code]++
 }
 
 // workerProfileEnv names a folder where each worker writes its CPU profile
@@ -144,7 +184,8 @@ func runWorker(ctx context.Context, in io.Reader, out io.Writer, profileDir stri
 	if err := json.Unmarshal(sc.Bytes(), &j); err != nil {
 		return fmt.Errorf("worker: job: %w", err)
 	}
-	w := &worker{out: json.NewEncoder(out), sockets: map[*websocket.Conn]struct{}{}}
+	w := &worker{out: json.NewEncoder(out), sockets: map[*websocket.Conn]struct{}{}, resume: make(chan struct{}),
+		codes: map[int]int64{}, stalledCodes: map[int]int64{}}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
@@ -178,10 +219,14 @@ func runWorker(ctx context.Context, in io.Reader, out io.Writer, profileDir stri
 		}
 	})
 
-	clients := map[string]*http.Client{}
+	type dialKey struct {
+		src   string
+		stall bool
+	}
+	clients := map[dialKey]*http.Client{}
 	for _, c := range j.Conns {
-		if _, ok := clients[c.Src]; !ok {
-			clients[c.Src] = dialClient(c.Src)
+		if k := (dialKey{c.Src, c.Stall}); clients[k] == nil {
+			clients[k] = dialClient(c.Src, c.Stall)
 		}
 	}
 	var ready sync.WaitGroup
@@ -195,7 +240,7 @@ func runWorker(ctx context.Context, in io.Reader, out io.Writer, profileDir stri
 				ready.Done()
 				continue
 			}
-			all.Go(func() { w.serve(ctx, clients[c.Src], c, sem, ready.Done) })
+			all.Go(func() { w.serve(ctx, clients[dialKey{c.Src, c.Stall}], c, sem, ready.Done) })
 		}
 	})
 	readyDone := make(chan struct{})
@@ -222,6 +267,12 @@ func runWorker(ctx context.Context, in io.Reader, out io.Writer, profileDir stri
 			m.Errors = w.errs
 			w.mu.Unlock()
 			w.send(m)
+		case "resume":
+			select {
+			case <-w.resume:
+			default:
+				close(w.resume)
+			}
 		case "stop":
 			return nil
 		}
@@ -229,12 +280,23 @@ func runWorker(ctx context.Context, in io.Reader, out io.Writer, profileDir stri
 	return nil
 }
 
-// dialClient returns the HTTP client that dials WebSockets from src.
-func dialClient(src string) *http.Client {
+// dialClient returns the HTTP client that dials WebSockets from src. With
+// stall its sockets get small TCP buffers (smallBuffers).
+func dialClient(src string, stall bool) *http.Client {
 	d := &net.Dialer{Timeout: 10 * time.Second}
 	if src != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
-		d.Control = bindNoPort
+	}
+	d.Control = func(network, address string, c syscall.RawConn) error {
+		if src != "" {
+			if err := bindNoPort(network, address, c); err != nil {
+				return err
+			}
+		}
+		if stall {
+			return smallBuffers(network, address, c)
+		}
+		return nil
 	}
 	return &http.Client{Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}}
 }
@@ -256,7 +318,11 @@ func (w *worker) serve(ctx context.Context, hc *http.Client, c connSpec, sem cha
 			w.failed = append(w.failed, c.I)
 			w.mu.Unlock()
 		} else {
-			w.connected.Add(1)
+			if c.Stall {
+				w.stalledConnected.Add(1)
+			} else {
+				w.connected.Add(1)
+			}
 			w.connect.record(time.Since(start).Microseconds())
 		}
 		<-sem
@@ -296,8 +362,10 @@ func (w *worker) serve(ctx context.Context, hc *http.Client, c connSpec, sem cha
 		}
 		if err != nil {
 			if !pending && ctx.Err() == nil {
-				w.closed.Add(1)
-				w.noteError("socket closed by the server: " + err.Error())
+				w.noteClosed(c.Stall, err)
+				if !c.Stall {
+					w.noteError("socket closed by the server: " + err.Error())
+				}
 			}
 			return
 		}
@@ -305,6 +373,9 @@ func (w *worker) serve(ctx context.Context, hc *http.Client, c connSpec, sem cha
 		now := time.Now().UnixNano()
 		frames(msg, func(f []byte) {
 			if seq, sent, ok := parseEvent(f); ok {
+				if c.Stall {
+					return // a stalled socket's events measure nothing
+				}
 				if seen.add(seq) {
 					w.delivered.Add(1)
 				} else {
@@ -330,6 +401,15 @@ func (w *worker) serve(ctx context.Context, hc *http.Client, c connSpec, sem cha
 		})
 		if pending && welcomed && subscribed {
 			finish(nil)
+			if c.Stall {
+				// Stop reading: the socket's buffers fill, then the
+				// server's writes to it block.
+				select {
+				case <-w.resume:
+				case <-ctx.Done():
+					return
+				}
+			}
 		}
 	}
 }

@@ -119,6 +119,8 @@ func progress(ws []*workerProc) workerMsg {
 			sum.Delivered += m.Delivered
 			sum.Dups += m.Dups
 			sum.Closed += m.Closed
+			sum.StalledConnected += m.StalledConnected
+			sum.StalledClosed += m.StalledClosed
 		}
 	}
 	return sum

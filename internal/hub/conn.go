@@ -3,8 +3,12 @@ package hub
 import (
 	"bytes"
 	"context"
+	"errors"
+	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/heraldgw/herald/internal/events"
 )
@@ -36,6 +40,10 @@ type Conn struct {
 	subs          []sub         // subscribed channels; guarded by mu
 	done          chan struct{} // made by the first Done; guarded by mu
 	shutDone      bool          // the transport is closed; guarded by mu
+
+	// writeStart is when the socket write in progress began (Unix ns), 0
+	// between writes.
+	writeStart atomic.Int64
 }
 
 // sub is one channel of a connection. While a join is under way (holding)
@@ -116,8 +124,8 @@ func (c *Conn) forget(channel string) bool {
 func (c *Conn) openLocked() bool { return !c.closed && c.closeCode == 0 }
 
 // Send queues frame for c and reports whether it was taken. It never blocks.
-// A frame that would overflow the queue is refused and c is closed with
-// CloseSlowConsumer; frames queued before it are dropped.
+// A frame that would overflow the queue (Config) is refused and c is closed
+// with CloseSlowConsumer; frames queued before it are dropped.
 func (c *Conn) Send(frame []byte) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -234,7 +242,10 @@ func (c *Conn) sendLocked(frame []byte) bool {
 	if !c.openLocked() {
 		return false
 	}
-	if c.bytes+len(frame) > cfg.QueueBytes || c.frames >= cfg.QueueLen {
+	// Past QueueLen only a socket that does not take what is written is
+	// slow; one waiting for a busy server gets a longer queue, written as
+	// one larger batch. QueueBytes bounds the memory either way.
+	if c.bytes+len(frame) > cfg.QueueBytes || c.frames >= cfg.QueueLen && c.writeBlocked() {
 		c.overflowLocked()
 		return false
 	}
@@ -299,6 +310,13 @@ func (c *Conn) startWriterLocked() {
 	go c.writeLoop()
 }
 
+// writeBlocked reports whether c's writer has been inside one socket write
+// for SlowWrite or longer: the peer is not taking what is sent.
+func (c *Conn) writeBlocked() bool {
+	start := c.writeStart.Load()
+	return start != 0 && time.Since(time.Unix(0, start)) >= c.hub.cfg.SlowWrite
+}
+
 // writeLoop writes queued frames until the queue is empty, then performs a
 // requested close, then exits. Any write error drops the socket: the owner's
 // read loop then fails and calls Remove.
@@ -327,61 +345,73 @@ func (c *Conn) writeLoop() {
 			return
 		}
 		c.mu.Unlock()
-		ok := c.writeBatch(batch)
-		if ok {
+		err := c.writeBatch(batch)
+		if err == nil {
 			h.cfg.OnWrite(Write{Frames: len(batch), Oldest: oldest})
 		}
 		c.mu.Lock()
 		c.flight = nil
-		if !ok {
+		if err != nil {
 			c.writing = false
 		}
 		c.mu.Unlock()
-		if !ok {
-			c.drop()
+		if err != nil {
+			code := CloseAbnormal
+			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) {
+				code = CloseSlowConsumer // the write waited WriteTimeout for the peer
+			}
+			c.drop(code)
 			return
 		}
 	}
 }
 
-// writeBatch writes frames in order and reports whether all went out: in
-// chunks of up to MaxWriteBytes, each one Transport.Write (one message on
-// a WebSocket: a backlog costs a few writes, not one per frame) under one
-// WriteTimeout deadline.
-func (c *Conn) writeBatch(batch [][]byte) bool {
+// writeBatch writes frames in order: in chunks of up to MaxWriteBytes, each
+// one Transport.Write (one message on a WebSocket: a backlog costs a few
+// writes, not one per frame) under one WriteTimeout deadline.
+func (c *Conn) writeBatch(batch [][]byte) error {
 	h := c.hub
+	defer c.writeStart.Store(0)
 	for start := 0; start < len(batch); {
 		end, n := start+1, len(batch[start])
 		for end < len(batch) && n+len(batch[end]) < MaxWriteBytes {
 			n += len(batch[end]) + 1
 			end++
 		}
-		ctx, cancel := context.WithTimeout(h.ctx, h.cfg.WriteTimeout)
+		c.writeStart.Store(time.Now().UnixNano())
+		// Not derived from h.ctx: a context derived from it is registered
+		// on its one mutex, which every writer then queued for (under
+		// overload, nine tenths of the writers' blocked time in a runtime
+		// trace). Close aborts writes by closing the sockets instead.
+		ctx, cancel := context.WithTimeout(context.Background(), h.cfg.WriteTimeout)
 		err := c.t.Write(ctx, batch[start:end])
 		cancel()
 		if err != nil {
-			return false
+			return err
 		}
 		start = end
 	}
-	return true
+	return nil
 }
 
 // drop drops the socket at once after a failed write or an unanswered
-// ping, counting it as CloseAbnormal unless it was already closing.
-func (c *Conn) drop() {
+// ping, counting it with code (CloseAbnormal, or CloseSlowConsumer for a
+// write that timed out) unless it was already closing.
+func (c *Conn) drop(code int) {
 	c.mu.Lock()
 	count := !c.closed
 	c.closed = true
 	c.dropQueueLocked()
 	c.mu.Unlock()
 	if count && c.hub.ctx.Err() == nil {
-		c.hub.cfg.OnClose(CloseAbnormal)
+		c.hub.cfg.OnClose(code)
 	}
 	c.shut(false, 0, "")
 }
 
-// ping sends a WebSocket ping and drops c when no pong comes in time.
+// ping sends a WebSocket ping and drops c when no pong comes in time: as
+// a slow consumer when its writer is blocked too (the peer is there but
+// not reading), else as a dead peer.
 func (c *Conn) ping() {
 	if c.Closing() {
 		return
@@ -393,6 +423,10 @@ func (c *Conn) ping() {
 		if !c.Closing() {
 			h.log.Debug("reaping unresponsive connection", "conn", c.ID, "err", err)
 		}
-		c.drop()
+		code := CloseAbnormal
+		if c.writeBlocked() {
+			code = CloseSlowConsumer
+		}
+		c.drop(code)
 	}
 }

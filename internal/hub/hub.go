@@ -49,6 +49,7 @@ const (
 	defaultPing        = 25 * time.Second
 	defaultPingTimeout = 10 * time.Second
 	defaultMaxSubs     = 128
+	defaultSlowWrite   = time.Second
 	maxParallelPings   = 256
 )
 
@@ -98,9 +99,18 @@ type Source interface {
 }
 
 // Config tunes a Hub. Zero fields take the defaults in their comments.
+//
+// A connection is a slow consumer, closed with CloseSlowConsumer (4009),
+// when its pending frames would pass QueueBytes (whatever the reason: the
+// bound on its memory), when they pass QueueLen while its writer has been
+// blocked in one socket write for SlowWrite or longer (the peer is not
+// reading), or when a write hits WriteTimeout. A queue longer than QueueLen
+// behind a socket that takes what is written is the server being busy: it
+// is written as one larger batch when the connection's writer runs.
 type Config struct {
 	QueueBytes       int           // pending bytes per connection before 4009; 1 MiB
-	QueueLen         int           // pending frames per connection before 4009; 1024
+	QueueLen         int           // pending frames per connection before 4009 once a write blocks; 1024
+	SlowWrite        time.Duration // a socket write blocked this long makes a connection over QueueLen slow; 1s
 	WriteTimeout     time.Duration // deadline of one socket write; 10s
 	PingInterval     time.Duration // server ping period; 25s
 	PingTimeout      time.Duration // a ping unanswered this long reaps the connection; 10s
@@ -136,6 +146,7 @@ func (c *Config) setDefaults() {
 	def(&c.QueueBytes, defaultQueueBytes)
 	def(&c.QueueLen, defaultQueueLen)
 	def(&c.MaxSubscriptions, defaultMaxSubs)
+	defDur(&c.SlowWrite, defaultSlowWrite)
 	defDur(&c.WriteTimeout, defaultWriteTimout)
 	defDur(&c.PingInterval, defaultPing)
 	defDur(&c.PingTimeout, defaultPingTimeout)
@@ -158,7 +169,7 @@ type Hub struct {
 	log  *slog.Logger
 	seed maphash.Seed
 
-	ctx    context.Context // cancelled by Close: aborts writes and pings
+	ctx    context.Context // cancelled by Close: aborts pings
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // writers and closers
 
@@ -563,8 +574,9 @@ func (h *Hub) PingInterval() time.Duration { return h.cfg.PingInterval }
 // Draining reports whether Drain or Close began.
 func (h *Hub) Draining() bool { return h.draining.Load() }
 
-// Close refuses new connections, aborts pending writes and pings and waits
-// for the hub's goroutines. Connections still registered are dropped.
+// Close refuses new connections, aborts pending pings, drops the
+// connections still registered (which aborts their writes) and waits for
+// the hub's goroutines.
 func (h *Hub) Close() {
 	h.draining.Store(true)
 	h.cancel()

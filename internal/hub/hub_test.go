@@ -253,10 +253,13 @@ func TestJoinFromLast(t *testing.T) {
 	}
 }
 
+// TestSlowConsumerClosedWithoutBlockingOthers: a client whose socket write
+// blocks (here any write in progress counts: SlowWrite 1 ns) is closed once
+// its queue passes QueueLen; the others keep going.
 func TestSlowConsumerClosedWithoutBlockingOthers(t *testing.T) {
 	var mu sync.Mutex
 	codes := map[int]int{}
-	h, _ := newHub(t, Config{QueueLen: 4, OnClose: func(code int) { mu.Lock(); codes[code]++; mu.Unlock() }})
+	h, _ := newHub(t, Config{QueueLen: 4, SlowWrite: time.Nanosecond, OnClose: func(code int) { mu.Lock(); codes[code]++; mu.Unlock() }})
 	slow, fast := newPipe(0), newPipe(100)
 	slow.stall()
 	add(t, h, "1", slow, "public:news")
@@ -266,6 +269,9 @@ func TestSlowConsumerClosedWithoutBlockingOthers(t *testing.T) {
 		h.Broadcast("public:news", future(i), "", fmt.Appendf(nil, "%d", i))
 		if got, want := string(fast.next(t)), fmt.Sprint(i); got != want {
 			t.Fatalf("fast client frame %d = %q, want %q", i, got, want)
+		}
+		if i == 0 {
+			eventually(t, "the slow client's writer to block", func() bool { return slow.writes.Load() == 1 })
 		}
 	}
 	if code := slow.closeCode(t); code != CloseSlowConsumer {

@@ -20,8 +20,9 @@ type Queued struct {
 	Frames int // frames waiting for a writer, not the ones being written
 	Bytes  int // their bytes
 	// MaxFill is the fullest queue as a fraction of the limit that closes
-	// its connection with CloseSlowConsumer (QueueBytes or QueueLen,
-	// whichever is nearer): 1 means its next frame closes it.
+	// its connection with CloseSlowConsumer: QueueBytes, or QueueLen as
+	// well while the connection's socket write is blocked (see Config),
+	// whichever is nearer. 1 means its next frame closes it.
 	MaxFill float64
 }
 
@@ -34,7 +35,10 @@ func (h *Hub) Queued() Queued {
 		c.mu.Lock()
 		q.Frames += len(c.queue)
 		q.Bytes += c.bytes + c.extra
-		fill := max(float64(c.bytes)/float64(h.cfg.QueueBytes), float64(c.frames)/float64(h.cfg.QueueLen))
+		fill := float64(c.bytes) / float64(h.cfg.QueueBytes)
+		if c.writeBlocked() {
+			fill = max(fill, float64(c.frames)/float64(h.cfg.QueueLen))
+		}
 		c.mu.Unlock()
 		q.MaxFill = max(q.MaxFill, fill)
 	})

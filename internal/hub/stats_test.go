@@ -122,7 +122,8 @@ func TestOnWriteReportsLiveEvents(t *testing.T) {
 // TestQueuedSumsWaitingFrames: Queued counts what waits for a writer, not
 // what it is writing, and is empty again once the queues drained.
 func TestQueuedSumsWaitingFrames(t *testing.T) {
-	h, _ := newHub(t, Config{QueueLen: 4, QueueBytes: 1000})
+	// The stalled write counts as blocked at once, so QueueLen bounds it.
+	h, _ := newHub(t, Config{QueueLen: 4, QueueBytes: 1000, SlowWrite: time.Nanosecond})
 	p, idle := newPipe(64), newPipe(64)
 	c := add(t, h, "1", p, "public:x")
 	add(t, h, "2", idle, "public:y")
