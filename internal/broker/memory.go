@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/heraldgw/herald/internal/events"
@@ -37,7 +38,8 @@ type Memory struct {
 	cfg MemoryConfig
 	now func() time.Time
 
-	deliverMu sync.Mutex // serialises Handler calls, in id order; taken before mu is released
+	deliverMu sync.Mutex  // serialises Handler calls, in id order; taken before mu is released
+	shut      atomic.Bool // closed, for Ping, which must not wait for mu
 
 	// mu guards everything below.
 	mu        sync.Mutex
@@ -389,10 +391,13 @@ func (m *Memory) Unsubscribe(channels ...string) {
 }
 
 // Ping returns nil until Close, then ErrClosed.
+//
+// It takes no lock: a publish holds mu while it waits for the fan-out
+// before it, so under a heavy fan-out a ping queued behind publishes for
+// seconds, and the gateway's readiness probe took the busy twin for an
+// unreachable backend and refused every publish.
 func (m *Memory) Ping(ctx context.Context) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed {
+	if m.shut.Load() {
 		return ErrClosed
 	}
 	return ctx.Err()
@@ -404,6 +409,7 @@ func (m *Memory) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.closed = true
+	m.shut.Store(true)
 	clear(m.chans)
 	clear(m.idem)
 	clear(m.owners)

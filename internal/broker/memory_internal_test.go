@@ -124,3 +124,43 @@ func eventIDs(evs []Event) []string {
 	}
 	return ids
 }
+
+// TestMemoryPingDoesNotWaitForPublishes: while a publish's fan-out runs
+// and the next publish waits for it (holding mu), Ping still answers at
+// once; it used to wait behind them, and a busy gateway's readiness probe
+// took its in-memory backend for unreachable.
+func TestMemoryPingDoesNotWaitForPublishes(t *testing.T) {
+	release := make(chan struct{})
+	m := NewMemory(func(string, string, string, []byte) { <-release }, MemoryConfig{})
+	defer m.Close()
+	if err := m.Subscribe(context.Background(), "public:x"); err != nil {
+		t.Fatal(err)
+	}
+	pub := func() {
+		m.Publish(context.Background(), "", events.Publication{Channel: "public:x", Event: "e", Data: json.RawMessage("1")})
+	}
+	done := make(chan struct{})
+	go func() { pub(); done <- struct{}{} }() // its fan-out blocks
+	go func() { pub(); done <- struct{}{} }() // waits for it, holding mu
+	deadline := time.Now().Add(10 * time.Second)
+	for m.mu.TryLock() { // until a publish holds mu
+		m.mu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatal("no publish took the lock")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	pinged := make(chan error, 1)
+	go func() { pinged <- m.Ping(context.Background()) }()
+	select {
+	case err := <-pinged:
+		if err != nil {
+			t.Errorf("Ping: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("Ping waited for the publishes")
+	}
+	close(release)
+	<-done
+	<-done
+}
