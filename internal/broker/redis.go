@@ -107,6 +107,7 @@ type RedisStats struct {
 	Replacements     uint64 // pub/sub connections replaced: a missed probe, a slot that moved, a node that stopped answering
 	Moves            uint64 // of those, the ones a cluster asked for: its server unsubscribed a slot that moved
 	Probes           uint64 // probes published (one per connection every ProbeInterval)
+	ProbesLate       uint64 // probes not seen in time on a connection that was still delivering (a busy delivery loop): not replaced
 	PrimaryChanges   uint64 // primary changes seen by WatchPrimary (each rebuilt every connection)
 	OutboxFlushed    uint64 // outbox entries published by the periodic flush (left behind by a failed flush or a stopped publisher)
 }
@@ -209,7 +210,7 @@ type redisCounters struct {
 	received, delivered, ignored, resubscribes atomic.Uint64
 	duplicates, refilled, refillGaps           atomic.Uint64
 	refillFailures, pendingDropped             atomic.Uint64
-	replacements, moves, probes                atomic.Uint64
+	replacements, moves, probes, probesLate    atomic.Uint64
 	primaryChanges, outboxFlushed              atomic.Uint64
 	converted, dropped, invalid, publishFailed atomic.Uint64
 }
@@ -387,6 +388,7 @@ func (b *Redis) Stats() RedisStats {
 		Replacements:     c.replacements.Load(),
 		Moves:            c.moves.Load(),
 		Probes:           c.probes.Load(),
+		ProbesLate:       c.probesLate.Load(),
 		PrimaryChanges:   c.primaryChanges.Load(),
 		OutboxFlushed:    c.outboxFlushed.Load(),
 	}

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"sync/atomic"
 	"context"
 	"crypto/rand"
 	"fmt"
@@ -56,6 +57,10 @@ type psConn struct {
 	unconfirmed int                  // resyncs sent since a barrier was last confirmed
 	probeSent   uint64               // newest probe published
 	probeGot    uint64               // newest probe received
+
+	// received counts the messages of this connection the delivery loop
+	// took, to tell a loop that is behind from a connection that stopped.
+	received atomic.Uint64
 }
 
 // connMsg is a message of one connection's PubSub, tagged with the epoch

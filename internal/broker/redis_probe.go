@@ -13,9 +13,20 @@ import (
 
 // probeCheck is one connection's probe of a round.
 type probeCheck struct {
-	c   *psConn
-	seq uint64
-	cmd *redis.IntCmd
+	c        *psConn
+	seq      uint64
+	received uint64 // c.received when the probe was sent
+	cmd      *redis.IntCmd
+}
+
+// behind reports whether p's connection is alive but its messages wait
+// for a busy delivery loop: a receiver took the probe, and the loop took
+// messages of that connection since it was sent. Such a connection is
+// not replaced (its probe comes later, in order): replacing it would lose
+// what it holds and cost a refill, under exactly the load that made the
+// loop late. One that stopped receiving delivers nothing more.
+func (b *Redis) behind(p probeCheck) bool {
+	return b.mayReceive(p) && p.c.received.Load() > p.received
 }
 
 // probe publishes, every ProbeInterval, a numbered message on the probe
@@ -53,6 +64,10 @@ func (b *Redis) probe() {
 				// go-redis reconnects), or a change began meanwhile.
 				continue
 			}
+			if b.behind(p) {
+				b.stats.probesLate.Add(1)
+				continue
+			}
 			b.logger.Warn("redis pub/sub stopped receiving; replacing the connection and refilling from history",
 				"receivers", p.cmd.Val(), "partition", p.c.part)
 			p.c.rebuildLocked()
@@ -68,7 +83,7 @@ func (b *Redis) sendProbes() []probeCheck {
 	for _, c := range b.connsLocked() {
 		if b.probeSubscribedLocked(c) && !c.rebuild {
 			c.probeSent++
-			checks = append(checks, probeCheck{c: c, seq: c.probeSent})
+			checks = append(checks, probeCheck{c: c, seq: c.probeSent, received: c.received.Load()})
 		}
 	}
 	b.mu.Unlock()

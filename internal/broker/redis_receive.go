@@ -70,6 +70,7 @@ func (b *Redis) receive() {
 // follows a replacement covers them.
 func (b *Redis) deliver(c *psConn, epoch uint64, m *redis.Message) {
 	b.stats.received.Add(1)
+	c.received.Add(1)
 	if m.Channel == c.probe {
 		if seq, err := strconv.ParseUint(m.Payload, 10, 64); err == nil {
 			b.mu.Lock()

@@ -93,6 +93,7 @@ var brokerCounters = []struct {
 	{counterDesc("herald_pubsub_duplicates_total", "Frames dropped because their id was already delivered."), func(s broker.RedisStats) uint64 { return s.Duplicates }},
 	{counterDesc("herald_pubsub_resubscribes_total", "Resubscriptions after the pub/sub connection reconnected."), func(s broker.RedisStats) uint64 { return s.Resubscribes }},
 	{counterDesc("herald_pubsub_replacements_total", "Pub/sub connections replaced: a missed probe, a moved slot, a node that confirms nothing."), func(s broker.RedisStats) uint64 { return s.Replacements }},
+	{counterDesc("herald_pubsub_probes_late_total", "Pub/sub probes not seen in time on a connection still delivering (a busy delivery loop, not a dead connection): kept, not replaced."), func(s broker.RedisStats) uint64 { return s.ProbesLate }},
 	{counterDesc("herald_pubsub_moves_total", "Pub/sub connections a Redis Cluster unsubscribed because their slot moved (rebuilt on the new node)."), func(s broker.RedisStats) uint64 { return s.Moves }},
 	{counterDesc("herald_redis_primary_changes_total", "Redis primary changes seen under Sentinel (every pub/sub connection moved and refilled)."), func(s broker.RedisStats) uint64 { return s.PrimaryChanges }},
 	{counterDesc("herald_outbox_flushed_total", "Events the periodic outbox flush published (left behind by a failed flush or a stopped publisher)."), func(s broker.RedisStats) uint64 { return s.OutboxFlushed }},
