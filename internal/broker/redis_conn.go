@@ -1,11 +1,11 @@
 package broker
 
 import (
-	"sync/atomic"
 	"context"
 	"crypto/rand"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
