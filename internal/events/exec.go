@@ -146,27 +146,9 @@ func (l *RedisLog) byNode(ctx context.Context, calls []*scriptCall) ([]nodeCalls
 // runScripts runs the publish script calls of one node in one pipeline,
 // followed by WAIT when replicas must confirm.
 func (l *RedisLog) runScripts(ctx context.Context, node pipeliner, calls []*scriptCall) {
-	var wait *redis.IntCmd
-	cmds := make([]*redis.Cmd, len(calls))
-	exec := func() {
-		_, _ = node.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i, sc := range calls {
-				cmds[i] = publishScript.EvalSha(ctx, p, sc.keys, sc.args...)
-			}
-			if l.cfg.ReplicaAcks > 0 {
-				wait = redis.NewIntCmd(ctx, "wait", l.cfg.ReplicaAcks, l.cfg.ReplicaTimeout.Milliseconds())
-				p.Process(ctx, wait)
-			}
-			return nil
-		})
-	}
-	exec()
-	if noScript(cmds) {
-		// Scripts are not loaded inside pipelines: load it and try once more.
-		if s, ok := node.(redis.Scripter); ok && publishScript.Load(ctx, s).Err() == nil {
-			exec()
-		}
-	}
+	cmds, wait := l.evalAll(ctx, node, publishScript, len(calls), func(i int) ([]string, []any) {
+		return calls[i].keys, calls[i].args
+	})
 	replicated := true
 	if wait != nil {
 		n, err := wait.Result()
@@ -236,6 +218,34 @@ func (l *RedisLog) flushCounted(ctx context.Context, node pipeliner, calls []*sc
 		sc.err = failed[sc.tag]
 	}
 	return published, first
+}
+
+// evalAll runs n calls of script (call i's keys and arguments from call)
+// in one pipeline on node, followed by WAIT when replicas must confirm
+// (wait is nil otherwise). Scripts are not loaded inside pipelines: on
+// NOSCRIPT it loads the script and runs the pipeline once more.
+func (l *RedisLog) evalAll(ctx context.Context, node pipeliner, script *redis.Script, n int, call func(i int) (keys []string, args []any)) (cmds []*redis.Cmd, wait *redis.IntCmd) {
+	cmds = make([]*redis.Cmd, n)
+	exec := func() {
+		_, _ = node.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i := range n {
+				keys, args := call(i)
+				cmds[i] = script.EvalSha(ctx, p, keys, args...)
+			}
+			if l.cfg.ReplicaAcks > 0 {
+				wait = redis.NewIntCmd(ctx, "wait", l.cfg.ReplicaAcks, l.cfg.ReplicaTimeout.Milliseconds())
+				p.Process(ctx, wait)
+			}
+			return nil
+		})
+	}
+	exec()
+	if noScript(cmds) {
+		if s, ok := node.(redis.Scripter); ok && script.Load(ctx, s).Err() == nil {
+			exec()
+		}
+	}
+	return cmds, wait
 }
 
 func noScript(cmds []*redis.Cmd) bool {
@@ -332,26 +342,9 @@ func (l *RedisLog) FlushPending(ctx context.Context) (int, error) {
 // outboxes with entries (and, with replica acks, WAITs for the write it
 // made after them), a second flushes those.
 func (l *RedisLog) flushPending(ctx context.Context, node pipeliner, calls []*scriptCall) (int, error) {
-	cmds := make([]*redis.Cmd, len(calls))
-	var wait *redis.IntCmd
-	exec := func() {
-		_, _ = node.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i, sc := range calls {
-				cmds[i] = pendingScript.EvalSha(ctx, p, []string{sc.keys[0], l.names.OutboxSeq(sc.tag)})
-			}
-			if l.cfg.ReplicaAcks > 0 {
-				wait = redis.NewIntCmd(ctx, "wait", l.cfg.ReplicaAcks, l.cfg.ReplicaTimeout.Milliseconds())
-				p.Process(ctx, wait)
-			}
-			return nil
-		})
-	}
-	exec()
-	if noScript(cmds) {
-		if s, ok := node.(redis.Scripter); ok && pendingScript.Load(ctx, s).Err() == nil {
-			exec()
-		}
-	}
+	cmds, wait := l.evalAll(ctx, node, pendingScript, len(calls), func(i int) ([]string, []any) {
+		return []string{calls[i].keys[0], l.names.OutboxSeq(calls[i].tag)}, nil
+	})
 	var due []*scriptCall
 	for i, sc := range calls {
 		n, err := cmds[i].Int64()
