@@ -77,7 +77,7 @@ func TestBusyDeliveryLoopKeepsItsConnection(t *testing.T) {
 		}
 	}
 	b := NewRedis(rdb, events.NewRedisLog(rdb, names, events.LogConfig{}), names, h,
-		slog.New(slog.DiscardHandler), RedisOptions{ProbeInterval: 50 * time.Millisecond, ProbeTimeout: 100 * time.Millisecond})
+		slog.New(slog.DiscardHandler), RedisOptions{ProbeInterval: 100 * time.Millisecond, ProbeTimeout: 300 * time.Millisecond})
 	defer b.Close()
 	ctx := t.Context()
 	if err := b.Subscribe(ctx, "public:busy"); err != nil {
