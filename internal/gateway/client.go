@@ -76,16 +76,27 @@ const (
 
 var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
-// readLoop reads frames until the socket fails or is closed.
-func (cl *client) readLoop(ctx context.Context, ws *websocket.Conn) {
+// readLoop reads frames until the socket fails or is closed, and reports
+// false; or until the client has nothing more to send for now and the
+// socket is parked (park.go), and reports true: m.resume then runs it
+// again when there is.
+func (cl *client) readLoop(ctx context.Context, ws *websocket.Conn, m *meter) (parked bool) {
 	for {
 		// A context that cannot be cancelled: the library then registers
 		// nothing per read. Drain and revocation end the read by closing
 		// the socket.
+		m.wait(true)
 		typ, r, err := ws.Reader(context.Background())
+		m.wait(false)
+		if errors.Is(err, errIdle) {
+			if m.park() {
+				return true
+			}
+			continue
+		}
 		if err != nil {
 			cl.readFailed(err)
-			return
+			return false
 		}
 		buf := bufPool.Get().(*bytes.Buffer)
 		buf.Reset()
@@ -94,13 +105,13 @@ func (cl *client) readLoop(ctx context.Context, ws *websocket.Conn) {
 		case err != nil:
 			bufPool.Put(buf)
 			cl.readFailed(err)
-			return
+			return false
 		case n > readLimit:
 			bufPool.Put(buf)
 			cl.s.log.Debug("client frame over the read limit", "conn", cl.conn.ID)
 			cl.conn.Close(hub.ClosePolicy, "frame too large")
 			<-cl.conn.Done()
-			return
+			return false
 		case typ != websocket.MessageText:
 			cl.badFrame(0, "frames must be JSON text")
 		default:
@@ -111,7 +122,7 @@ func (cl *client) readLoop(ctx context.Context, ws *websocket.Conn) {
 			// Let the writer flush and finish the closing handshake, which
 			// needs the read side to itself.
 			<-cl.conn.Done()
-			return
+			return false
 		}
 	}
 }

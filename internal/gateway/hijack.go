@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+
+	"github.com/heraldgw/herald/internal/netpoll"
 )
 
 // hijackBuffers sizes the bufio buffers through which a hijacked WebSocket
@@ -18,12 +20,14 @@ type hijackBuffers struct {
 // meteredWriter is the http.ResponseWriter handed to websocket.Accept.
 // The library takes the connection through the first http.Hijacker it
 // finds (following Unwrap); this one gives it the client connection
-// wrapped in a meter (see meter), with buffers sized by bufs.
+// wrapped in a meter (see meter), with buffers sized by bufs, and watched
+// by poller so that its reader may park (park.go).
 type meteredWriter struct {
 	http.ResponseWriter
 	budget *frameBudget
 	bufs   hijackBuffers
-	conn   net.Conn // the client connection, once hijacked: for write deadlines
+	poller *netpoll.Poller // where idle readers park; nil: they block
+	meter  *meter          // the client connection, once hijacked
 }
 
 // Unwrap returns the wrapped writer, for http.ResponseController.
@@ -62,7 +66,8 @@ func (w *meteredWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if w.bufs.write > 0 {
 		bw = bufio.NewWriterSize(conn, w.bufs.write)
 	}
-	w.conn = conn
+	m.watch(w.poller)
+	w.meter = m
 	return m, bufio.NewReadWriter(br, bw), nil
 }
 

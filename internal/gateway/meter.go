@@ -3,9 +3,11 @@ package gateway
 import (
 	"errors"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/heraldgw/herald/internal/hub"
+	"github.com/heraldgw/herald/internal/netpoll"
 )
 
 // Protocol-level floods (issue 12). coder/websocket answers pings and
@@ -47,6 +49,15 @@ type meter struct {
 	last     time.Duration // when the buckets were last refilled, since budget.epoch
 	over     bool          // over budget: every read fails
 	lingered bool          // the bytes after the flood were discarded for floodLinger
+
+	// Parking (park.go): set up before the socket is used.
+	poll   *netpoll.Watch // nil: reads block
+	resume func()         // runs the read loop again, on a new goroutine
+
+	state    atomic.Int32 // reading, parked or closed
+	waiting  atomic.Bool  // the reader waits for the next message
+	closing  atomic.Bool  // the gateway's closing handshake has begun
+	blocking bool         // the reader's: the socket cannot park any more
 }
 
 // floodLinger is how long a flooding client's bytes are read and
@@ -82,7 +93,15 @@ func (m *meter) Read(p []byte) (int, error) {
 		m.linger()
 		return 0, errFlood
 	}
-	n, err := m.Conn.Read(p)
+	var n int
+	var err error
+	if m.mayPark() {
+		if n, err = m.poll.TryRead(p); errors.Is(err, netpoll.ErrNoData) {
+			return 0, errIdle
+		}
+	} else {
+		n, err = m.Conn.Read(p)
+	}
 	if n > 0 && !m.spend(p[:n]) {
 		m.over = true
 		return 0, errFlood
@@ -129,6 +148,9 @@ type frameScanner struct {
 	size    uint8  // header length, known from its second byte
 	payload uint64 // payload length while reading the header, then payload bytes left
 }
+
+// between reports whether the bytes scanned end with a whole frame.
+func (s *frameScanner) between() bool { return s.header == 0 && s.payload == 0 }
 
 // scan consumes b and returns how many frames begin in it.
 func (s *frameScanner) scan(b []byte) (frames int) {

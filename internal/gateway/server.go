@@ -22,6 +22,7 @@ import (
 	"github.com/heraldgw/herald/internal/config"
 	"github.com/heraldgw/herald/internal/hub"
 	"github.com/heraldgw/herald/internal/metrics"
+	"github.com/heraldgw/herald/internal/netpoll"
 	"github.com/heraldgw/herald/internal/session"
 	"github.com/heraldgw/herald/ratelimit"
 )
@@ -73,8 +74,9 @@ type Server struct {
 	connects  ratelimit.Limiter
 	publishes EventLimiter
 	slots     Slots
-	httpConns *httpConns  // connections not upgraded to WebSocket
-	budget    frameBudget // what one socket may send (meter.go)
+	httpConns *httpConns      // connections not upgraded to WebSocket
+	budget    frameBudget     // what one socket may send (meter.go)
+	poller    *netpoll.Poller // where idle sockets' readers park (park.go); nil: they block
 	backend   backendHealth
 
 	echo      *echo.Echo
@@ -104,6 +106,11 @@ func New(d Deps) *Server {
 		frameRate: d.Config.ClientFrameRate, frameBurst: float64(d.Config.ClientFrameBurst),
 		byteRate: float64(d.Config.ClientByteRate), byteBurst: float64(d.Config.ClientByteBurst),
 		epoch: time.Now(),
+	}
+	if p, err := netpoll.New(); err == nil {
+		s.poller = p
+	} else {
+		d.Log.Info("idle sockets keep a reading goroutine each", "err", err)
 	}
 	s.echo = s.routes()
 	return s
@@ -175,6 +182,9 @@ func (s *Server) Drain(ctx context.Context) {
 	case <-done:
 	case <-ctx.Done():
 		s.log.Warn("drain deadline passed with handlers still running")
+	}
+	if s.poller != nil {
+		s.poller.Close()
 	}
 }
 

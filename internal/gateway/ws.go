@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"errors"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -47,7 +46,7 @@ func (s *Server) handleWS(c echo.Context) error {
 	s.wg.Add(1)
 	// Origin was checked in refuseEarly; the library's own check would differ.
 	// The library reads the client through a meter (meter.go).
-	mw := &meteredWriter{ResponseWriter: c.Response(), budget: &s.budget, bufs: socketBuffers}
+	mw := &meteredWriter{ResponseWriter: c.Response(), budget: &s.budget, bufs: socketBuffers, poller: s.poller}
 	ws, err := websocket.Accept(mw, r, &websocket.AcceptOptions{
 		InsecureSkipVerify: true,
 		CompressionMode:    websocket.CompressionDisabled,
@@ -62,7 +61,7 @@ func (s *Server) handleWS(c echo.Context) error {
 	// The socket's life goes on in a goroutine of its own, and the request
 	// goroutine returns: its stack, grown deep through net/http and echo,
 	// would otherwise stay with every idle socket.
-	go s.serveSocket(ws, mw.conn, sess, since, sl.bind, func() {
+	go s.serveSocket(ws, mw.meter, sess, since, sl.bind, func() {
 		sl.release()
 		s.wg.Done()
 	})
@@ -179,23 +178,23 @@ func (s *Server) originAllowed(r *http.Request) bool {
 }
 
 // wsTransport adapts a coder/websocket connection to the hub. Writes get
-// their deadline on the connection itself (nc), with a context that cannot
+// their deadline on the connection itself (m), with a context that cannot
 // be cancelled: the library then sets up nothing per write.
 type wsTransport struct {
-	c  *websocket.Conn
-	nc net.Conn
+	c *websocket.Conn
+	m *meter
 }
 
 // Write sends frames as one text message, separated by "\n", before ctx's
 // deadline.
 func (t wsTransport) Write(ctx context.Context, frames [][]byte) error {
 	wctx := ctx
-	if d, ok := ctx.Deadline(); ok && t.nc != nil {
-		if err := t.nc.SetWriteDeadline(d); err != nil {
+	if d, ok := ctx.Deadline(); ok && t.m != nil {
+		if err := t.m.SetWriteDeadline(d); err != nil {
 			return err
 		}
 		// Pings and the closing handshake bring their own deadlines.
-		defer t.nc.SetWriteDeadline(time.Time{})
+		defer t.m.SetWriteDeadline(time.Time{})
 		wctx = context.Background()
 	}
 	if len(frames) == 1 {
@@ -226,6 +225,9 @@ var joinPool = sync.Pool{New: func() any {
 
 func (t wsTransport) Ping(ctx context.Context) error { return t.c.Ping(ctx) }
 func (t wsTransport) Close(code int, reason string) error {
+	if t.m != nil {
+		t.m.closeHandshake()
+	}
 	return t.c.Close(websocket.StatusCode(code), reason)
 }
 func (t wsTransport) CloseNow() error { return t.c.CloseNow() }
@@ -239,9 +241,11 @@ func (t wsTransport) CloseNow() error { return t.c.CloseNow() }
 // The read loop gets a goroutine of its own, started once the join is
 // done: a new goroutine starts with a stack the size idle ones use, while
 // the join's calls would have grown this one's for the socket's life.
-func (s *Server) serveSocket(ws *websocket.Conn, nc net.Conn, sess session.Session, since string, bind func(*hub.Conn), done func()) {
+// While the client sends nothing the loop parks the socket and its
+// goroutine ends; a new one carries on when the client sends (park.go).
+func (s *Server) serveSocket(ws *websocket.Conn, m *meter, sess session.Session, since string, bind func(*hub.Conn), done func()) {
 	hash := s.live.add(sess, s.now(), s.cfg.SessionCheck)
-	conn, err := s.openConn(sess, hash, wsTransport{c: ws, nc: nc}, since)
+	conn, err := s.openConn(sess, hash, wsTransport{c: ws, m: m}, since)
 	if err != nil {
 		code, reason := openCloseCode(err)
 		ws.Close(websocket.StatusCode(code), reason)
@@ -250,16 +254,18 @@ func (s *Server) serveSocket(ws *websocket.Conn, nc net.Conn, sess session.Sessi
 		return
 	}
 	bind(conn)
-	go func() {
-		defer done()
-		defer s.live.release(hash)
-		defer func() {
-			s.hub.Remove(conn)
-			ws.CloseNow()
-		}()
-		cl := &client{s: s, conn: conn}
-		cl.readLoop(s.ctx, ws)
-	}()
+	cl := &client{s: s, conn: conn}
+	read := func() {
+		if cl.readLoop(s.ctx, ws, m) {
+			return // parked
+		}
+		s.hub.Remove(conn)
+		ws.CloseNow()
+		s.live.release(hash)
+		done()
+	}
+	m.resume = read
+	go read()
 }
 
 func (s *Server) openConn(sess session.Session, hash string, t hub.Transport, since string) (*hub.Conn, error) {
