@@ -50,7 +50,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // unanswered for PingTimeout would close them), frames the clients send
 // are answered, and a client's close releases its socket.
 func TestIdleSocketsPark(t *testing.T) {
-	ts := newTestServerWith(t, nil, hub.Config{PingInterval: 20 * time.Millisecond, PingTimeout: 200 * time.Millisecond})
+	const pingTimeout = time.Second
+	ts := newTestServerWith(t, nil, hub.Config{PingInterval: 20 * time.Millisecond, PingTimeout: pingTimeout})
 	const n = 20
 	clients := make([]*wsClient, n)
 	for i := range clients {
@@ -61,9 +62,9 @@ func TestIdleSocketsPark(t *testing.T) {
 	}
 	waitFor(t, "every idle socket parked", func() bool { return readers() == 0 })
 
-	// Pongs wake parked sockets, which park again: many ping rounds later
-	// every socket is open and answers.
-	time.Sleep(20 * 20 * time.Millisecond)
+	// Pongs wake parked sockets, which park again: past the ping timeout,
+	// after many ping rounds, every socket is open and answers.
+	time.Sleep(pingTimeout + 25*20*time.Millisecond)
 	for _, cl := range clients {
 		cl.quiet()
 	}

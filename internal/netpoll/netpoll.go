@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -31,8 +32,8 @@ var ErrNoData = errors.New("netpoll: nothing to read yet")
 // Poller watches connections for readability. It is safe for concurrent
 // use; its goroutine runs until Close.
 type Poller struct {
-	fd   int    // the platform's poller (epoll)
-	stop [2]int // a pipe whose read end is watched: Close writes to it
+	fd   int      // the platform's poller (epoll)
+	file *os.File // fd, as the runtime polls it; Close closes it
 	done chan struct{}
 
 	mu      sync.RWMutex // writes: watches and closed; reads: also the descriptors' use
@@ -71,7 +72,7 @@ func (p *Poller) Watch(c net.Conn, ready func()) (*Watch, error) {
 	if p.closed {
 		return nil, ErrClosed
 	}
-	p.next++ // from 1: 0 is the stop pipe
+	p.next++
 	w := &Watch{p: p, id: p.next, raw: raw, ready: ready}
 	p.watches[w.id] = w
 	return w, nil

@@ -5,26 +5,35 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"syscall"
+	"time"
 )
 
 // New returns a Poller with its goroutine running. Close it when done.
+//
+// The goroutine waits for the epoll instance through Go's own poller (an
+// epoll descriptor is itself pollable), so that it is woken like any
+// goroutine waiting to read, not from a thread blocked in epoll_wait that
+// must win a P back first; and it looks again every sweep whatever it was
+// told.
 func New() (*Poller, error) {
 	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("netpoll: epoll_create1: %w", err)
 	}
-	p := &Poller{fd: fd, watches: make(map[uint64]*Watch), done: make(chan struct{})}
-	if err := syscall.Pipe2(p.stop[:], syscall.O_CLOEXEC|syscall.O_NONBLOCK); err != nil {
+	if err := syscall.SetNonblock(fd, true); err != nil {
 		syscall.Close(fd)
-		return nil, fmt.Errorf("netpoll: pipe: %w", err)
+		return nil, fmt.Errorf("netpoll: epoll descriptor: %w", err)
 	}
-	ev := syscall.EpollEvent{Events: syscall.EPOLLIN} // id 0
-	if err := syscall.EpollCtl(fd, syscall.EPOLL_CTL_ADD, p.stop[0], &ev); err != nil {
-		p.closeFDs()
-		return nil, fmt.Errorf("netpoll: epoll_ctl: %w", err)
+	f := os.NewFile(uintptr(fd), "epoll") // non-blocking: in the runtime's poller
+	raw, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("netpoll: epoll descriptor: %w", err)
 	}
-	go p.run()
+	p := &Poller{fd: fd, file: f, done: make(chan struct{}), watches: make(map[uint64]*Watch)}
+	go p.run(f, raw)
 	return p, nil
 }
 
@@ -36,15 +45,9 @@ func (p *Poller) Close() {
 	p.closed = true
 	p.mu.Unlock()
 	if !was {
-		syscall.Write(p.stop[1], []byte{0})
+		p.file.Close() // wakes run, and closes fd once it has returned
 	}
 	<-p.done
-}
-
-func (p *Poller) closeFDs() {
-	syscall.Close(p.fd)
-	syscall.Close(p.stop[0])
-	syscall.Close(p.stop[1])
 }
 
 // armEvents: readable, or the peer shut its side, or an error; one event
@@ -73,28 +76,42 @@ func (p *Poller) remove(fd int) {
 	_ = syscall.EpollCtl(p.fd, syscall.EPOLL_CTL_DEL, fd, nil)
 }
 
+// sweep bounds how long run waits before it looks at the epoll instance
+// again by itself: a readiness notification the runtime's poller missed
+// costs a parked reader this much at most.
+const sweep = 20 * time.Millisecond
+
 // run waits for events and tells their watches, until Close.
-func (p *Poller) run() {
+func (p *Poller) run(f *os.File, raw syscall.RawConn) {
 	defer close(p.done)
-	defer p.closeFDs()
 	events := make([]syscall.EpollEvent, 128)
 	for {
-		n, err := syscall.EpollWait(p.fd, events, -1)
-		if err != nil {
-			if errors.Is(err, syscall.EINTR) {
-				continue
+		var n int
+		var err error
+		f.SetReadDeadline(time.Now().Add(sweep))
+		rerr := raw.Read(func(fd uintptr) bool {
+			n, err = syscall.EpollWait(int(fd), events, 0)
+			return n > 0 || (err != nil && err != syscall.EINTR)
+		})
+		if errors.Is(rerr, os.ErrDeadlineExceeded) {
+			rerr = nil
+		}
+		if rerr != nil {
+			p.mu.RLock()
+			closed := p.closed
+			p.mu.RUnlock()
+			if !closed {
+				slog.Error("netpoll: waiting for the epoll instance failed; idle connections are no longer watched", "err", rerr)
 			}
-			// Only a broken epoll descriptor fails here; the watched
-			// connections would never be told again.
+			return
+		}
+		if err != nil {
+			// Only a broken epoll descriptor fails here.
 			slog.Error("netpoll: epoll_wait failed; idle connections are no longer watched", "err", err)
 			return
 		}
 		for _, ev := range events[:n] {
-			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
-			if id == 0 {
-				return // Close
-			}
-			p.fire(id)
+			p.fire(uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32)
 		}
 	}
 }
