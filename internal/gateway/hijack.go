@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"time"
 
 	"github.com/heraldgw/herald/internal/netpoll"
 )
@@ -27,7 +28,9 @@ type meteredWriter struct {
 	budget *frameBudget
 	bufs   hijackBuffers
 	poller *netpoll.Poller // where idle readers park; nil: they block
-	meter  *meter          // the client connection, once hijacked
+
+	writeTimeout time.Duration // bound of every write to the client; 0: none
+	meter        *meter        // the client connection, once hijacked
 }
 
 // Unwrap returns the wrapped writer, for http.ResponseController.
@@ -62,9 +65,12 @@ func (w *meteredWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		conn.Close()
 		return nil, nil, fmt.Errorf("refill hijacked reader: %w", err)
 	}
-	bw := brw.Writer // net/http has reset it to write to conn
+	m.writeTimeout = w.writeTimeout
+	bw := brw.Writer
 	if w.bufs.write > 0 {
-		bw = bufio.NewWriterSize(conn, w.bufs.write)
+		bw = bufio.NewWriterSize(m, w.bufs.write)
+	} else {
+		bw.Reset(m) // from conn, to which net/http has reset it
 	}
 	m.watch(w.poller)
 	w.meter = m

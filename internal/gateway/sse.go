@@ -234,7 +234,9 @@ func (st *sseStream) deadline(ctx context.Context) {
 // Write sends each frame as one SSE event, with the stream's cursor as its
 // id when the frame moves it (events, welcome, subscribed), and flushes
 // them together.
-func (st *sseStream) Write(ctx context.Context, frames [][]byte) error {
+func (st *sseStream) Write(deadline time.Time, frames [][]byte) error {
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
 	if err := st.acquire(ctx); err != nil {
 		return err
 	}

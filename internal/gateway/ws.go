@@ -46,7 +46,8 @@ func (s *Server) handleWS(c echo.Context) error {
 	s.wg.Add(1)
 	// Origin was checked in refuseEarly; the library's own check would differ.
 	// The library reads the client through a meter (meter.go).
-	mw := &meteredWriter{ResponseWriter: c.Response(), budget: &s.budget, bufs: socketBuffers, poller: s.poller}
+	mw := &meteredWriter{ResponseWriter: c.Response(), budget: &s.budget, bufs: socketBuffers,
+		poller: s.poller, writeTimeout: s.hub.WriteTimeout()}
 	ws, err := websocket.Accept(mw, r, &websocket.AcceptOptions{
 		InsecureSkipVerify: true,
 		CompressionMode:    websocket.CompressionDisabled,
@@ -177,26 +178,21 @@ func (s *Server) originAllowed(r *http.Request) bool {
 	return s.cfg.AllowedOrigins.Allows(o, r.Host)
 }
 
-// wsTransport adapts a coder/websocket connection to the hub. Writes get
-// their deadline on the connection itself (m), with a context that cannot
-// be cancelled: the library then sets up nothing per write.
+// wsTransport adapts a coder/websocket connection to the hub. Its writes
+// are bounded by the meter under the library (m), which gives every write
+// to the socket the hub's WriteTimeout (meter.Write): the library is given
+// a context that cannot be cancelled, so it sets up nothing per write.
 type wsTransport struct {
 	c *websocket.Conn
 	m *meter
 }
 
-// Write sends frames as one text message, separated by "\n", before ctx's
-// deadline.
-func (t wsTransport) Write(ctx context.Context, frames [][]byte) error {
-	wctx := ctx
-	if d, ok := ctx.Deadline(); ok && t.m != nil {
-		if err := t.m.SetWriteDeadline(d); err != nil {
-			return err
-		}
-		// Pings and the closing handshake bring their own deadlines.
-		defer t.m.SetWriteDeadline(time.Time{})
-		wctx = context.Background()
-	}
+// Write sends frames as one text message, separated by "\n". The deadline
+// is the hub's WriteTimeout from now, which the meter applies (within an
+// eighth of it) to this write and to every other one: pings, pongs, the
+// closing handshake.
+func (t wsTransport) Write(_ time.Time, frames [][]byte) error {
+	wctx := context.Background()
 	if len(frames) == 1 {
 		return t.c.Write(wctx, websocket.MessageText, frames[0])
 	}

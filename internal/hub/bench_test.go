@@ -16,7 +16,7 @@ import (
 // sink is a Transport that accepts every write at once and counts it.
 type sink struct{ writes *atomic.Int64 }
 
-func (s sink) Write(_ context.Context, f [][]byte) error {
+func (s sink) Write(_ time.Time, f [][]byte) error {
 	s.writes.Add(int64(len(f)))
 	return nil
 }

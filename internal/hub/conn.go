@@ -378,15 +378,15 @@ func (c *Conn) writeBatch(batch [][]byte) error {
 			n += len(batch[end]) + 1
 			end++
 		}
-		c.writeStart.Store(time.Now().UnixNano())
-		// Not derived from h.ctx: a context derived from it is registered
-		// on its one mutex, which every writer then queued for (under
-		// overload, nine tenths of the writers' blocked time in a runtime
-		// trace). Close aborts writes by closing the sockets instead.
-		ctx, cancel := context.WithTimeout(context.Background(), h.cfg.WriteTimeout)
-		err := c.t.Write(ctx, batch[start:end])
-		cancel()
-		if err != nil {
+		// A deadline, not a context: a context with a timeout costs a
+		// timer set and stopped per write (4 % of the gateway's CPU at 20k
+		// personal events/s), and one derived from h.ctx registers on its
+		// one mutex, which every writer then queued for (under overload,
+		// nine tenths of the writers' blocked time in a runtime trace).
+		// Close aborts writes by closing the sockets instead.
+		now := time.Now()
+		c.writeStart.Store(now.UnixNano())
+		if err := c.t.Write(now.Add(h.cfg.WriteTimeout), batch[start:end]); err != nil {
 			return err
 		}
 		start = end

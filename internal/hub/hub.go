@@ -68,14 +68,15 @@ var (
 )
 
 // Transport is the socket under a connection. Write sends frames, in
-// order, before ctx's deadline (the hub gives every call one); a transport
-// may carry several in one message (a WebSocket text message holds them
+// order, and fails with an error wrapping os.ErrDeadlineExceeded (or
+// context.DeadlineExceeded) if the peer has not taken them by deadline; a
+// transport may carry several in one message (a WebSocket text message holds them
 // separated by "\n": frames never contain a line break). The hub passes at
 // most MaxWriteBytes per call, unless a single frame is larger. Close
 // performs a closing handshake and may block for a few seconds; CloseNow
 // drops the socket at once.
 type Transport interface {
-	Write(ctx context.Context, frames [][]byte) error
+	Write(deadline time.Time, frames [][]byte) error
 	Ping(ctx context.Context) error
 	Close(code int, reason string) error
 	CloseNow() error
@@ -567,6 +568,9 @@ func (h *Hub) Drain(ctx context.Context, code int, reason string, spread time.Du
 		}
 	}
 }
+
+// WriteTimeout returns how long one socket write may take.
+func (h *Hub) WriteTimeout() time.Duration { return h.cfg.WriteTimeout }
 
 // PingInterval returns the heartbeat period.
 func (h *Hub) PingInterval() time.Duration { return h.cfg.PingInterval }

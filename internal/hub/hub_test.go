@@ -37,7 +37,9 @@ func newPipe(buf int) *pipe {
 	return &pipe{frames: make(chan []byte, buf), gate: g, closed: make(chan struct{})}
 }
 
-func (p *pipe) Write(ctx context.Context, frames [][]byte) error {
+func (p *pipe) Write(deadline time.Time, frames [][]byte) error {
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
 	p.writes.Add(1)
 	for _, f := range frames {
 		if err := p.write(ctx, f); err != nil {
@@ -400,7 +402,7 @@ func TestPingReapsUnresponsive(t *testing.T) {
 // failing is a Transport whose writes fail.
 type failing struct{ *pipe }
 
-func (f failing) Write(context.Context, [][]byte) error { return io.ErrClosedPipe }
+func (f failing) Write(time.Time, [][]byte) error { return io.ErrClosedPipe }
 
 func TestWriteErrorIsCounted(t *testing.T) {
 	codes := make(chan int, 4)

@@ -21,7 +21,9 @@ import (
 // the gateway does: one text message per Write, frames separated by "\n".
 type wsTransport struct{ c *websocket.Conn }
 
-func (w wsTransport) Write(ctx context.Context, frames [][]byte) error {
+func (w wsTransport) Write(deadline time.Time, frames [][]byte) error {
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
 	return w.c.Write(ctx, websocket.MessageText, bytes.Join(frames, []byte{'\n'}))
 }
 func (w wsTransport) Ping(ctx context.Context) error { return w.c.Ping(ctx) }
