@@ -11,7 +11,13 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/heraldgw/herald/internal/batch"
 )
+
+// takesInFlight is how many pipelines of Acquires (Concurrency.takes) may
+// be under way at once.
+const takesInFlight = 4
 
 // Defaults of ConcurrencyConfig.
 const (
@@ -170,6 +176,9 @@ type Concurrency struct {
 	// ordered: one pipeline runs on one connection, in order (a single
 	// server or Sentinel's primary), not split over a cluster's nodes.
 	ordered bool
+	// takes are the index entries and slots of the Acquires that skip
+	// their beat: those that arrive together share one pipeline.
+	takes batch.Combiner[heldLease, takeResult]
 
 	mu         sync.Mutex
 	instance   string                 // guarded by mu; this process's name in Redis, renewed when found dead
@@ -206,10 +215,12 @@ func NewConcurrency(rdb redis.Cmdable, cfg ConcurrencyConfig, log *slog.Logger) 
 		log = slog.New(slog.DiscardHandler)
 	}
 	_, ordered := rdb.(*redis.Client)
-	return &Concurrency{
+	c := &Concurrency{
 		rdb: rdb, cfg: cfg, log: log, now: processClock, ordered: ordered, instance: newInstance(cfg.Replica),
 		held: make(map[string]heldLease), pending: make(map[string]pendingSlot),
-	}, nil
+	}
+	c.takes = batch.Combiner[heldLease, takeResult]{Run: c.indexAndTake, MaxWeight: maxBucketBatch, Timeout: bucketCallTimeout, Concurrency: takesInFlight}
+	return c, nil
 }
 
 // newInstance names one run of a replica.
@@ -243,8 +254,9 @@ func (c *Concurrency) sweepKey(instance string) string {
 // newest confirmed beat was sent less than LeaseTTL/3 ago, that holds
 // already (a beat lasts LeaseTTL from when Redis ran it, which is after it
 // was sent), and the index entry and the acquire script go in one pipeline
-// (in order, on one connection; on a cluster in two round trips). Otherwise
-// Acquire beats first, in the same round trip as the index entry. On an
+// (in order, on one connection), which the Acquires that arrive together
+// share; on a cluster in two round trips. Otherwise Acquire beats first,
+// in the same round trip as the index entry. On an
 // error the slot may still have been taken in Redis (the reply was lost):
 // Run frees it at its next beat.
 func (c *Concurrency) Acquire(ctx context.Context, user string, limit int) (Lease, Result, error) {
@@ -283,11 +295,14 @@ func (c *Concurrency) acquire(ctx context.Context, h *heldLease) ([]int64, error
 	c.mu.Unlock()
 	switch {
 	case fresh && c.ordered:
-		v, err := c.indexAndTake(ctx, *h)
+		r, err := c.takes.Do(ctx, "", *h)
+		if err == nil {
+			err = r.err
+		}
 		if err != nil {
 			return nil, fmt.Errorf("ratelimit: concurrency index and acquire script: %w", err)
 		}
-		return v, nil
+		return r.reply, nil
 	case fresh:
 		if err := c.rdb.HSet(ctx, c.indexKey(h.instance), h.member(), h.user).Err(); err != nil {
 			return nil, fmt.Errorf("ratelimit: concurrency index: %w", err)
@@ -348,20 +363,37 @@ func (c *Concurrency) beatAndIndex(ctx context.Context, h heldLease, first bool)
 	return alive == 1, nil
 }
 
-// indexAndTake enters h in its instance's index and runs the acquire
-// script for it, in that order, in one pipeline on one connection (so
-// only where c.ordered), and returns the script's reply.
-func (c *Concurrency) indexAndTake(ctx context.Context, h heldLease) ([]int64, error) {
-	args := c.takeArgs(h, "", c.deadInstances())
-	var take *redis.Cmd
-	err := c.pipelined(ctx, acquireScript, func(p redis.Pipeliner) {
-		p.HSet(ctx, c.indexKey(h.instance), h.member(), h.user)
-		take = acquireScript.EvalSha(ctx, p, []string{c.Key(h.user)}, args...)
+// indexAndTake enters each lease in its instance's index and runs the
+// acquire script for it, in that order, all in one pipeline on one
+// connection (so only where c.ordered): the Acquires that arrive together
+// share one round trip (c.takes). It returns each script's reply, or the
+// error of its lease.
+func (c *Concurrency) indexAndTake(ctx context.Context, _ string, hs []heldLease) ([]takeResult, error) {
+	dead := c.deadInstances()
+	index := make([]*redis.IntCmd, len(hs))
+	take := make([]*redis.Cmd, len(hs))
+	// Both commands are safe to repeat: pipelined may run them twice.
+	_ = c.pipelined(ctx, acquireScript, func(p redis.Pipeliner) {
+		for i, h := range hs {
+			index[i] = p.HSet(ctx, c.indexKey(h.instance), h.member(), h.user)
+			take[i] = acquireScript.EvalSha(ctx, p, []string{c.Key(h.user)}, c.takeArgs(h, "", dead)...)
+		}
 	})
-	if err != nil {
-		return nil, err
+	out := make([]takeResult, len(hs))
+	for i := range hs {
+		if err := index[i].Err(); err != nil {
+			out[i].err = fmt.Errorf("index: %w", err)
+			continue
+		}
+		out[i].reply, out[i].err = takeReply(take[i])
 	}
-	return takeReply(take)
+	return out, nil
+}
+
+// takeResult is the outcome of one lease's index entry and acquire script.
+type takeResult struct {
+	reply []int64
+	err   error
 }
 
 // takeArgs are the acquire script's arguments for h, replacing the member
