@@ -34,8 +34,11 @@ const (
 func (s *Server) handleWS(c echo.Context) error {
 	r := c.Request()
 	since := r.URL.Query().Get("since")
-	if _, _, err := events.ParseID(since); since != "" && err != nil {
-		return s.refuse(c, errBadRequest("since", "since is not an event id"))
+	if since != "" {
+		// Parsed only when given: ParseID("") builds an error for nothing.
+		if _, _, err := events.ParseID(since); err != nil {
+			return s.refuse(c, errBadRequest("since", "since is not an event id"))
+		}
 	}
 	sess, sl, err := s.admit(c)
 	if err != nil {
