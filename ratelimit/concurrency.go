@@ -256,9 +256,9 @@ func (c *Concurrency) sweepKey(instance string) string {
 // was sent), and the index entry and the acquire script go in one pipeline
 // (in order, on one connection), which the Acquires that arrive together
 // share; on a cluster in two round trips. Otherwise Acquire beats first,
-// in the same round trip as the index entry. On an
-// error the slot may still have been taken in Redis (the reply was lost):
-// Run frees it at its next beat.
+// in the same round trip as the index entry. On an error the slot may
+// still have been taken in Redis (the reply was lost): Run frees it at its
+// next beat.
 func (c *Concurrency) Acquire(ctx context.Context, user string, limit int) (Lease, Result, error) {
 	if err := checkLimit(limit); err != nil {
 		return Lease{}, Result{}, err
