@@ -6,11 +6,18 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/heraldgw/herald/internal/batch"
 )
+
+// takesInFlight is how many pipelines of Acquires (Concurrency.takes) may
+// be under way at once.
+const takesInFlight = 4
 
 // Defaults of ConcurrencyConfig.
 const (
@@ -165,9 +172,18 @@ type Concurrency struct {
 	cfg ConcurrencyConfig
 	log *slog.Logger
 
+	now func() time.Time // the process's clock, to pace this instance's own beats only (concurrency_pace.go)
+	// ordered: one pipeline runs on one connection, in order (a single
+	// server or Sentinel's primary), not split over a cluster's nodes.
+	ordered bool
+	// takes are the index entries and slots of the Acquires that skip
+	// their beat: those that arrive together share one pipeline.
+	takes batch.Combiner[heldLease, takeResult]
+
 	mu         sync.Mutex
 	instance   string                 // guarded by mu; this process's name in Redis, renewed when found dead
 	registered bool                   // guarded by mu; instance has a heartbeat
+	beatSent   time.Time              // guarded by mu; when the newest beat of instance that Redis confirmed was sent
 	held       map[string]heldLease   // guarded by mu; lease id → its slot, of every lease held
 	pending    map[string]pendingSlot // guarded by mu; member → slots to remove from Redis (see Concurrency)
 	dead       []string               // guarded by mu; instances Run last found dead
@@ -198,10 +214,13 @@ func NewConcurrency(rdb redis.Cmdable, cfg ConcurrencyConfig, log *slog.Logger) 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Concurrency{
-		rdb: rdb, cfg: cfg, log: log, instance: newInstance(cfg.Replica),
+	_, ordered := rdb.(*redis.Client)
+	c := &Concurrency{
+		rdb: rdb, cfg: cfg, log: log, now: processClock, ordered: ordered, instance: newInstance(cfg.Replica),
 		held: make(map[string]heldLease), pending: make(map[string]pendingSlot),
-	}, nil
+	}
+	c.takes = batch.Combiner[heldLease, takeResult]{Run: c.indexAndTake, MaxWeight: maxBucketBatch, Timeout: bucketCallTimeout, Concurrency: takesInFlight}
+	return c, nil
 }
 
 // newInstance names one run of a replica.
@@ -226,42 +245,29 @@ func (c *Concurrency) sweepKey(instance string) string {
 // Acquire takes one of user's limit slots if one is free, and returns its
 // lease. When refused, the Lease is zero and Result.RetryAfter is the
 // configured hint. limit is per call, so it may depend on the user; it must
-// be ≥ 1, or the error wraps ErrInvalidArgument. Each Acquire also beats
-// this instance's heartbeat (in the same round trip as the lease's entry
-// in its index), so a slot is always taken by an instance that is alive
-// for LeaseTTL more, and is freed if the process dies. On an error the
-// slot may still have been taken in Redis (the reply was lost): Run frees
-// it at its next beat.
+// be ≥ 1, or the error wraps ErrInvalidArgument.
+//
+// A slot is always taken by an instance that is alive for the remaining
+// lease, and is freed if the process dies: the lease's entry in the
+// instance's index is written before the slot, and the instance has a
+// heartbeat that lasts at least 2/3 LeaseTTL more. When this instance's
+// newest confirmed beat was sent less than LeaseTTL/3 ago, that holds
+// already (a beat lasts LeaseTTL from when Redis ran it, which is after it
+// was sent), and the index entry and the acquire script go in one pipeline
+// (in order, on one connection), which the Acquires that arrive together
+// share; on a cluster in two round trips. Otherwise Acquire beats first,
+// in the same round trip as the index entry. On an error the slot may
+// still have been taken in Redis (the reply was lost): Run frees it at its
+// next beat.
 func (c *Concurrency) Acquire(ctx context.Context, user string, limit int) (Lease, Result, error) {
 	if err := checkLimit(limit); err != nil {
 		return Lease{}, Result{}, err
 	}
 	h := heldLease{user: user, id: rand.Text(), limit: limit}
-	for attempt := 0; ; attempt++ {
-		c.mu.Lock()
-		instance, first := c.instance, !c.registered
-		c.mu.Unlock()
-		h.instance = instance
-		// The heartbeat and the index entry, before the slot: the slot is
-		// then taken by a live instance and freed if it dies.
-		alive, err := c.beatAndIndex(ctx, h, first)
-		if err != nil {
-			c.forget(h) // the index entry may be in
-			return Lease{}, Result{}, err
-		}
-		if alive {
-			break
-		}
-		c.forget(h) // its instance is dead: a stale index entry
-		c.reincarnate(instance)
-		if attempt > 0 {
-			return Lease{}, Result{}, errors.New("ratelimit: concurrency: this replica's heartbeat keeps expiring")
-		}
-	}
-	v, err := c.take(ctx, h, "")
+	v, err := c.acquire(ctx, &h)
 	if err != nil {
-		c.forget(h) // the script may have run
-		return Lease{}, Result{}, fmt.Errorf("ratelimit: concurrency acquire script: %w", err)
+		c.forget(h) // the index entry may be in, the script may have run
+		return Lease{}, Result{}, err
 	}
 	r := concResult(v[0] == 1, limit, v[1], c.cfg.RetryAfter)
 	if !r.Allowed {
@@ -279,26 +285,71 @@ func (c *Concurrency) Acquire(ctx context.Context, user string, limit int) (Leas
 	return Lease{user: user, id: h.id}, r, nil
 }
 
+// acquire names h's instance, enters h in its index and runs the acquire
+// script for it, beating first unless the instance's beat is fresh (see
+// Acquire), and returns the script's reply.
+func (c *Concurrency) acquire(ctx context.Context, h *heldLease) ([]int64, error) {
+	c.mu.Lock()
+	h.instance = c.instance
+	fresh := c.registered && c.now().Sub(c.beatSent) < c.cfg.LeaseTTL/3
+	c.mu.Unlock()
+	switch {
+	case fresh && c.ordered:
+		r, err := c.takes.Do(ctx, "", *h)
+		if err == nil {
+			err = r.err
+		}
+		if err != nil {
+			return nil, fmt.Errorf("ratelimit: concurrency index and acquire script: %w", err)
+		}
+		return r.reply, nil
+	case fresh:
+		if err := c.rdb.HSet(ctx, c.indexKey(h.instance), h.member(), h.user).Err(); err != nil {
+			return nil, fmt.Errorf("ratelimit: concurrency index: %w", err)
+		}
+	default:
+		if err := c.beatIndexed(ctx, h); err != nil {
+			return nil, err
+		}
+	}
+	v, err := takeReply(acquireScript.Run(ctx, c.rdb, []string{c.Key(h.user)}, c.takeArgs(*h, "", c.deadInstances())...))
+	if err != nil {
+		return nil, fmt.Errorf("ratelimit: concurrency acquire script: %w", err)
+	}
+	return v, nil
+}
+
+// beatIndexed beats this instance and enters h in its index, in one round
+// trip; when the instance turns out dead, it carries on as a new instance
+// (h's instance from then on) and tries once more.
+func (c *Concurrency) beatIndexed(ctx context.Context, h *heldLease) error {
+	for attempt := 0; ; attempt++ {
+		c.mu.Lock()
+		instance, first := c.instance, !c.registered
+		c.mu.Unlock()
+		h.instance = instance
+		alive, err := c.beatAndIndex(ctx, *h, first)
+		if err != nil || alive {
+			return err
+		}
+		c.forget(*h) // its instance is dead: a stale index entry
+		c.reincarnate(instance)
+		if attempt > 0 {
+			return errors.New("ratelimit: concurrency: this replica's heartbeat keeps expiring")
+		}
+	}
+}
+
 // beatAndIndex beats h's instance and enters h in its index, in one round
 // trip. It reports whether the instance is alive.
 func (c *Concurrency) beatAndIndex(ctx context.Context, h heldLease, first bool) (bool, error) {
 	var beat *redis.Cmd
 	var index *redis.IntCmd
-	run := func() error {
-		_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			beat = heartbeatScript.EvalSha(ctx, p, []string{c.registryKey()}, h.instance, c.cfg.LeaseTTL.Milliseconds(), flag(first))
-			index = p.HSet(ctx, c.indexKey(h.instance), h.member(), h.user)
-			return nil
-		})
-		return err
-	}
-	err := run()
-	if redis.HasErrorPrefix(beat.Err(), "NOSCRIPT") {
-		// Scripts are not loaded inside pipelines: load it, try again.
-		if err = heartbeatScript.Load(ctx, c.rdb).Err(); err == nil {
-			err = run()
-		}
-	}
+	sent := c.now()
+	err := c.pipelined(ctx, heartbeatScript, func(p redis.Pipeliner) {
+		beat = heartbeatScript.EvalSha(ctx, p, []string{c.registryKey()}, h.instance, c.cfg.LeaseTTL.Milliseconds(), flag(first))
+		index = p.HSet(ctx, c.indexKey(h.instance), h.member(), h.user)
+	})
 	if err != nil {
 		return false, fmt.Errorf("ratelimit: concurrency heartbeat and index: %w", err)
 	}
@@ -307,23 +358,83 @@ func (c *Concurrency) beatAndIndex(ctx context.Context, h heldLease, first bool)
 	}
 	alive, _ := beat.Int()
 	if alive == 1 {
-		c.beaten(h.instance)
+		c.beaten(h.instance, sent)
 	}
 	return alive == 1, nil
 }
 
-// take runs the acquire script for h, replacing the member old ("" for
-// none), and returns the script's reply.
-func (c *Concurrency) take(ctx context.Context, h heldLease, old string) ([]int64, error) {
-	args := []any{h.limit, h.member(), liveScore, old}
-	for _, d := range c.deadInstances() {
+// indexAndTake enters each lease in its instance's index and runs the
+// acquire script for it, in that order, all in one pipeline on one
+// connection (so only where c.ordered): the Acquires that arrive together
+// share one round trip (c.takes). It returns each script's reply, or the
+// error of its lease.
+func (c *Concurrency) indexAndTake(ctx context.Context, _ string, hs []heldLease) ([]takeResult, error) {
+	dead := c.deadInstances()
+	index := make([]*redis.IntCmd, len(hs))
+	take := make([]*redis.Cmd, len(hs))
+	// Both commands are safe to repeat: pipelined may run them twice.
+	_ = c.pipelined(ctx, acquireScript, func(p redis.Pipeliner) {
+		for i, h := range hs {
+			index[i] = p.HSet(ctx, c.indexKey(h.instance), h.member(), h.user)
+			take[i] = acquireScript.EvalSha(ctx, p, []string{c.Key(h.user)}, c.takeArgs(h, "", dead)...)
+		}
+	})
+	out := make([]takeResult, len(hs))
+	for i := range hs {
+		if err := index[i].Err(); err != nil {
+			out[i].err = fmt.Errorf("index: %w", err)
+			continue
+		}
+		out[i].reply, out[i].err = takeReply(take[i])
+	}
+	return out, nil
+}
+
+// takeResult is the outcome of one lease's index entry and acquire script.
+type takeResult struct {
+	reply []int64
+	err   error
+}
+
+// takeArgs are the acquire script's arguments for h, replacing the member
+// old ("" for none), with dead the instances known dead.
+func (c *Concurrency) takeArgs(h heldLease, old string, dead []string) []any {
+	args := make([]any, 0, 4+len(dead))
+	args = append(args, h.limit, h.member(), liveScore, old)
+	for _, d := range dead {
 		args = append(args, d)
 	}
-	v, err := acquireScript.Run(ctx, c.rdb, []string{c.Key(h.user)}, args...).Int64Slice()
+	return args
+}
+
+// takeReply reads the acquire script's reply: {allowed 0|1, slots held}.
+func takeReply(cmd *redis.Cmd) ([]int64, error) {
+	v, err := cmd.Int64Slice()
 	if err == nil && len(v) != 2 {
 		err = fmt.Errorf("returned %d values, want 2", len(v))
 	}
 	return v, err
+}
+
+// pipelined runs fill's commands in one pipeline and returns its first
+// error. Scripts are not loaded inside pipelines: when a command answers
+// NOSCRIPT, script is loaded (on every node of a cluster) and fill's
+// commands run once more, so they must be safe to repeat, and fill must
+// keep the commands of its last call.
+func (c *Concurrency) pipelined(ctx context.Context, script *redis.Script, fill func(p redis.Pipeliner)) error {
+	run := func() ([]redis.Cmder, error) {
+		return c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			fill(p)
+			return nil
+		})
+	}
+	cmds, err := run()
+	if slices.ContainsFunc(cmds, func(cmd redis.Cmder) bool { return redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") }) {
+		if err = script.Load(ctx, c.rdb).Err(); err == nil {
+			_, err = run()
+		}
+	}
+	return err
 }
 
 // forget puts h's slot and index entry in the pending set, for Run to

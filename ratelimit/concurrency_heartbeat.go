@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -156,30 +155,15 @@ func (c *Concurrency) retakeBatch(ctx context.Context, instance string, batch []
 	}
 	dead := c.deadInstances()
 	var cmds []*redis.Cmd
-	run := func() error {
+	// The script is idempotent: pipelined may run it twice.
+	err = c.pipelined(ctx, acquireScript, func(p redis.Pipeliner) {
 		cmds = cmds[:0]
-		_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for _, h := range batch {
-				moved := h
-				moved.instance = instance
-				args := []any{h.limit, moved.member(), liveScore, h.member()}
-				for _, d := range dead {
-					args = append(args, d)
-				}
-				cmds = append(cmds, acquireScript.EvalSha(ctx, p, []string{c.Key(h.user)}, args...))
-			}
-			return nil
-		})
-		return err
-	}
-	err = run()
-	// Scripts are not loaded inside pipelines, and a cluster's nodes may
-	// differ: load it everywhere, try again (the script is idempotent).
-	if slices.ContainsFunc(cmds, func(cmd *redis.Cmd) bool { return redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") }) {
-		if err = acquireScript.Load(ctx, c.rdb).Err(); err == nil {
-			err = run()
+		for _, h := range batch {
+			moved := h
+			moved.instance = instance
+			cmds = append(cmds, acquireScript.EvalSha(ctx, p, []string{c.Key(h.user)}, c.takeArgs(moved, h.member(), dead)...))
 		}
-	}
+	})
 	var gone []Lease
 	c.mu.Lock()
 	for i, h := range batch {
@@ -190,9 +174,9 @@ func (c *Concurrency) retakeBatch(ctx context.Context, instance string, batch []
 			c.pending[moved.member()] = pendingSlot{heldLease: moved}
 			continue
 		}
-		v, cerr := cmds[i].Int64Slice()
+		v, cerr := takeReply(cmds[i])
 		switch {
-		case cerr != nil || len(v) != 2:
+		case cerr != nil:
 			// Tried again at the next beat.
 		case v[0] == 1:
 			c.held[h.id] = moved
@@ -267,12 +251,13 @@ func done(err error) bool {
 
 // beat runs the heartbeat script for instance.
 func (c *Concurrency) beat(ctx context.Context, instance string, first bool) (alive bool, err error) {
+	sent := c.now()
 	n, err := heartbeatScript.Run(ctx, c.rdb, []string{c.registryKey()}, instance, c.cfg.LeaseTTL.Milliseconds(), flag(first)).Int()
 	if err != nil {
 		return false, fmt.Errorf("ratelimit: concurrency heartbeat: %w", err)
 	}
 	if n == 1 {
-		c.beaten(instance)
+		c.beaten(instance, sent)
 	}
 	return n == 1, nil
 }
@@ -285,11 +270,15 @@ func flag(first bool) string {
 	return "0"
 }
 
-// beaten records that instance has a heartbeat.
-func (c *Concurrency) beaten(instance string) {
+// beaten records that instance has a heartbeat, from a beat sent at sent:
+// it lasts LeaseTTL from when Redis ran it, so at least LeaseTTL from sent.
+func (c *Concurrency) beaten(instance string, sent time.Time) {
 	c.mu.Lock()
 	if c.instance == instance {
 		c.registered = true
+		if sent.After(c.beatSent) {
+			c.beatSent = sent
+		}
 	}
 	c.mu.Unlock()
 }

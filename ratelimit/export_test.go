@@ -1,5 +1,7 @@
 package ratelimit
 
+import "time"
+
 // MemoryKeys reports how many keys a memory twin holds, for the sweep test.
 func MemoryKeys(l any) int {
 	switch l := l.(type) {
@@ -14,3 +16,7 @@ func MemoryKeys(l any) int {
 	}
 	panic("MemoryKeys: not a memory twin")
 }
+
+// SetClock replaces the clock that paces c's own beats (concurrency_pace.go).
+// Call it before c is used.
+func SetClock(c *Concurrency, now func() time.Time) { c.now = now }

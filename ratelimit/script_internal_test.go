@@ -49,7 +49,8 @@ func TestScriptsIdempotent(t *testing.T) {
 // limiters decide on the Redis server's clock only: the files that
 // implement them must not read the process's clock, so replicas whose
 // clocks disagree cannot disagree about a limit. (Run's ticker only paces
-// heartbeats; the expiry it writes comes from TIME.)
+// heartbeats; the expiry it writes comes from TIME. Acquire's skipped beat
+// is paced the same way, by the clock of concurrency_pace.go.)
 func TestRedisLimitersReadNoLocalClock(t *testing.T) {
 	banned := map[string]bool{"Now": true, "Since": true, "Until": true}
 	for _, file := range []string{"sliding.go", "bucket.go", "concurrency.go", "concurrency_heartbeat.go"} {

@@ -199,6 +199,36 @@ func TestTrustedProxyXFF(t *testing.T) {
 	}
 }
 
+// TestConnectLimitAnswersBeforeCredentials: the session is looked up while
+// the connect limit is checked, but the answers keep their order: a client
+// IP over its limit gets 429 whatever its credentials, and a ticket
+// presented then is not used up; under the limit, a bad session gets 401.
+func TestConnectLimitAnswersBeforeCredentials(t *testing.T) {
+	_, rs := cluster(t, 1, map[string]string{"HERALD_CONNECT_LIMIT": "1", "HERALD_CONNECT_WINDOW": "1h", "HERALD_TRUSTED_PROXIES": "127.0.0.1/32"})
+	r := rs[0]
+	sid := r.newSession(t, "u")
+	from := func(ip string, hdr http.Header) http.Header {
+		hdr.Set("X-Forwarded-For", ip)
+		return hdr
+	}
+	dial(t, r.wsURL(""), from("203.0.113.1", bearerHeader(sid))).nextOf("welcome")
+	if st, _ := dialStatus(t, r.wsURL(""), from("203.0.113.1", bearerHeader("nope"))); st != http.StatusTooManyRequests {
+		t.Errorf("unknown session from an IP over its limit: %d, want 429", st)
+	}
+	st, out := r.api(t, "POST", "/api/tickets", sid, nil)
+	ticket, _ := out["ticket"].(string)
+	if st != http.StatusCreated || ticket == "" {
+		t.Fatalf("ticket: %d %v", st, out)
+	}
+	if st, _ := dialStatus(t, r.wsURL("?ticket="+ticket), from("203.0.113.1", http.Header{})); st != http.StatusTooManyRequests {
+		t.Errorf("ticket from an IP over its limit: %d, want 429", st)
+	}
+	dial(t, r.wsURL("?ticket="+ticket), from("203.0.113.2", http.Header{})).nextOf("welcome") // the ticket was kept
+	if st, _ := dialStatus(t, r.wsURL(""), from("203.0.113.3", bearerHeader("nope"))); st != http.StatusUnauthorized {
+		t.Errorf("unknown session under the limit: %d, want 401", st)
+	}
+}
+
 // TestMaxConnsAndFileExhaustion runs a gateway with a small open-file
 // limit: it refuses sockets with 503 before running out, and raw
 // connections cannot exhaust its descriptors either: beyond

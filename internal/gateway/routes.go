@@ -29,8 +29,8 @@ func (s *Server) routes() *echo.Echo {
 	}
 	// Both transports share the connect limit of a client IP.
 	connectLimit := s.countRefusals(limit(s.connects, connectKey))
-	e.GET("/ws", s.handleWS, s.refuseEarly, connectLimit)
-	e.GET("/sse", s.handleSSE, s.refuseEarly, connectLimit)
+	e.GET("/ws", s.handleWS, s.refuseEarly, s.lookAhead, connectLimit)
+	e.GET("/sse", s.handleSSE, s.refuseEarly, s.lookAhead, connectLimit)
 	e.OPTIONS("/sse", s.handleSSEPreflight)
 
 	// API paths answer in JSON whatever goes wrong: an unknown path is 404,

@@ -27,14 +27,18 @@ const (
 // handleWS decides everything before the upgrade (PROTOCOL §3): a refused
 // client gets a plain HTTP answer and never a socket.
 //
-// The checks run in this order: draining, origin, readiness and capacity
-// (refuseEarly, no I/O); connects per client IP (the limiter middleware);
-// credentials; sockets per user across replicas.
+// The checks answer in this order: draining, origin, readiness and
+// capacity (refuseEarly, no I/O); connects per client IP (the limiter
+// middleware); credentials (looked up meanwhile, lookAhead); sockets per
+// user across replicas.
 func (s *Server) handleWS(c echo.Context) error {
 	r := c.Request()
 	since := r.URL.Query().Get("since")
-	if _, _, err := events.ParseID(since); since != "" && err != nil {
-		return s.refuse(c, errBadRequest("since", "since is not an event id"))
+	if since != "" {
+		// Parsed only when given: ParseID("") builds an error for nothing.
+		if _, _, err := events.ParseID(since); err != nil {
+			return s.refuse(c, errBadRequest("since", "since is not an event id"))
+		}
 	}
 	sess, sl, err := s.admit(c)
 	if err != nil {
@@ -82,7 +86,7 @@ var socketBuffers = hijackBuffers{read: 256, write: 512}
 // answer with.
 func (s *Server) admit(c echo.Context) (session.Session, slot, error) {
 	r := c.Request()
-	sess, err := s.authenticate(r)
+	sess, err := s.credentials(c)
 	if err != nil {
 		return session.Session{}, slot{}, err
 	}
@@ -136,10 +140,58 @@ func (s *Server) refuse(c echo.Context, err error) error {
 	return writeError(c, ae)
 }
 
+// lookAhead starts looking up a connect's session (cookie or bearer) while
+// next checks the connect limit of its IP, so that the two round trips to
+// Redis overlap instead of following each other; admit then takes the
+// answer (credentials). The answers are those of the checks one after the
+// other: a connect the limit refuses gets its 429 (or 503) whatever its
+// session, and the lookup is cancelled and waited for. A ticket is not
+// looked up ahead: redeeming it uses it up, and a connect the limit
+// refuses keeps it.
+func (s *Server) lookAhead(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		r := c.Request()
+		if r.URL.Query().Get("ticket") != "" {
+			return next(c)
+		}
+		ctx, cancel := context.WithCancel(r.Context())
+		l := &lookup{done: make(chan struct{})}
+		go func() {
+			defer close(l.done)
+			l.sess, l.err = s.authenticate(ctx, r)
+		}()
+		c.Set(lookupKey, l)
+		err := next(c)
+		cancel()
+		<-l.done
+		return err
+	}
+}
+
+// lookupKey holds a connect's *lookup in its echo.Context.
+const lookupKey = "herald.lookup"
+
+// lookup is a session lookup under way (lookAhead); sess and err are set
+// once done is closed.
+type lookup struct {
+	done chan struct{}
+	sess session.Session
+	err  error
+}
+
+// credentials returns the session of a connect: the one lookAhead looked
+// up, or, without it, the one authenticate finds now.
+func (s *Server) credentials(c echo.Context) (session.Session, error) {
+	if l, ok := c.Get(lookupKey).(*lookup); ok {
+		<-l.done
+		return l.sess, l.err
+	}
+	return s.authenticate(c.Request().Context(), c.Request())
+}
+
 // authenticate finds the first credential present (ticket, cookie, bearer)
 // and checks it; that one decides.
-func (s *Server) authenticate(r *http.Request) (session.Session, error) {
-	ctx := r.Context()
+func (s *Server) authenticate(ctx context.Context, r *http.Request) (session.Session, error) {
 	if t := r.URL.Query().Get("ticket"); t != "" {
 		return s.sessions.RedeemTicket(ctx, t)
 	}

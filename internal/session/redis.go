@@ -10,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/heraldgw/herald/internal/batch"
 	"github.com/heraldgw/herald/internal/events"
 )
 
@@ -24,7 +25,27 @@ type Redis struct {
 	now    func() time.Time
 	revoke *redis.Script
 	renew  chan struct{} // capacity 1: Watch moves to a new pub/sub connection (Resubscribe)
+	// gets are the GETs of Get: those that arrive while others are under
+	// way go together in one pipeline, one round trip (and a write and a
+	// read on each side) for many connects.
+	gets batch.Combiner[string, getReply]
 }
+
+// getReply is one GET's answer: the value, or its error (redis.Nil when
+// the key does not exist).
+type getReply struct {
+	data []byte
+	err  error
+}
+
+// Bounds of the pipelines of Get: at most getBatch GETs each, getsInFlight
+// under way at once (more keep a busy store's round trips overlapping), each
+// given up after getCallTimeout.
+const (
+	getBatch       = 256
+	getsInFlight   = 4
+	getCallTimeout = 5 * time.Second
+)
 
 var _ Store = (*Redis)(nil)
 
@@ -52,7 +73,28 @@ func NewRedis(client redis.UniversalClient, names events.Names, log *slog.Logger
 	if now == nil {
 		now = time.Now
 	}
-	return &Redis{client: client, names: names, log: log, now: now, revoke: redis.NewScript(revokeSrc), renew: make(chan struct{}, 1)}
+	r := &Redis{client: client, names: names, log: log, now: now, revoke: redis.NewScript(revokeSrc), renew: make(chan struct{}, 1)}
+	r.gets = batch.Combiner[string, getReply]{Run: r.getAll, MaxWeight: getBatch, Timeout: getCallTimeout, Concurrency: getsInFlight}
+	return r
+}
+
+// getAll GETs keys in one pipeline (not MGET, which a Cluster refuses
+// across slots), each with its own answer.
+func (r *Redis) getAll(ctx context.Context, _ string, keys []string) ([]getReply, error) {
+	cmds := make([]*redis.StringCmd, len(keys))
+	// The pipeline's own error is the first failed command's, which may be
+	// a harmless redis.Nil ahead of a network error: look at each command.
+	_, _ = r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = p.Get(ctx, k)
+		}
+		return nil
+	})
+	out := make([]getReply, len(keys))
+	for i, cmd := range cmds {
+		out[i].data, out[i].err = cmd.Bytes()
+	}
+	return out, nil
 }
 
 // Get implements Store. An unusable session is logged (by its Hash) at Warn,
@@ -61,7 +103,11 @@ func (r *Redis) Get(ctx context.Context, id string) (Session, error) {
 	if id == "" {
 		return Session{}, ErrNotFound
 	}
-	data, err := r.client.Get(ctx, sessionKey(id)).Bytes()
+	got, err := r.gets.Do(ctx, "", sessionKey(id))
+	if err == nil {
+		err = got.err
+	}
+	data := got.data
 	switch {
 	case errors.Is(err, redis.Nil):
 		return Session{}, ErrNotFound
@@ -146,39 +192,31 @@ func (r *Redis) Revoke(ctx context.Context, id string) error {
 	return fmt.Errorf("revoke session: the session changed %d times while being revoked", revokeAttempts)
 }
 
-// Alive implements Store with one pipeline of GETs (not MGET, which a
-// Cluster refuses across slots).
+// Alive implements Store with one pipeline of GETs (getAll).
 func (r *Redis) Alive(ctx context.Context, ids []string) ([]bool, error) {
 	alive := make([]bool, len(ids))
-	if len(ids) == 0 {
+	var keys []string
+	var at []int // ids' index of each key
+	for i, id := range ids {
+		if id != "" {
+			keys, at = append(keys, sessionKey(id)), append(at, i)
+		}
+	}
+	if len(keys) == 0 {
 		return alive, nil
 	}
-	cmds := make([]*redis.StringCmd, len(ids))
-	// The pipeline's own error is the first failed command's, which may be
-	// a harmless redis.Nil ahead of a network error: look at each command.
-	_, _ = r.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, id := range ids {
-			if id != "" {
-				cmds[i] = p.Get(ctx, sessionKey(id))
-			}
-		}
-		return nil
-	})
+	got, _ := r.getAll(ctx, "", keys)
 	now := r.now()
-	for i, cmd := range cmds {
-		if cmd == nil {
-			continue
-		}
-		data, err := cmd.Bytes()
+	for j, g := range got {
 		var reply redis.Error
 		switch {
-		case errors.As(err, &reply): // redis.Nil (no key) or WRONGTYPE: not alive
+		case errors.As(g.err, &reply): // redis.Nil (no key) or WRONGTYPE: not alive
 			continue
-		case err != nil:
-			return nil, fmt.Errorf("check sessions: %w", err)
+		case g.err != nil:
+			return nil, fmt.Errorf("check sessions: %w", g.err)
 		}
-		_, err = decode(data, now)
-		alive[i] = err == nil
+		_, err := decode(g.data, now)
+		alive[at[j]] = err == nil
 	}
 	return alive, nil
 }

@@ -344,3 +344,41 @@ func TestRedisDown(t *testing.T) {
 		t.Errorf("RedeemTicket with Redis down: got %v, want a backend error", err)
 	}
 }
+
+// TestRedisConcurrentGets: Gets that arrive together share pipelines
+// (session.Redis batches them), and each still gets its own answer: its
+// session, ErrNotFound for a missing key or one of another type.
+func TestRedisConcurrentGets(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client()
+	st, _ := newRedisStore(t, srv, nil)
+	ctx := t.Context()
+	const n = 100
+	users := map[string]string{} // session id → user id; "" for no usable session
+	for i := range n {
+		s, err := st.Create(ctx, fmt.Sprint("u-", i), "", "", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		users[s.ID] = s.UserID
+		users[fmt.Sprint("missing-", i)] = ""
+	}
+	rdb.RPush(ctx, "session:a-list", "x")
+	users["a-list"] = ""
+
+	var wg sync.WaitGroup
+	for id, user := range users {
+		for range 2 {
+			wg.Go(func() {
+				s, err := st.Get(ctx, id)
+				switch {
+				case user == "" && !errors.Is(err, session.ErrNotFound):
+					t.Errorf("Get(%s): got %+v, %v, want ErrNotFound", id, s, err)
+				case user != "" && (err != nil || s.UserID != user || s.ID != id):
+					t.Errorf("Get(%s): got %+v, %v, want user %s", id, s, err, user)
+				}
+			})
+		}
+	}
+	wg.Wait()
+}
