@@ -14,3 +14,13 @@ func MemoryKeys(l any) int {
 	}
 	panic("MemoryKeys: not a memory twin")
 }
+
+// LeaseTokens reports the unspent tokens of key's lease on l, live or not.
+func LeaseTokens(l *TokenLease, key string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s := l.keys[key]; s != nil {
+		return s.tokens
+	}
+	return 0
+}
