@@ -23,8 +23,9 @@ const MaxLeaseLife = 250 * time.Millisecond
 // only make the limit stricter. A key requested now and then gets no
 // lease and costs one script call per request, as with TokenBucket.
 //
-// What it guarantees, across every replica and every app that runs the
-// classic bucket:{id} snippet on the same hash:
+// What it guarantees, across every replica that shares the bucket (an app
+// running the classic bucket:{id} snippet on the same hash spends the same
+// tokens, by its own arithmetic):
 //
 //   - It never admits more than Rate and Burst allow. Tokens leave the
 //     shared bucket before they are spent, and the script burns what the
