@@ -54,9 +54,18 @@ func (c *TokenBucketConfig) checkCost(n int) error {
 // The fields are the classic ones: tokens (a decimal, possibly fractional)
 // and lastRefill (milliseconds since the epoch).
 //
-// KEYS[1] the hash; ARGV[1] rate, tokens/s; ARGV[2] burst; ARGV[3…] the
-// requests' n. Returns per request {allowed 0|1, whole tokens left, reset
-// ms, retry ms}, flattened.
+// After the requests it may grant a lease (TokenLease): up to want more
+// tokens, taken now and spent by the caller during the next life
+// milliseconds. So that spending them later than they left the bucket
+// never admits more than the bucket would have, it also burns what the
+// bucket would otherwise refill beyond Burst in that time while they are
+// out: after a grant of g, tokens + g + rate × life ≤ burst. No grant is
+// made (and nothing burnt) unless at least one token is left to lease.
+//
+// KEYS[1] the hash; ARGV[1] rate, tokens/s; ARGV[2] burst; ARGV[3] lease
+// tokens wanted (0: none); ARGV[4] lease life, ms; ARGV[5…] the requests'
+// n. Returns per request {allowed 0|1, whole tokens left, reset ms, retry
+// ms}, flattened, then {tokens granted, whole tokens left, reset ms}.
 var bucketScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -68,7 +77,13 @@ local last = tonumber(v[2]) or now
 if last > now then last = now end
 tokens = math.max(0, math.min(burst, tokens + (now - last) * rate / 1000))
 local out = {}
-for i = 3, #ARGV do
+local function left()
+  local whole = math.floor(tokens)
+  local reset = 0
+  if tokens < burst then reset = math.max(1, math.ceil((whole + 1 - tokens) * 1000 / rate)) end
+  return whole, reset
+end
+for i = 5, #ARGV do
   local n = tonumber(ARGV[i])
   local allowed, retry = 0, 0
   if tokens >= n then
@@ -77,11 +92,18 @@ for i = 3, #ARGV do
   else
     retry = math.max(1, math.ceil((n - tokens) * 1000 / rate))
   end
-  local whole = math.floor(tokens)
-  local reset = 0
-  if tokens < burst then reset = math.max(1, math.ceil((whole + 1 - tokens) * 1000 / rate)) end
+  local whole, reset = left()
   out[#out + 1], out[#out + 2], out[#out + 3], out[#out + 4] = allowed, whole, reset, retry
 end
+local want = tonumber(ARGV[3])
+local granted = 0
+if want > 0 then
+  local burn = math.max(0, tokens + rate * tonumber(ARGV[4]) / 1000 - burst)
+  granted = math.min(want, math.floor(tokens - burn))
+  if granted > 0 then tokens = tokens - granted - burn else granted = 0 end
+end
+local whole, reset = left()
+out[#out + 1], out[#out + 2], out[#out + 3] = granted, whole, reset
 redis.call('HSET', KEYS[1], 'tokens', tokens, 'lastRefill', now)
 redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil((burst - tokens) * 1000 / rate)))
 return out
@@ -155,24 +177,39 @@ func (b *TokenBucket) AllowN(ctx context.Context, key string, n int) (Result, er
 
 // run decides the requests ns of key in one script call.
 func (b *TokenBucket) run(ctx context.Context, key string, ns []int) ([]Result, error) {
-	args := make([]any, 0, 2+len(ns))
-	args = append(args, b.cfg.Rate, b.cfg.Burst)
+	out, _, err := b.script(ctx, key, ns, 0, 0)
+	return out, err
+}
+
+// grant is what a script call leased besides deciding its requests.
+type grant struct {
+	tokens int // tokens leased, to spend within the life asked for
+	left   int // whole tokens left in the bucket after the grant
+	reset  time.Duration
+}
+
+// script decides the requests ns of key in one script call and, when want
+// > 0, leases up to want more tokens for life (whole milliseconds).
+func (b *TokenBucket) script(ctx context.Context, key string, ns []int, want int, life time.Duration) ([]Result, grant, error) {
+	args := make([]any, 0, 4+len(ns))
+	args = append(args, b.cfg.Rate, b.cfg.Burst, want, life.Milliseconds())
 	for _, n := range ns {
 		args = append(args, n)
 	}
 	v, err := bucketScript.Run(ctx, b.rdb, []string{b.Key(key)}, args...).Int64Slice()
 	if err != nil {
-		return nil, fmt.Errorf("script: %w", err)
+		return nil, grant{}, fmt.Errorf("script: %w", err)
 	}
-	if len(v) != 4*len(ns) {
-		return nil, fmt.Errorf("script returned %d values, want %d", len(v), 4*len(ns))
+	if len(v) != 4*len(ns)+3 {
+		return nil, grant{}, fmt.Errorf("script returned %d values, want %d", len(v), 4*len(ns)+3)
 	}
 	out := make([]Result, len(ns))
 	for i := range ns {
 		r := v[4*i:]
 		out[i] = bucketResult(r[0] == 1, b.cfg.Burst, r[1], r[2], r[3])
 	}
-	return out, nil
+	g := v[4*len(ns):]
+	return out, grant{tokens: int(g[0]), left: int(g[1]), reset: ms(g[2])}, nil
 }
 
 func bucketResult(allowed bool, burst int, whole, resetMs, retryMs int64) Result {

@@ -5,6 +5,8 @@
 //     classic `ratelimit:{id}` sorted set (score = milliseconds);
 //   - [TokenBucket]: Rate tokens per second up to Burst, on the classic
 //     `bucket:{id}` hash (fields tokens and lastRefill, in milliseconds);
+//     [TokenLease] spends the same bucket through short leases, so that a
+//     busy key costs one script call per lease rather than per request;
 //   - [Concurrency]: at most max slots held at once per user across all
 //     replicas, with leases that free themselves when a replica dies.
 //

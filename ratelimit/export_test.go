@@ -20,3 +20,13 @@ func MemoryKeys(l any) int {
 // SetClock replaces the clock that paces c's own beats (concurrency_pace.go).
 // Call it before c is used.
 func SetClock(c *Concurrency, now func() time.Time) { c.now = now }
+
+// LeaseTokens reports the unspent tokens of key's lease on l, live or not.
+func LeaseTokens(l *TokenLease, key string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s := l.keys[key]; s != nil {
+		return s.tokens
+	}
+	return 0
+}

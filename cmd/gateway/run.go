@@ -118,7 +118,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		sessions = rs
 		connects, err = ratelimit.NewSlidingWindow(rdb, windowCfg)
 		if err == nil {
-			publishes, err = ratelimit.NewTokenBucket(rdb, bucketCfg)
+			publishes, err = publishLimiter(rdb, bucketCfg, cfg.PublishLease)
 		}
 		if err == nil {
 			slots, err = ratelimit.NewConcurrency(rdb, slotsCfg, log)
@@ -270,4 +270,18 @@ func closeRedis(rdb redis.UniversalClient) {
 	if rdb != nil {
 		rdb.Close()
 	}
+}
+
+// publishLimiter is the publish budget of API keys in Redis: the shared
+// token bucket, spent through leases of lease (0: every publish decided in
+// Redis).
+func publishLimiter(rdb redis.UniversalClient, cfg ratelimit.TokenBucketConfig, lease time.Duration) (gateway.EventLimiter, error) {
+	b, err := ratelimit.NewTokenBucket(rdb, cfg)
+	switch {
+	case err != nil:
+		return nil, err
+	case lease == 0:
+		return b, nil
+	}
+	return ratelimit.NewTokenLease(b, lease, nil)
 }

@@ -38,6 +38,7 @@ type Config struct {
 	ClientMsgBurst  int            // HERALD_CLIENT_MSG_BURST; 20
 	PublishRate     float64        // HERALD_PUBLISH_RATE, events published per second per API key, shared by replicas; 500
 	PublishBurst    int            // HERALD_PUBLISH_BURST; 1000
+	PublishLease    time.Duration  // HERALD_PUBLISH_LEASE, how long a replica may spend publish budget taken ahead from Redis; 100ms, 0 off, at most 250ms
 	HistorySize     int            // HERALD_HISTORY_SIZE, events kept per channel; 100
 	HistoryTTL      time.Duration  // HERALD_HISTORY_TTL; 10m
 	RecordTTL       time.Duration  // HERALD_RECORD_TTL, how long a channel's newest id outlives its history; 24h, at least HistoryTTL
@@ -152,6 +153,14 @@ func settings() []setting {
 		{"HERALD_CLIENT_MSG_BURST", "20", "burst of client messages", intSetting(func(c *Config) *int { return &c.ClientMsgBurst }, 1)},
 		{"HERALD_PUBLISH_RATE", "500", "events published per second per API key (a batch of n costs n)", rateSetting(func(c *Config) *float64 { return &c.PublishRate })},
 		{"HERALD_PUBLISH_BURST", "1000", "most events an API key may publish at once", intSetting(func(c *Config) *int { return &c.PublishBurst }, 1)},
+		{"HERALD_PUBLISH_LEASE", "100ms", "how long a replica may spend publish budget it took ahead from Redis (a busy API key then costs one bucket call per lease, not per publish); 0 decides every publish in Redis; at most 250ms", func(c *Config, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 0 || d > 250*time.Millisecond {
+				return errors.New("want a duration from 0 to 250ms")
+			}
+			c.PublishLease = d
+			return nil
+		}},
 		{"HERALD_HISTORY_SIZE", "100", "events kept per channel for resume", intSetting(func(c *Config) *int { return &c.HistorySize }, 1)},
 		{"HERALD_HISTORY_TTL", "10m", "how long events are kept for resume", durSetting(func(c *Config) *time.Duration { return &c.HistoryTTL })},
 		{"HERALD_RECORD_TTL", "24h", "how long a channel's newest event id is remembered after its last publish (exact resume after the history expired); at least HERALD_HISTORY_TTL", durSetting(func(c *Config) *time.Duration { return &c.RecordTTL })},

@@ -18,7 +18,8 @@ func TestDefaults(t *testing.T) {
 	}
 	if c.Addr != ":8080" || c.SessionCookie != "sid" || c.ConnectLimit != 30 || c.ConnectWindow != 10*time.Second ||
 		c.MaxConnsPerUser != 20 || c.ClientMsgRate != 10 || c.ClientMsgBurst != 20 || c.HistorySize != 100 ||
-		c.HistoryTTL != 10*time.Minute || c.DrainTimeout != 10*time.Second || !c.Dev || c.MaxConns <= 0 {
+		c.HistoryTTL != 10*time.Minute || c.DrainTimeout != 10*time.Second || !c.Dev || c.MaxConns <= 0 ||
+		c.PublishLease != 100*time.Millisecond {
 		t.Errorf("defaults: %+v", c)
 	}
 	c, err = Load(nil, env(map[string]string{"REDIS_URL": "redis://127.0.0.1:1"}), io.Discard)
@@ -70,6 +71,8 @@ func TestBadValuesNameTheVariable(t *testing.T) {
 		{"HERALD_CLIENT_FRAME_BURST", "0"},
 		{"HERALD_CLIENT_BYTE_RATE", "-5"},
 		{"HERALD_CLIENT_BYTE_BURST", "4096"},
+		{"HERALD_PUBLISH_LEASE", "1s"},
+		{"HERALD_PUBLISH_LEASE", "-1ms"},
 	}
 	for _, tt := range tests {
 		_, err := Load(nil, env(map[string]string{tt.env: tt.value}), io.Discard)

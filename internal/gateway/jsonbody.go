@@ -44,13 +44,20 @@ func requireJSON(r *http.Request) error {
 // publish.
 func strictFields(data []byte, t reflect.Type) error {
 	s := jsonScan{b: data}
-	if fe, ok := s.check(t).(*fieldError); ok {
-		if fe.twice {
-			return errBadRequest(fe.name, fmt.Sprintf("field %s is given twice", fe.name))
-		}
-		return errBadRequest(fe.name, fmt.Sprintf("unknown field %s (field names are case-sensitive: %s)", fe.key, fe.tag))
+	return fieldVerdict(s.check(t))
+}
+
+// fieldVerdict is the 400 for a jsonScan's *fieldError; nil for anything
+// else.
+func fieldVerdict(err error) error {
+	fe, ok := err.(*fieldError)
+	switch {
+	case !ok:
+		return nil
+	case fe.twice:
+		return errBadRequest(fe.name, fmt.Sprintf("field %s is given twice", fe.name))
 	}
-	return nil
+	return errBadRequest(fe.name, fmt.Sprintf("unknown field %s (field names are case-sensitive: %s)", fe.key, fe.tag))
 }
 
 // fieldError is a verdict on a field; its name is completed, from the
@@ -87,8 +94,9 @@ var errNoVerdict = errors.New("no verdict")
 // jsonScan walks JSON text just enough to see object keys; it checks
 // little else, since the decoder runs after it.
 type jsonScan struct {
-	b []byte
-	i int
+	b       []byte
+	i       int
+	unknown *string // the first key that names no field, as the decoder names it
 }
 
 // check walks the next value as a value of type t.
@@ -142,7 +150,11 @@ func (s *jsonScan) checkObject(t reflect.Type) error {
 		}
 		f, exact := jsonField(t, key)
 		switch {
-		case f < 0: // unknown: the decoder refuses it
+		case f < 0: // unknown: refused once the decoder had its say
+			if s.unknown == nil {
+				k := string(key)
+				s.unknown = &k
+			}
 			if !s.skip() {
 				return errNoVerdict
 			}

@@ -50,14 +50,14 @@ func newTestServer(t *testing.T) *testServer {
 
 // newTestServerWith is newTestServer with more settings (env) and a hub
 // tuned by hcfg.
-func newTestServerWith(t *testing.T, more map[string]string, hcfg hub.Config) *testServer {
+func newTestServerWith(t testing.TB, more map[string]string, hcfg hub.Config) *testServer {
 	t.Helper()
 	return newTestServerOn(t, more, hcfg, nil)
 }
 
 // newTestServerOn is newTestServerWith counting sockets per user in slots
 // (nil: the memory twin).
-func newTestServerOn(t *testing.T, more map[string]string, hcfg hub.Config, slots Slots) *testServer {
+func newTestServerOn(t testing.TB, more map[string]string, hcfg hub.Config, slots Slots) *testServer {
 	t.Helper()
 	env := map[string]string{"HERALD_API_KEYS": testKey + "," + otherKey, "HERALD_NODE": "t", "HERALD_DRAIN_TIMEOUT": "50ms"}
 	for k, v := range more {
