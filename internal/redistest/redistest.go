@@ -4,11 +4,14 @@ package redistest
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,10 +40,22 @@ func Start(tb testing.TB, args ...string) *Server {
 		tb.Fatalf("redis-server not found (run `make test`, which installs it): %v", err)
 	}
 	s := &Server{tb: tb, dir: tb.TempDir(), args: append([]string{bin}, args...)}
-	s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(tb)))
-	s.start()
+	// A cluster node also listens on its port + 10000 (the cluster bus).
+	bus := slices.Contains(args, "--cluster-enabled")
 	tb.Cleanup(s.Kill)
-	return s
+	for attempt := 1; ; attempt++ {
+		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(tb, bus)))
+		err := s.launch()
+		if err == nil {
+			return s
+		}
+		// Another process may take a free port before the server binds
+		// it (load tools and other suites dial from the same range).
+		if attempt == 5 || !strings.Contains(err.Error(), "Address already in use") {
+			tb.Fatal(err)
+		}
+		os.Remove(filepath.Join(s.dir, "redis.log"))
+	}
 }
 
 // URL returns the redis:// URL of the server.
@@ -55,6 +70,13 @@ func (s *Server) Client() *redis.Client {
 
 func (s *Server) start() {
 	s.tb.Helper()
+	if err := s.launch(); err != nil {
+		s.tb.Fatal(err)
+	}
+}
+
+// launch starts the server on s.Addr and waits until it answers.
+func (s *Server) launch() error {
 	_, port, _ := net.SplitHostPort(s.Addr)
 	var args []string
 	if s.conf != "" {
@@ -72,16 +94,15 @@ func (s *Server) start() {
 	cmd := exec.Command(s.args[0], args...)
 	dieWithTest(cmd)
 	if err := cmd.Start(); err != nil {
-		s.tb.Fatalf("start redis-server: %v", err)
+		return fmt.Errorf("start redis-server: %w", err)
 	}
 	s.cmd = cmd
 	s.done = make(chan struct{})
 	go func() { cmd.Wait(); close(s.done) }()
-	s.waitReady()
+	return s.waitReady()
 }
 
-func (s *Server) waitReady() {
-	s.tb.Helper()
+func (s *Server) waitReady() error {
 	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
 	defer c.Close()
 	deadline := time.Now().Add(10 * time.Second)
@@ -90,15 +111,16 @@ func (s *Server) waitReady() {
 		err := c.Ping(ctx).Err()
 		cancel()
 		if err == nil {
-			return
+			return nil
 		}
 		select {
 		case <-s.done:
-			s.tb.Fatalf("redis-server exited: %s", s.Log())
+			s.cmd = nil
+			return fmt.Errorf("redis-server exited: %s", s.Log())
 		default:
 		}
 		if time.Now().After(deadline) {
-			s.tb.Fatalf("redis-server on %s not ready: %v", s.Addr, err)
+			return fmt.Errorf("redis-server on %s not ready: %w", s.Addr, err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -129,13 +151,27 @@ func (s *Server) Restart() {
 	s.start()
 }
 
-// freePort asks the kernel for a free loopback TCP port.
-func freePort(tb testing.TB) int {
+// freePort asks the kernel for a free loopback TCP port; with bus, one
+// whose port + 10000 is free too.
+func freePort(tb testing.TB, bus bool) int {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatalf("free port: %v", err)
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatalf("free port: %v", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		if !bus {
+			l.Close()
+			return port
+		}
+		if port+10000 <= 65535 {
+			if b, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+10000))); err == nil {
+				b.Close()
+				l.Close()
+				return port
+			}
+		}
+		l.Close()
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }

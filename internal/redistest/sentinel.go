@@ -55,7 +55,7 @@ func StartSentinel(tb testing.TB, replicas, sentinels int, args ...string) *Sent
 			tb.Fatal(err)
 		}
 		sn := &Server{tb: tb, dir: dir, conf: conf, args: []string{bin, "--sentinel"}}
-		sn.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(tb)))
+		sn.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(tb, false)))
 		sn.start()
 		tb.Cleanup(sn.Kill)
 		s.Sentinels = append(s.Sentinels, sn)
