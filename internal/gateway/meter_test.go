@@ -5,12 +5,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -198,5 +200,34 @@ func TestHijackKeepsBytesReadBeforeTheUpgrade(t *testing.T) {
 				c.Close()
 			}
 		})
+	}
+}
+
+// TestMeterWriteDeadline: every write gets WriteTimeout, a write long
+// after the last one too (a deadline left from it would have passed), and
+// a write the client does not take fails with os.ErrDeadlineExceeded.
+func TestMeterWriteDeadline(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	budget := &frameBudget{frameBurst: 1, byteBurst: 1, epoch: time.Now()}
+
+	client, server := net.Pipe()
+	defer client.Close()
+	go io.Copy(io.Discard, client)
+	m := newMeter(server, budget, nil)
+	m.writeTimeout = timeout
+	if _, err := m.Write([]byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(timeout + timeout/2) // idle past the first write's deadline
+	if _, err := m.Write([]byte("after a pause")); err != nil {
+		t.Fatalf("write after a pause: %v", err)
+	}
+
+	stalled, server2 := net.Pipe() // nobody reads
+	defer stalled.Close()
+	m = newMeter(server2, budget, nil)
+	m.writeTimeout = timeout
+	if _, err := m.Write([]byte("never taken")); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("write to a client that does not read: %v, want os.ErrDeadlineExceeded", err)
 	}
 }
