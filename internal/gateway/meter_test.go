@@ -227,7 +227,18 @@ func TestMeterWriteDeadline(t *testing.T) {
 	defer stalled.Close()
 	m = newMeter(server2, budget, nil)
 	m.writeTimeout = timeout
-	if _, err := m.Write([]byte("never taken")); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("write to a client that does not read: %v, want os.ErrDeadlineExceeded", err)
+	failed := make(chan error, 1)
+	go func() {
+		_, err := m.Write([]byte("never taken"))
+		failed <- err
+	}()
+	select {
+	case err := <-failed:
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("write to a client that does not read: %v, want os.ErrDeadlineExceeded", err)
+		}
+	case <-time.After(10 * time.Second):
+		server2.Close() // ends the write
+		t.Fatal("a write to a client that does not read still blocks after 10s")
 	}
 }

@@ -80,7 +80,9 @@ func TestIdleSocketsPark(t *testing.T) {
 // TestParkedSocketReadsSplitFrames sends frames cut anywhere, with pauses
 // between the pieces, so that the reader finds nothing more to read inside
 // a frame header, inside a payload and between frames: only the last may
-// park it, and every frame is answered in order.
+// park it, and every frame is answered in order. The first frame comes in
+// the same write as the upgrade request (net/http may have read it before
+// the hijack).
 func TestParkedSocketReadsSplitFrames(t *testing.T) {
 	ts := newTestServerWith(t, map[string]string{"HERALD_CLIENT_MSG_BURST": "1000"}, hub.Config{})
 	sess, err := ts.sessions.Create(t.Context(), "split", "", "", time.Hour)
@@ -92,8 +94,9 @@ func TestParkedSocketReadsSplitFrames(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	fmt.Fprintf(c, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+	upgrade := fmt.Appendf(nil, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
 		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer %s\r\n\r\n", sess.ID)
+	c.Write(appendFrame(upgrade, true, 1, []byte(`{"type":"ping","ref":0}`), true, false))
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
@@ -128,6 +131,9 @@ func TestParkedSocketReadsSplitFrames(t *testing.T) {
 	}
 	if w := readText(); !strings.Contains(w, `"welcome"`) {
 		t.Fatalf("got %s, want the welcome", w)
+	}
+	if got, want := readText(), `{"type":"pong","ref":0}`; got != want {
+		t.Fatalf("got %s, want %s: the frame sent with the upgrade", got, want)
 	}
 	waitFor(t, "the socket parked", func() bool { return readers() == 0 })
 

@@ -117,16 +117,10 @@ func (w *Watch) Arm() error {
 }
 
 // Close ends the watch: ready is not called again after Close returns,
-// except by a call already under way. Call it before closing the
-// connection.
+// except by a call already under way. The connection leaves the epoll
+// instance by itself when it is closed.
 func (w *Watch) Close() {
 	w.p.mu.Lock()
 	delete(w.p.watches, w.id)
 	w.p.mu.Unlock()
-	w.p.mu.RLock()
-	defer w.p.mu.RUnlock()
-	if w.added.Load() && !w.p.closed {
-		// A closed descriptor has left the poller by itself.
-		_ = w.raw.Control(func(fd uintptr) { w.p.remove(int(fd)) })
-	}
 }

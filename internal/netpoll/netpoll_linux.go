@@ -72,10 +72,6 @@ func (p *Poller) arm(fd int, id uint64, add bool) error {
 	return err
 }
 
-func (p *Poller) remove(fd int) {
-	_ = syscall.EpollCtl(p.fd, syscall.EPOLL_CTL_DEL, fd, nil)
-}
-
 // sweep bounds how long run waits before it looks at the epoll instance
 // again by itself: a readiness notification the runtime's poller missed
 // costs a parked reader this much at most.

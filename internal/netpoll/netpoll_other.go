@@ -9,7 +9,6 @@ func New() (*Poller, error) { return nil, ErrUnsupported }
 func (p *Poller) Close() {}
 
 func (p *Poller) arm(fd int, id uint64, add bool) error { return ErrUnsupported }
-func (p *Poller) remove(fd int)                         {}
 
 // TryRead reports ErrUnsupported.
 func (w *Watch) TryRead(b []byte) (int, error) { return 0, ErrUnsupported }
