@@ -49,7 +49,7 @@ const (
 // user's connection slots. The handler then stays for the stream's life.
 func (s *Server) handleSSE(c echo.Context) error {
 	r := c.Request()
-	q := r.URL.Query()
+	q := c.QueryParams()
 	channels := q["channel"]
 	if len(channels) > maxStreamChannels {
 		return s.refuse(c, errBadRequest("channel", fmt.Sprintf("at most %d channels per stream", maxStreamChannels)))

@@ -33,7 +33,7 @@ const (
 // user across replicas.
 func (s *Server) handleWS(c echo.Context) error {
 	r := c.Request()
-	since := r.URL.Query().Get("since")
+	since := c.QueryParam("since") // echo parses the query once per request
 	if since != "" {
 		// Parsed only when given: ParseID("") builds an error for nothing.
 		if _, _, err := events.ParseID(since); err != nil {
@@ -150,15 +150,15 @@ func (s *Server) refuse(c echo.Context, err error) error {
 // refuses keeps it.
 func (s *Server) lookAhead(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		r := c.Request()
-		if r.URL.Query().Get("ticket") != "" {
+		if c.QueryParam("ticket") != "" {
 			return next(c)
 		}
+		r := c.Request()
 		ctx, cancel := context.WithCancel(r.Context())
 		l := &lookup{done: make(chan struct{})}
 		go func() {
 			defer close(l.done)
-			l.sess, l.err = s.authenticate(ctx, r)
+			l.sess, l.err = s.authenticate(ctx, r, "")
 		}()
 		c.Set(lookupKey, l)
 		err := next(c)
@@ -186,14 +186,14 @@ func (s *Server) credentials(c echo.Context) (session.Session, error) {
 		<-l.done
 		return l.sess, l.err
 	}
-	return s.authenticate(c.Request().Context(), c.Request())
+	return s.authenticate(c.Request().Context(), c.Request(), c.QueryParam("ticket"))
 }
 
-// authenticate finds the first credential present (ticket, cookie, bearer)
-// and checks it; that one decides.
-func (s *Server) authenticate(ctx context.Context, r *http.Request) (session.Session, error) {
-	if t := r.URL.Query().Get("ticket"); t != "" {
-		return s.sessions.RedeemTicket(ctx, t)
+// authenticate finds the first credential present (ticket, the request's
+// ?ticket=, then cookie, then bearer) and checks it; that one decides.
+func (s *Server) authenticate(ctx context.Context, r *http.Request, ticket string) (session.Session, error) {
+	if ticket != "" {
+		return s.sessions.RedeemTicket(ctx, ticket)
 	}
 	if ck, err := r.Cookie(s.cfg.SessionCookie); err == nil && ck.Value != "" {
 		return s.sessions.Get(ctx, ck.Value)
