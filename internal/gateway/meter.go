@@ -46,6 +46,7 @@ type meter struct {
 	net.Conn
 	budget   *frameBudget
 	pending  []byte // client bytes net/http had read before the hijack, returned first
+	early    bool   // there were such bytes (parkFirst)
 	scan     frameScanner
 	frames   float64       // tokens left
 	bytes    float64       // tokens left
@@ -80,7 +81,7 @@ func newMeter(c net.Conn, budget *frameBudget, pre []byte) *meter {
 	m := &meter{Conn: c, budget: budget, frames: budget.frameBurst, bytes: budget.byteBurst,
 		last: time.Since(budget.epoch)}
 	if len(pre) > 0 {
-		m.pending = pre
+		m.pending, m.early = pre, true
 		m.spend(pre)
 	}
 	return m

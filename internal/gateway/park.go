@@ -82,6 +82,20 @@ func (m *meter) park() bool {
 	return true
 }
 
+// parkFirst parks a new socket before its reader ever ran, so that the
+// first reader starts only once the client sends: most clients send
+// nothing after connecting, and a reader started only to park at once
+// costs a goroutine and a read per connect. It reports whether it did; the
+// caller starts the reader otherwise. A socket whose client sent frames
+// with its upgrade request must read them first: they sit in the buffered
+// reader above the meter, where the poller cannot see them.
+func (m *meter) parkFirst() bool {
+	if m.poll == nil || m.early {
+		return false
+	}
+	return m.park()
+}
+
 // wake starts a reader for a parked socket; the poller calls it.
 func (m *meter) wake() {
 	if m.state.CompareAndSwap(parked, reading) {

@@ -290,7 +290,8 @@ func (t wsTransport) CloseNow() error { return t.c.CloseNow() }
 // done: a new goroutine starts with a stack the size idle ones use, while
 // the join's calls would have grown this one's for the socket's life.
 // While the client sends nothing the loop parks the socket and its
-// goroutine ends; a new one carries on when the client sends (park.go).
+// goroutine ends; a new one carries on when the client sends (park.go). A
+// socket whose client has sent nothing yet starts parked (parkFirst).
 func (s *Server) serveSocket(ws *websocket.Conn, m *meter, sess session.Session, since string, bind func(*hub.Conn), done func()) {
 	hash := s.live.add(sess, s.now(), s.cfg.SessionCheck)
 	conn, err := s.openConn(sess, hash, wsTransport{c: ws, m: m}, since)
@@ -313,7 +314,9 @@ func (s *Server) serveSocket(ws *websocket.Conn, m *meter, sess session.Session,
 		done()
 	}
 	m.resume = read
-	go read()
+	if !m.parkFirst() {
+		go read()
+	}
 }
 
 func (s *Server) openConn(sess session.Session, hash string, t hub.Transport, since string) (*hub.Conn, error) {
