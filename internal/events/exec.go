@@ -83,11 +83,19 @@ func (l *RedisLog) retrying(ctx context.Context, calls []*scriptCall, step func(
 				sc.err = err
 			}
 		}
-		var wg sync.WaitGroup
-		for _, g := range groups {
-			wg.Go(func() { step(ctx, g.node, g.calls) })
+		if len(groups) == 1 {
+			// One node (always, but on a cluster): on this goroutine. A
+			// new one would grow its stack through go-redis's pipeline
+			// for every batch (4 % of the gateway's CPU at 5k HTTP
+			// publishes/s).
+			step(ctx, groups[0].node, groups[0].calls)
+		} else {
+			var wg sync.WaitGroup
+			for _, g := range groups {
+				wg.Go(func() { step(ctx, g.node, g.calls) })
+			}
+			wg.Wait()
 		}
-		wg.Wait()
 		_, cluster := l.rdb.(*redis.ClusterClient)
 		var again []*scriptCall
 		for _, sc := range todo {
