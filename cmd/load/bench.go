@@ -22,7 +22,7 @@ func benchLoads() [][]string {
 		{"-scenario", "personal", "-conns", "10000", "-rate", "5000", "-duration", "6s", "-settle", "1s"},
 		{"-scenario", "personal", "-conns", "10000", "-rate", "20000", "-duration", "6s", "-settle", "1s"},
 		{"-scenario", "storm", "-conns", "10000", "-dialers", "128", "-settle", "0s"},
-		{"-scenario", "ceiling", "-conns", "2000", "-publisher", "batch", "-rate", "5000", "-duration", "3s", "-settle", "0s", "-ceiling-steps", "8"},
+		{"-scenario", "ceiling", "-conns", "2000", "-publisher", "batch", "-rate", "5000", "-duration", "3s", "-settle", "0s", "-ceiling-steps", "10"},
 	}
 }
 

@@ -41,9 +41,9 @@ type RedisOptions struct {
 	// like the Handler, it must neither block nor call back into the broker.
 	OnResubscribe func(channels []string)
 
-	// ReceiveBuffer is the size of each go-redis message channel between
-	// its socket reader and the delivery loop, and of the delivery loop's
-	// own queue. Default 1024.
+	// ReceiveBuffer is the size of the delivery loop's queue, which the
+	// connections' readers fill. Default 2048. (A full queue holds the
+	// readers back; Redis then buffers for the connection.)
 	ReceiveBuffer int
 
 	// ResyncInterval is how long the broker waits for Redis to confirm a
@@ -228,7 +228,7 @@ func NewRedis(rdb redis.UniversalClient, log *events.RedisLog, names events.Name
 		opts.ClassicQueue = 1024
 	}
 	if opts.ReceiveBuffer <= 0 {
-		opts.ReceiveBuffer = 1024
+		opts.ReceiveBuffer = 2048
 	}
 	if opts.ResyncInterval <= 0 {
 		opts.ResyncInterval = time.Second
