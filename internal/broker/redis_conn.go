@@ -342,8 +342,12 @@ func (b *Redis) forward(c *psConn, ps *redis.PubSub, epoch uint64) {
 			case err != nil:
 				// As go-redis's own loop: the first failure is tried again
 				// at once (go-redis reconnects), later ones after a pause.
-				if failures++; failures > 1 && !sleepCtx(b.ctx, receiveRetry) {
-					return
+				if failures++; failures > 1 {
+					select {
+					case <-time.After(receiveRetry):
+					case <-b.ctx.Done():
+						return
+					}
 				}
 				continue
 			}
@@ -362,18 +366,6 @@ func (b *Redis) forward(c *psConn, ps *redis.PubSub, epoch uint64) {
 // receiveRetry is the pause between failed reads of a pub/sub connection
 // after the first.
 const receiveRetry = 100 * time.Millisecond
-
-// sleepCtx waits d, and reports false if ctx ended first.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
 
 // reset drops c's PubSub so that the next round opens a new one: every
 // channel is subscribed again on it, live frames wait meanwhile, and once

@@ -18,17 +18,7 @@ import (
 // the welcome frame, so that a connect costs one write on each side.
 func TestUpgradeAndWelcomeShareAWrite(t *testing.T) {
 	ts := newTestServerWith(t, nil, hub.Config{})
-	sess, err := ts.sessions.Create(t.Context(), "one-write", "", "", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := net.Dial("tcp", strings.TrimPrefix(ts.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	fmt.Fprintf(c, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer %s\r\n\r\n", sess.ID)
+	c := upgradeRaw(t, ts, "one-write", nil)
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	buf := make([]byte, 64<<10)
 	n, err := c.Read(buf)
@@ -55,4 +45,26 @@ func TestUpgradeAndWelcomeShareAWrite(t *testing.T) {
 	if len(rest) < 2 || rest[0] != 0x81 || !bytes.Contains(rest, []byte(`"type":"welcome"`)) {
 		t.Fatalf("after the 101 the same write holds %q, want the welcome frame", rest)
 	}
+}
+
+// upgradeRaw dials ts over plain TCP and sends, in one write, a WebSocket
+// upgrade request with a new session of user, followed by then (frames,
+// or nothing). The connection closes with the test.
+func upgradeRaw(t *testing.T, ts *testServer, user string, then []byte) net.Conn {
+	t.Helper()
+	sess, err := ts.sessions.Create(t.Context(), user, "", "", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", strings.TrimPrefix(ts.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	req := fmt.Appendf(nil, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer %s\r\n\r\n", sess.ID)
+	if _, err := c.Write(append(req, then...)); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"runtime/pprof"
 	"strings"
@@ -85,18 +84,7 @@ func TestIdleSocketsPark(t *testing.T) {
 // the hijack).
 func TestParkedSocketReadsSplitFrames(t *testing.T) {
 	ts := newTestServerWith(t, map[string]string{"HERALD_CLIENT_MSG_BURST": "1000"}, hub.Config{})
-	sess, err := ts.sessions.Create(t.Context(), "split", "", "", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := net.Dial("tcp", strings.TrimPrefix(ts.url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	upgrade := fmt.Appendf(nil, "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer %s\r\n\r\n", sess.ID)
-	c.Write(appendFrame(upgrade, true, 1, []byte(`{"type":"ping","ref":0}`), true, false))
+	c := upgradeRaw(t, ts, "split", appendFrame(nil, true, 1, []byte(`{"type":"ping","ref":0}`), true, false))
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
