@@ -146,7 +146,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// IdleTimeout, so the probes would find nothing those miss; and
 	// enabling them costs four setsockopt calls per accepted connection
 	// (3 % of the gateway's CPU in a connect storm).
-	ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", cfg.Addr)
+	ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(ctx, "tcp", cfg.Addr)
 	if err != nil {
 		b.Close()
 		closeRedis(rdb)

@@ -351,7 +351,7 @@ func (b *Redis) Close() error {
 	b.mu.Unlock()
 	var errs []error
 	for _, ps := range open {
-		// Ends its forwarder, which drains go-redis's channel until then.
+		// Ends its forwarder: its next read finds ps closed.
 		if err := ps.Close(); err != nil {
 			errs = append(errs, err)
 		}

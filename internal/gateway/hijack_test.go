@@ -3,9 +3,12 @@ package gateway
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -13,23 +16,20 @@ import (
 	"github.com/heraldgw/herald/internal/hub"
 )
 
-// TestUpgradeAndWelcomeShareAWrite reads the server's first write after an
-// upgrade request: it holds both the 101 response, complete and valid, and
-// the welcome frame, so that a connect costs one write on each side.
+// TestUpgradeAndWelcomeShareAWrite holds a socket's join (its personal
+// channel's subscription): until it is done the server sends nothing, not
+// even the 101; then its first write holds both the 101 response,
+// complete and valid, and the welcome frame, so that a connect costs one
+// write on each side.
 func TestUpgradeAndWelcomeShareAWrite(t *testing.T) {
 	ts := newTestServerWith(t, nil, hub.Config{})
+	gate := heldJoins(ts)
 	c := upgradeRaw(t, ts, "one-write", nil)
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	buf := make([]byte, 64<<10)
-	n, err := c.Read(buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	first := buf[:n]
-	br := bufio.NewReader(bytes.NewReader(first))
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("first write %q: %v", first, err)
+	nothingYet(t, c)
+	gate <- nil
+	resp, rest := firstWrite(t, c)
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("status %d, want 101", resp.StatusCode)
 	}
 	for k, v := range map[string]string{
 		"Upgrade":              "websocket",
@@ -40,11 +40,67 @@ func TestUpgradeAndWelcomeShareAWrite(t *testing.T) {
 			t.Errorf("%s: %q, want %q", k, got, v)
 		}
 	}
-	rest := make([]byte, br.Buffered())
-	br.Read(rest)
 	if len(rest) < 2 || rest[0] != 0x81 || !bytes.Contains(rest, []byte(`"type":"welcome"`)) {
 		t.Fatalf("after the 101 the same write holds %q, want the welcome frame", rest)
 	}
+}
+
+// TestUpgradeAndRefusalShareAWrite: a socket whose join fails after the
+// upgrade (Redis failed in that instant) gets the 101 and its 1013 close
+// frame in one write, and nothing before.
+func TestUpgradeAndRefusalShareAWrite(t *testing.T) {
+	ts := newTestServerWith(t, nil, hub.Config{})
+	gate := heldJoins(ts)
+	c := upgradeRaw(t, ts, "refused", nil)
+	nothingYet(t, c)
+	gate <- errors.New("subscription failed")
+	resp, rest := firstWrite(t, c)
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("status %d, want 101", resp.StatusCode)
+	}
+	if len(rest) < 4 || rest[0] != 0x88 || binary.BigEndian.Uint16(rest[2:4]) != hub.CloseTryAgain {
+		t.Fatalf("after the 101 the same write holds %q, want a close frame with %d", rest, hub.CloseTryAgain)
+	}
+}
+
+// heldJoins makes every join on ts wait for a verdict on the returned
+// channel (nil: go on; an error: fail).
+func heldJoins(ts *testServer) chan<- error {
+	gate := make(chan error, 1)
+	ts.source.gate.Store(&gate)
+	return gate
+}
+
+// nothingYet checks that the server sends nothing on c for a while (the
+// old behaviour, the 101 at once, would show within it).
+func nothingYet(t *testing.T, c net.Conn) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	var b [512]byte
+	if n, err := c.Read(b[:]); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the server sent %q (%v) before the join was done, want nothing before the first frame", b[:n], err)
+	}
+}
+
+// firstWrite reads what the server sent first on c (one read: a write of
+// a few hundred bytes arrives whole over loopback) and returns the HTTP
+// response at its start and the bytes that follow it.
+func firstWrite(t *testing.T, c net.Conn) (*http.Response, []byte) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 64<<10)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(bytes.NewReader(buf[:n]))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("first write %q: %v", buf[:n], err)
+	}
+	rest := make([]byte, br.Buffered())
+	br.Read(rest)
+	return resp, rest
 }
 
 // upgradeRaw dials ts over plain TCP and sends, in one write, a WebSocket

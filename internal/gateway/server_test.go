@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,7 +41,30 @@ type testServer struct {
 	*Server
 	url      string
 	broker   *broker.Memory
+	source   *gatedSource // the hub's: the broker, whose joins a test may hold
 	sessions *session.Memory
+}
+
+// gatedSource is the hub's source in tests: the memory broker, whose
+// Subscribe first waits for a verdict on gate while one is set (nil: go
+// on; an error: fail with it).
+type gatedSource struct {
+	*broker.Memory
+	gate atomic.Pointer[chan error]
+}
+
+func (g *gatedSource) Subscribe(ctx context.Context, channels ...string) error {
+	if gate := g.gate.Load(); gate != nil {
+		select {
+		case err := <-*gate:
+			if err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return g.Memory.Subscribe(ctx, channels...)
 }
 
 func newTestServer(t *testing.T) *testServer {
@@ -74,7 +98,8 @@ func newTestServerOn(t testing.TB, more map[string]string, hcfg hub.Config, slot
 	m := metrics.New(reg, func() float64 { return 0 }, func() float64 { return 0 })
 	b := broker.NewMemory(func(ch, id, owner string, f []byte) { h.Broadcast(ch, id, owner, f) }, broker.MemoryConfig{})
 	hcfg.OnEvict = func(c *hub.Conn, ch string) { srv.Evicted(c, ch) }
-	h = hub.New(hcfg, b, log)
+	src := &gatedSource{Memory: b}
+	h = hub.New(hcfg, src, log)
 	connects, _ := ratelimit.NewMemorySlidingWindow(ratelimit.SlidingWindowConfig{Limit: 1000, Window: time.Second}, nil)
 	publishes, _ := ratelimit.NewMemoryTokenBucket(ratelimit.TokenBucketConfig{Rate: 1000, Burst: 1000}, nil)
 	if slots == nil {
@@ -99,7 +124,7 @@ func newTestServerOn(t testing.TB, more map[string]string, hcfg hub.Config, slot
 		<-done
 		h.Close()
 	})
-	ts := &testServer{Server: srv, url: hs.URL, broker: b, sessions: sessions}
+	ts := &testServer{Server: srv, url: hs.URL, broker: b, source: src, sessions: sessions}
 	deadline := time.Now().Add(5 * time.Second)
 	for !srv.Ready() {
 		if time.Now().After(deadline) {

@@ -189,8 +189,9 @@ func (s *Server) credentials(c echo.Context) (session.Session, error) {
 	return s.authenticate(c.Request().Context(), c.Request(), c.QueryParam("ticket"))
 }
 
-// authenticate finds the first credential present (ticket, the request's
-// ?ticket=, then cookie, then bearer) and checks it; that one decides.
+// authenticate finds the first credential present and checks it; that one
+// decides: ticket (the request's ?ticket=, which the caller passes, or ""),
+// then the session cookie, then a bearer token.
 func (s *Server) authenticate(ctx context.Context, r *http.Request, ticket string) (session.Session, error) {
 	if ticket != "" {
 		return s.sessions.RedeemTicket(ctx, ticket)
