@@ -6,10 +6,12 @@ import (
 	"time"
 )
 
-// Reconciler timing: how long one round's commands may take, and the
-// bounds of the back-off after a failed round.
+// Reconciler timing: how long one round's commands may take, the least
+// time between the starts of two rounds of a connection (roundGap), and
+// the bounds of the back-off after a failed round.
 const (
 	roundTimeout = 5 * time.Second
+	roundGap     = time.Millisecond
 	minBackoff   = 50 * time.Millisecond
 	maxBackoff   = 2 * time.Second
 )
