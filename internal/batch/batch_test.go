@@ -2,6 +2,8 @@ package batch
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 )
@@ -63,7 +65,10 @@ func TestCombinerBatchesWaitingRequests(t *testing.T) {
 		deadline := time.Now().Add(5 * time.Second)
 		for {
 			b.mu.Lock()
-			got := len(b.waiting["k"])
+			got := 0
+			if ks := b.keys["k"]; ks != nil {
+				got = len(ks.waiting)
+			}
 			b.mu.Unlock()
 			if got == n {
 				return
@@ -89,5 +94,63 @@ func TestCombinerBatchesWaitingRequests(t *testing.T) {
 	}
 	if len(calls) != 3 || len(calls[1]) != 5 || len(calls[2]) != 2 {
 		t.Fatalf("calls %v, want the first alone, then 5 (MaxWeight), then 2", calls)
+	}
+}
+
+// TestCombinerServesEveryRequestAndEndsIdle has many callers on a few keys,
+// in bursts with pauses longer and shorter than linger between them, so
+// that requests meet goroutines that are busy, lingering, timing out and
+// gone: every request gets its own result, no key ever has more calls
+// under way than Concurrency, and once all is served no key holds state.
+func TestCombinerServesEveryRequestAndEndsIdle(t *testing.T) {
+	var mu sync.Mutex
+	inFlight := map[string]int{}
+	b := Combiner[int, int]{
+		Concurrency: 2, MaxWeight: 3, Timeout: time.Minute,
+		Run: func(_ context.Context, key string, reqs []int) ([]int, error) {
+			mu.Lock()
+			inFlight[key]++
+			n := inFlight[key]
+			mu.Unlock()
+			if n > 2 {
+				t.Errorf("%d calls under way for %s, want at most 2", n, key)
+			}
+			time.Sleep(100 * time.Microsecond)
+			mu.Lock()
+			inFlight[key]--
+			mu.Unlock()
+			out := make([]int, len(reqs))
+			for i, r := range reqs {
+				out[i] = r + 1
+			}
+			return out, nil
+		},
+	}
+	var wg sync.WaitGroup
+	for burst := range 20 {
+		for i := range 30 {
+			wg.Go(func() {
+				key := fmt.Sprint("k", i%3)
+				r, err := b.Do(context.Background(), key, burst*100+i)
+				if err != nil || r != burst*100+i+1 {
+					t.Errorf("request %d: %d, %v", burst*100+i, r, err)
+				}
+			})
+		}
+		time.Sleep(time.Duration(burst%4) * time.Millisecond) // 0 to 3 linger periods and a half
+	}
+	wg.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b.mu.Lock()
+		n := len(b.keys)
+		b.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d keys still hold state after every request was served", n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
