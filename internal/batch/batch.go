@@ -2,8 +2,9 @@
 // key that arrive while a call for that key is under way wait, and the next
 // call carries all of them. At low load every request goes out at once,
 // alone; under load the fixed cost of a call (a round trip, a script run)
-// is shared. Herald's publishes (events.RedisLog) and its limiters
-// (ratelimit's token bucket and sliding window) use it.
+// is shared. Herald's publishes (events.RedisLog), its session lookups
+// (session.Redis), its limiters (ratelimit's token bucket and sliding
+// window) and its connection slots (ratelimit.Concurrency) use it.
 package batch
 
 import (
@@ -16,9 +17,9 @@ import (
 
 // Combiner runs requests for one key together. Its zero value is not
 // usable: set Run (and the limits). It is safe for concurrent use. It
-// starts one goroutine per key while requests for that key wait; once they
-// are served the goroutine waits linger for more, then ends, so an idle
-// key holds none and a Combiner needs no Close.
+// starts up to Concurrency goroutines per key while requests for that key
+// wait; once they are served each waits linger for more, then ends, so an
+// idle key holds none and a Combiner needs no Close.
 type Combiner[Req, Res any] struct {
 	// Run serves reqs, all for key, in one call, and returns their results
 	// in order, or an error for all of them. Its ctx ends when every
