@@ -131,7 +131,10 @@ func TestCombinerServesEveryRequestAndEndsIdle(t *testing.T) {
 		for i := range 30 {
 			wg.Go(func() {
 				key := fmt.Sprint("k", i%3)
-				r, err := b.Do(context.Background(), key, burst*100+i)
+				// A request no goroutine takes fails here, not as a hung test.
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				r, err := b.Do(ctx, key, burst*100+i)
 				if err != nil || r != burst*100+i+1 {
 					t.Errorf("request %d: %d, %v", burst*100+i, r, err)
 				}

@@ -63,6 +63,34 @@ func TestUpgradeAndRefusalShareAWrite(t *testing.T) {
 	}
 }
 
+// TestFrameBeforeTheFirstParkIsRead sends a frame after the hijack but
+// before the socket is first parked (its join is held meanwhile, so the
+// frame waits in the kernel, not in net/http's buffer): arming the poller
+// must find it, and the frame is answered after the welcome.
+func TestFrameBeforeTheFirstParkIsRead(t *testing.T) {
+	ts := newTestServerWith(t, nil, hub.Config{})
+	gate := heldJoins(ts)
+	c := upgradeRaw(t, ts, "early-frame", nil)
+	nothingYet(t, c)
+	if _, err := c.Write(appendFrame(nil, true, 1, []byte(`{"type":"ping","ref":7}`), true, false)); err != nil {
+		t.Fatal(err)
+	}
+	gate <- nil
+	resp, got := firstWrite(t, c)
+	if resp.StatusCode != http.StatusSwitchingProtocols || !bytes.Contains(got, []byte(`"type":"welcome"`)) {
+		t.Fatalf("status %d, then %q: want 101 and the welcome", resp.StatusCode, got)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for !bytes.Contains(got, []byte(`{"type":"pong","ref":7}`)) {
+		var b [512]byte
+		n, err := c.Read(b[:])
+		if err != nil {
+			t.Fatalf("no pong for the frame sent before the first park (got %q): %v", got, err)
+		}
+		got = append(got, b[:n]...)
+	}
+}
+
 // heldJoins makes every join on ts wait for a verdict on the returned
 // channel (nil: go on; an error: fail).
 func heldJoins(ts *testServer) chan<- error {
