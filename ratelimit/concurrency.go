@@ -179,6 +179,9 @@ type Concurrency struct {
 	// takes are the index entries and slots of the Acquires that skip
 	// their beat: those that arrive together share one pipeline.
 	takes batch.Combiner[heldLease, takeResult]
+	// gives are the Releases that arrive together: their slots and index
+	// entries go out in one pipeline (removeSlots).
+	gives batch.Combiner[heldLease, error]
 
 	mu         sync.Mutex
 	instance   string                 // guarded by mu; this process's name in Redis, renewed when found dead
@@ -220,6 +223,7 @@ func NewConcurrency(rdb redis.Cmdable, cfg ConcurrencyConfig, log *slog.Logger) 
 		held: make(map[string]heldLease), pending: make(map[string]pendingSlot),
 	}
 	c.takes = batch.Combiner[heldLease, takeResult]{Run: c.indexAndTake, MaxWeight: maxBucketBatch, Timeout: bucketCallTimeout, Concurrency: takesInFlight}
+	c.gives = batch.Combiner[heldLease, error]{Run: c.removeSlots, MaxWeight: maxBucketBatch, Timeout: bucketCallTimeout, Concurrency: takesInFlight}
 	return c, nil
 }
 
@@ -272,7 +276,7 @@ func (c *Concurrency) Acquire(ctx context.Context, user string, limit int) (Leas
 	r := concResult(v[0] == 1, limit, v[1], c.cfg.RetryAfter)
 	if !r.Allowed {
 		// Its index entry: stale, it frees nothing, but it takes memory.
-		if err := c.rdb.HDel(ctx, c.indexKey(h.instance), h.member()).Err(); err != nil {
+		if err := c.remove(ctx, h); err != nil {
 			c.forget(h)
 		}
 		return Lease{}, r, nil
@@ -468,17 +472,56 @@ func (c *Concurrency) Release(ctx context.Context, l Lease) error {
 	return nil
 }
 
-// remove deletes h's slot, then its index entry: a crash in between
-// leaves an index entry that frees nothing, never a slot nobody frees.
+// remove deletes h's slot, then its index entry, in one pipeline with the
+// removals that arrive alongside it (c.gives).
 func (c *Concurrency) remove(ctx context.Context, h heldLease) error {
-	var reply redis.Error
-	if err := c.rdb.ZRem(ctx, c.Key(h.user), h.member()).Err(); err != nil && !errors.As(err, &reply) {
-		return err
+	err, callErr := c.gives.Do(ctx, "", h)
+	if callErr != nil {
+		return callErr
 	}
-	if err := c.rdb.HDel(ctx, c.indexKey(h.instance), h.member()).Err(); err != nil && !errors.As(err, &reply) {
-		return fmt.Errorf("index: %w", err)
+	return err
+}
+
+// removeSlots deletes the slots of hs, then their index entries: a crash
+// in between leaves an index entry that frees nothing, never a slot that
+// nobody frees. Where c.ordered that is one pipeline, whose commands run
+// in order on one connection; on a cluster, whose nodes run a pipeline's
+// commands in parallel, a pipeline of the slots and then one of the index
+// entries whose slot is gone. It returns each lease's error: nil when
+// both are gone or Redis refused them (a key of another type holds no
+// slot). Both commands are safe to repeat.
+func (c *Concurrency) removeSlots(ctx context.Context, _ string, hs []heldLease) ([]error, error) {
+	zrem := make([]*redis.IntCmd, len(hs))
+	hdel := make([]*redis.IntCmd, len(hs))
+	_, _ = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, h := range hs {
+			zrem[i] = p.ZRem(ctx, c.Key(h.user), h.member())
+			if c.ordered {
+				hdel[i] = p.HDel(ctx, c.indexKey(h.instance), h.member())
+			}
+		}
+		return nil
+	})
+	if !c.ordered {
+		_, _ = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, h := range hs {
+				if done(zrem[i].Err()) {
+					hdel[i] = p.HDel(ctx, c.indexKey(h.instance), h.member())
+				}
+			}
+			return nil
+		})
 	}
-	return nil
+	errs := make([]error, len(hs))
+	for i := range hs {
+		switch {
+		case !done(zrem[i].Err()):
+			errs[i] = zrem[i].Err()
+		case hdel[i] != nil && !done(hdel[i].Err()):
+			errs[i] = fmt.Errorf("index: %w", hdel[i].Err())
+		}
+	}
+	return errs, nil
 }
 
 // Held reports how many leases this limiter holds.

@@ -219,25 +219,20 @@ func (c *Concurrency) flushPending(ctx context.Context) error {
 	for len(due) > 0 {
 		batch := due[:min(len(due), sweepBatch)]
 		due = due[len(batch):]
-		zrem := make([]*redis.IntCmd, len(batch))
-		hdel := make([]*redis.IntCmd, len(batch))
-		_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i, h := range batch {
-				zrem[i] = p.ZRem(ctx, c.Key(h.user), h.member())
-				hdel[i] = p.HDel(ctx, c.indexKey(h.instance), h.member())
-			}
-			return nil
-		})
-		if err != nil {
-			errs = append(errs, err)
-		}
+		failed, _ := c.removeSlots(ctx, "", batch)
+		var first error // of this batch: they likely share their cause
 		c.mu.Lock()
 		for i, h := range batch {
-			if done(zrem[i].Err()) && done(hdel[i].Err()) {
+			if failed[i] == nil {
 				delete(c.pending, h.member())
+			} else if first == nil {
+				first = failed[i]
 			}
 		}
 		c.mu.Unlock()
+		if first != nil {
+			errs = append(errs, first)
+		}
 	}
 	return errors.Join(errs...)
 }

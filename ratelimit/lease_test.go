@@ -160,6 +160,68 @@ func TestConcurrencyKeys(t *testing.T) {
 	}
 }
 
+// TestConcurrencyReleasesTogether: releases that arrive together share
+// their round trips, on one server (one pipeline, slot before index entry)
+// and on a cluster (the slots, then the index entries); each frees its
+// slot and its index entry, and the users can take their slots again.
+func TestConcurrencyReleasesTogether(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		rdb  func(t *testing.T) redis.UniversalClient
+	}{
+		{"server", func(t *testing.T) redis.UniversalClient { return redistest.Start(t).Client() }},
+		{"cluster", func(t *testing.T) redis.UniversalClient { return redistest.StartCluster(t, 3, 0).Client() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rdb := tc.rdb(t)
+			ctx := context.Background()
+			c := mustConcurrency(t, rdb, ratelimit.ConcurrencyConfig{Replica: "node-a"})
+			const users, perUser = 40, 2
+			leases := make([]ratelimit.Lease, users*perUser)
+			var wg sync.WaitGroup
+			for i := range leases {
+				wg.Go(func() {
+					l, r, err := c.Acquire(ctx, "u"+strconv.Itoa(i%users), perUser)
+					if err != nil || !r.Allowed {
+						t.Errorf("Acquire %d: %+v, %v", i, r, err)
+					}
+					leases[i] = l
+				})
+			}
+			wg.Wait()
+			member := rdb.ZRange(ctx, c.Key("u0"), 0, 0).Val()
+			if len(member) != 1 {
+				t.Fatalf("u0's slots: %v", member)
+			}
+			instance, _, _ := strings.Cut(member[0], ":")
+			index := "herald:replica:" + instance + ":leases"
+			if n := rdb.HLen(ctx, index).Val(); n != users*perUser {
+				t.Fatalf("index holds %d leases, want %d", n, users*perUser)
+			}
+			for _, l := range leases {
+				wg.Go(func() {
+					if err := c.Release(ctx, l); err != nil {
+						t.Errorf("Release: %v", err)
+					}
+				})
+			}
+			wg.Wait()
+			if n := rdb.Exists(ctx, index).Val(); n != 0 {
+				t.Errorf("index still holds %v", rdb.HGetAll(ctx, index).Val())
+			}
+			for u := range users {
+				user := "u" + strconv.Itoa(u)
+				if n := rdb.Exists(ctx, c.Key(user)).Val(); n != 0 {
+					t.Errorf("%s's slots still hold %v", user, rdb.ZRange(ctx, c.Key(user), 0, -1).Val())
+				}
+			}
+			if c.Held() != 0 || c.Pending() != 0 {
+				t.Errorf("held %d, pending %d after releasing all", c.Held(), c.Pending())
+			}
+		})
+	}
+}
+
 // TestConcurrencyHeartbeatIsPerReplica: a replica's heartbeat writes one
 // key, however many slots it holds: users' keys are not touched.
 func TestConcurrencyHeartbeatIsPerReplica(t *testing.T) {
