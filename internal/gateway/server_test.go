@@ -100,7 +100,11 @@ func newTestServerOn(t testing.TB, more map[string]string, hcfg hub.Config, slot
 	hcfg.OnEvict = func(c *hub.Conn, ch string) { srv.Evicted(c, ch) }
 	src := &gatedSource{Memory: b}
 	h = hub.New(hcfg, src, log)
-	connects, _ := ratelimit.NewMemorySlidingWindow(ratelimit.SlidingWindowConfig{Limit: 1000, Window: time.Second}, nil)
+	window := ratelimit.SlidingWindowConfig{Limit: 1000, Window: time.Second}
+	if _, ok := more["HERALD_CONNECT_LIMIT"]; ok {
+		window = ratelimit.SlidingWindowConfig{Limit: cfg.ConnectLimit, Window: cfg.ConnectWindow}
+	}
+	connects, _ := ratelimit.NewMemorySlidingWindow(window, nil)
 	publishes, _ := ratelimit.NewMemoryTokenBucket(ratelimit.TokenBucketConfig{Rate: 1000, Burst: 1000}, nil)
 	if slots == nil {
 		slots, _ = ratelimit.NewMemoryConcurrency(ratelimit.ConcurrencyConfig{Replica: "t"})

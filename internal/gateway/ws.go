@@ -63,10 +63,11 @@ func (s *Server) handleWS(c echo.Context) error {
 		return nil // Accept answered the client itself
 	}
 	ws.SetReadLimit(readLimit + 1) // our own check answers 1008 first
-	// The socket's life goes on in a goroutine of its own, and the request
-	// goroutine returns: its stack, grown deep through net/http and echo,
-	// would otherwise stay with every idle socket.
-	go s.serveSocket(ws, mw.meter, sess, since, sl.bind, func() {
+	// The request goroutine joins the socket's channel, sends the welcome
+	// and parks the socket (or starts its reader), then returns: an idle
+	// socket keeps no goroutine, and a new one here would only grow its
+	// stack again through the join.
+	s.serveSocket(ws, mw.meter, sess, since, sl.bind, func() {
 		sl.release()
 		s.wg.Done()
 	})
