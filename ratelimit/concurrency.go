@@ -15,9 +15,9 @@ import (
 	"github.com/heraldgw/herald/internal/batch"
 )
 
-// takesInFlight is how many pipelines of Acquires (Concurrency.takes) may
-// be under way at once.
-const takesInFlight = 4
+// pipelinesInFlight is how many pipelines of Acquires (Concurrency.takes),
+// and of Releases (Concurrency.gives), may be under way at once.
+const pipelinesInFlight = 4
 
 // Defaults of ConcurrencyConfig.
 const (
@@ -222,8 +222,8 @@ func NewConcurrency(rdb redis.Cmdable, cfg ConcurrencyConfig, log *slog.Logger) 
 		rdb: rdb, cfg: cfg, log: log, now: processClock, ordered: ordered, instance: newInstance(cfg.Replica),
 		held: make(map[string]heldLease), pending: make(map[string]pendingSlot),
 	}
-	c.takes = batch.Combiner[heldLease, takeResult]{Run: c.indexAndTake, MaxWeight: maxBucketBatch, Timeout: bucketCallTimeout, Concurrency: takesInFlight}
-	c.gives = batch.Combiner[heldLease, error]{Run: c.removeSlots, MaxWeight: maxBucketBatch, Timeout: bucketCallTimeout, Concurrency: takesInFlight}
+	c.takes = batch.Combiner[heldLease, takeResult]{Run: c.indexAndTake, MaxWeight: maxBucketBatch, Timeout: bucketCallTimeout, Concurrency: pipelinesInFlight}
+	c.gives = batch.Combiner[heldLease, error]{Run: c.removeSlots, MaxWeight: maxBucketBatch, Timeout: bucketCallTimeout, Concurrency: pipelinesInFlight}
 	return c, nil
 }
 
@@ -276,7 +276,8 @@ func (c *Concurrency) Acquire(ctx context.Context, user string, limit int) (Leas
 	r := concResult(v[0] == 1, limit, v[1], c.cfg.RetryAfter)
 	if !r.Allowed {
 		// Its index entry: stale, it frees nothing, but it takes memory.
-		if err := c.remove(ctx, h); err != nil {
+		// (It has no slot: the script refuses before it adds one.)
+		if err := c.rdb.HDel(ctx, c.indexKey(h.instance), h.member()).Err(); err != nil {
 			c.forget(h)
 		}
 		return Lease{}, r, nil
@@ -451,9 +452,10 @@ func (c *Concurrency) forget(h heldLease) {
 
 // Release frees the lease's slot at once. Releasing a lease twice, a lease
 // lost (ConcurrencyConfig.OnLost), or the zero Lease, is a no-op. Pass a
-// context that outlives the connection being closed. When Release fails
-// (Redis unreachable), the slot is freed by Run, at the first beat that
-// reaches Redis.
+// context that outlives the connection being closed. Releases that
+// arrive together share their round trips. When Release fails (Redis
+// unreachable or refusing, or ctx ended before the release went out), the
+// slot is freed by Run, at the first beat that reaches Redis.
 func (c *Concurrency) Release(ctx context.Context, l Lease) error {
 	if l.id == "" {
 		return nil
@@ -472,8 +474,8 @@ func (c *Concurrency) Release(ctx context.Context, l Lease) error {
 	return nil
 }
 
-// remove deletes h's slot, then its index entry, in one pipeline with the
-// removals that arrive alongside it (c.gives).
+// remove deletes h's slot, then its index entry, with the removals that
+// arrive alongside it (c.gives, removeSlots).
 func (c *Concurrency) remove(ctx context.Context, h heldLease) error {
 	err, callErr := c.gives.Do(ctx, "", h)
 	if callErr != nil {

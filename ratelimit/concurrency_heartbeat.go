@@ -237,11 +237,11 @@ func (c *Concurrency) flushPending(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// done reports whether a removal needs no retry: it succeeded, or Redis
-// refused it (a key of another type holds no slot).
+// done reports whether a removal needs no retry: it succeeded, or the key
+// holds another type, so no slot. Any other refusal (READONLY, LOADING,
+// CLUSTERDOWN, NOPERM…) may pass, and is retried.
 func done(err error) bool {
-	var reply redis.Error
-	return err == nil || errors.As(err, &reply)
+	return err == nil || redis.HasErrorPrefix(err, "WRONGTYPE")
 }
 
 // beat runs the heartbeat script for instance.
@@ -337,10 +337,11 @@ func (c *Concurrency) sweep(ctx context.Context, instance string) error {
 			return nil
 		})
 		for _, cmd := range cmds {
-			var reply redis.Error
-			if err := cmd.Err(); errors.As(err, &reply) {
+			switch err := cmd.Err(); {
+			case err == nil:
+			case done(err): // a key of another type: no slot to free
 				skipped = append(skipped, err)
-			} else if err != nil {
+			default:
 				return fmt.Errorf("free leases: %w", err)
 			}
 		}

@@ -161,16 +161,17 @@ func TestConcurrencyKeys(t *testing.T) {
 }
 
 // TestConcurrencyReleasesTogether: releases that arrive together share
-// their round trips, on one server (one pipeline, slot before index entry)
-// and on a cluster (the slots, then the index entries); each frees its
-// slot and its index entry, and the users can take their slots again.
+// their round trips, on one server (one pipeline, each slot before its
+// index entry) and on a cluster (the slots, then the index entries); each
+// frees its slot and its index entry.
 func TestConcurrencyReleasesTogether(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		rdb  func(t *testing.T) redis.UniversalClient
+		name    string
+		rdb     func(t *testing.T) redis.UniversalClient
+		ordered bool // one pipeline runs in order on one connection
 	}{
-		{"server", func(t *testing.T) redis.UniversalClient { return redistest.Start(t).Client() }},
-		{"cluster", func(t *testing.T) redis.UniversalClient { return redistest.StartCluster(t, 3, 0).Client() }},
+		{"server", func(t *testing.T) redis.UniversalClient { return redistest.Start(t).Client() }, true},
+		{"cluster", func(t *testing.T) redis.UniversalClient { return redistest.StartCluster(t, 3, 0).Client() }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rdb := tc.rdb(t)
@@ -198,14 +199,13 @@ func TestConcurrencyReleasesTogether(t *testing.T) {
 			if n := rdb.HLen(ctx, index).Val(); n != users*perUser {
 				t.Fatalf("index holds %d leases, want %d", n, users*perUser)
 			}
-			for _, l := range leases {
-				wg.Go(func() {
-					if err := c.Release(ctx, l); err != nil {
-						t.Errorf("Release: %v", err)
-					}
-				})
-			}
-			wg.Wait()
+
+			rec := &pipelines{}
+			rdb.AddHook(rec)
+			ratelimittest.Concurrently(t, len(leases), func(i int) (ratelimit.Result, error) {
+				return ratelimit.Result{}, c.Release(ctx, leases[i])
+			})
+			rec.check(t, len(leases), tc.ordered)
 			if n := rdb.Exists(ctx, index).Val(); n != 0 {
 				t.Errorf("index still holds %v", rdb.HGetAll(ctx, index).Val())
 			}
@@ -219,6 +219,103 @@ func TestConcurrencyReleasesTogether(t *testing.T) {
 				t.Errorf("held %d, pending %d after releasing all", c.Held(), c.Pending())
 			}
 		})
+	}
+}
+
+// pipelines is a go-redis hook that records the ZREMs and HDELs of each
+// pipeline, by member.
+type pipelines struct {
+	mu  sync.Mutex
+	log [][]string // per pipeline: "ZREM member" or "HDEL member"
+}
+
+func (p *pipelines) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (p *pipelines) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (p *pipelines) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		var ops []string
+		for _, cmd := range cmds {
+			if name := cmd.Name(); name == "zrem" || name == "hdel" {
+				ops = append(ops, strings.ToUpper(name)+" "+fmt.Sprint(cmd.Args()[2]))
+			}
+		}
+		p.mu.Lock()
+		p.log = append(p.log, ops)
+		p.mu.Unlock()
+		return next(ctx, cmds)
+	}
+}
+
+// check holds the pipelines of n releases to what removeSlots promises:
+// fewer pipelines than releases, and each member's HDEL after its ZREM, in
+// the same pipeline where ordered, in a later one elsewhere.
+func (p *pipelines) check(t *testing.T, n int, ordered bool) {
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	type at struct{ pipeline, pos int }
+	zrem, hdel := map[string]at{}, map[string]at{}
+	for i, ops := range p.log {
+		for j, op := range ops {
+			verb, member, _ := strings.Cut(op, " ")
+			if verb == "ZREM" {
+				zrem[member] = at{i, j}
+			} else {
+				hdel[member] = at{i, j}
+			}
+		}
+	}
+	if len(zrem) != n || len(hdel) != n {
+		t.Fatalf("%d ZREM and %d HDEL for %d releases", len(zrem), len(hdel), n)
+	}
+	if pipelinesWithZrem := len(slices.DeleteFunc(slices.Clone(p.log), func(ops []string) bool {
+		return !slices.ContainsFunc(ops, func(op string) bool { return strings.HasPrefix(op, "ZREM ") })
+	})); pipelinesWithZrem >= n {
+		t.Errorf("%d releases took %d pipelines: none shared", n, pipelinesWithZrem)
+	}
+	for m, z := range zrem {
+		h := hdel[m]
+		switch {
+		case ordered && (h.pipeline != z.pipeline || h.pos < z.pos):
+			t.Errorf("%s: HDEL at %v, ZREM at %v: want the same pipeline, after", m, h, z)
+		case !ordered && h.pipeline <= z.pipeline:
+			t.Errorf("%s: HDEL in pipeline %d, ZREM in %d: want a later one", m, h.pipeline, z.pipeline)
+		}
+	}
+}
+
+// TestConcurrencyReleaseRefused: a slot's removal that Redis refuses for
+// a reason that may pass (here NOPERM; READONLY, LOADING, CLUSTERDOWN
+// alike) fails the Release, which then frees the slot at a later beat,
+// rather than taking it for done and leaving a slot that nobody frees.
+func TestConcurrencyReleaseRefused(t *testing.T) {
+	rdb := redistest.Start(t).Client()
+	ctx := context.Background()
+	c := mustConcurrency(t, rdb, ratelimit.ConcurrencyConfig{Replica: "r"})
+	l, r, err := c.Acquire(ctx, "u", 2)
+	if err != nil || !r.Allowed {
+		t.Fatalf("Acquire: %+v, %v", r, err)
+	}
+	acl := func(rule string) {
+		t.Helper()
+		if err := rdb.Do(ctx, "ACL", "SETUSER", "default", rule).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	acl("-zrem")
+	if err := c.Release(ctx, l); err == nil || !strings.Contains(err.Error(), "NOPERM") {
+		t.Fatalf("Release with ZREM refused: %v, want a NOPERM error", err)
+	}
+	if n := rdb.ZCard(ctx, c.Key("u")).Val(); n != 1 || c.Pending() != 1 {
+		t.Fatalf("after the refused release: %d slots, %d pending; want 1 and 1", n, c.Pending())
+	}
+	acl("+zrem")
+	ratelimittest.WaitFor(t, 10*time.Second, "the refused release retried", func() bool {
+		c.Renew(ctx)
+		return rdb.Exists(ctx, c.Key("u")).Val() == 0 && c.Pending() == 0
+	})
+	if keys := rdb.Keys(ctx, "herald:replica:*:leases").Val(); len(keys) != 0 {
+		t.Fatalf("index entries left: %v", keys)
 	}
 }
 
