@@ -91,6 +91,35 @@ func TestFrameBeforeTheFirstParkIsRead(t *testing.T) {
 	}
 }
 
+// TestPanickingJoinGivesBackItsSlot: a join that panics (a bug) after the
+// upgrade is logged and ends like a failed join: the socket gets 1013, it
+// leaves the hub, and the user's connection slot is given back, so their
+// next connect is admitted.
+func TestPanickingJoinGivesBackItsSlot(t *testing.T) {
+	ts := newTestServerWith(t, map[string]string{"HERALD_MAX_CONNS_PER_USER": "1"}, hub.Config{})
+	gate := heldJoins(ts)
+	c := upgradeRaw(t, ts, "panics", nil)
+	gate <- errJoinPanics
+	resp, rest := firstWrite(t, c)
+	if resp.StatusCode != http.StatusSwitchingProtocols || len(rest) < 4 || rest[0] != 0x88 ||
+		binary.BigEndian.Uint16(rest[2:4]) != hub.CloseTryAgain {
+		t.Fatalf("status %d, then %q: want 101 and a close frame with %d", resp.StatusCode, rest, hub.CloseTryAgain)
+	}
+	c.Close() // rather than answer the close handshake
+	waitFor(t, "the socket out of the hub", func() bool { return ts.hub.Conns() == 0 })
+	waitFor(t, "the slot given back", func() bool {
+		l, r, err := ts.slots.Acquire(t.Context(), "panics", 1)
+		if r.Allowed {
+			ts.slots.Release(t.Context(), l)
+		}
+		return err == nil && r.Allowed
+	})
+	ts.source.gate.Store(nil)
+	if f := ts.dial(t, "panics", "").next(); f["type"] != "welcome" {
+		t.Fatalf("the same user's next connect got %v, want the welcome", f)
+	}
+}
+
 // heldJoins makes every join on ts wait for a verdict on the returned
 // channel (nil: go on; an error: fail).
 func heldJoins(ts *testServer) chan<- error {

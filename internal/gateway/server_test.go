@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -47,16 +48,22 @@ type testServer struct {
 
 // gatedSource is the hub's source in tests: the memory broker, whose
 // Subscribe first waits for a verdict on gate while one is set (nil: go
-// on; an error: fail with it).
+// on; errJoinPanics: panic; another error: fail with it).
 type gatedSource struct {
 	*broker.Memory
 	gate atomic.Pointer[chan error]
 }
 
+// errJoinPanics, sent on a gatedSource's gate, makes the join panic.
+var errJoinPanics = errors.New("test: this join panics")
+
 func (g *gatedSource) Subscribe(ctx context.Context, channels ...string) error {
 	if gate := g.gate.Load(); gate != nil {
 		select {
 		case err := <-*gate:
+			if err == errJoinPanics {
+				panic(err)
+			}
 			if err != nil {
 				return err
 			}

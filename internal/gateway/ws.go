@@ -3,7 +3,9 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -284,16 +286,17 @@ func (t wsTransport) CloseNow() error { return t.c.CloseNow() }
 
 // serveSocket registers an accepted socket and joins it to its personal
 // channel (the welcome is the reply to that join, so it comes before any
-// event of the channel), then runs its read loop until the socket ends and
-// releases everything it held; done runs last. bind is given the hub
-// connection once it exists.
+// event of the channel), then hands the socket to its read loop and
+// returns; it runs on the request's goroutine. bind is given the hub
+// connection once it exists. The read loop, once the socket ends, releases
+// everything it held; done runs last (also when the join fails).
 //
-// The read loop gets a goroutine of its own, started once the join is
-// done: a new goroutine starts with a stack the size idle ones use, while
-// the join's calls would have grown this one's for the socket's life.
-// While the client sends nothing the loop parks the socket and its
-// goroutine ends; a new one carries on when the client sends (park.go). A
-// socket whose client has sent nothing yet starts parked (parkFirst).
+// The read loop gets a goroutine of its own when the client sends: a new
+// goroutine starts with a stack the size idle ones use, while the join's
+// calls have grown the request's. While the client sends nothing the loop
+// parks the socket and its goroutine ends; a new one carries on when the
+// client sends (park.go). A socket whose client has sent nothing yet
+// starts parked (parkFirst).
 func (s *Server) serveSocket(ws *websocket.Conn, m *meter, sess session.Session, since string, bind func(*hub.Conn), done func()) {
 	hash := s.live.add(sess, s.now(), s.cfg.SessionCheck)
 	conn, err := s.openConn(sess, hash, wsTransport{c: ws, m: m}, since)
@@ -327,15 +330,7 @@ func (s *Server) openConn(sess session.Session, hash string, t hub.Transport, si
 		return nil, err
 	}
 	s.metrics.Connects.Inc()
-	ctx, cancel := context.WithTimeout(s.ctx, subscribeTimeout)
-	err = s.hub.Join(ctx, conn, events.UserChannel(sess.UserID), since, func(j hub.Joined) []byte {
-		recovered := ""
-		if j.Resumed {
-			recovered = strconv.FormatBool(j.Recovered)
-		}
-		return welcomeFrame(conn.ID, sess.UserID, s.cfg.Node, s.heartbeatSeconds(), recovered, j.Last)
-	})
-	cancel()
+	err = s.joinPersonal(conn, sess, since)
 	if err != nil {
 		s.hub.Remove(conn)
 		s.log.Warn("personal channel not joined; closing the connection", "err", err)
@@ -343,6 +338,29 @@ func (s *Server) openConn(sess session.Session, hash string, t hub.Transport, si
 		return nil, err
 	}
 	return conn, nil
+}
+
+// joinPersonal joins conn to its user's personal channel, with the
+// welcome as the reply. A panic on the way (a bug) is logged and returned
+// as an error, so that the connection is closed and gives back what it
+// holds (its slot, its place in the hub, a drain's wait) like one whose
+// join failed.
+func (s *Server) joinPersonal(conn *hub.Conn, sess session.Session, since string) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			s.log.Error("panic joining a connection's personal channel", "panic", v, "stack", string(debug.Stack()))
+			err = fmt.Errorf("join panicked: %v", v)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(s.ctx, subscribeTimeout)
+	defer cancel()
+	return s.hub.Join(ctx, conn, events.UserChannel(sess.UserID), since, func(j hub.Joined) []byte {
+		recovered := ""
+		if j.Resumed {
+			recovered = strconv.FormatBool(j.Recovered)
+		}
+		return welcomeFrame(conn.ID, sess.UserID, s.cfg.Node, s.heartbeatSeconds(), recovered, j.Last)
+	})
 }
 
 // openCloseCode is the close code and reason for an openConn error.
