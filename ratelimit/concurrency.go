@@ -351,7 +351,7 @@ func (c *Concurrency) beatAndIndex(ctx context.Context, h heldLease, first bool)
 	var beat *redis.Cmd
 	var index *redis.IntCmd
 	sent := c.now()
-	err := c.pipelined(ctx, heartbeatScript, func(p redis.Pipeliner) {
+	err := pipelined(ctx, c.rdb, heartbeatScript, func(p redis.Pipeliner) {
 		beat = heartbeatScript.EvalSha(ctx, p, []string{c.registryKey()}, h.instance, c.cfg.LeaseTTL.Milliseconds(), flag(first))
 		index = p.HSet(ctx, c.indexKey(h.instance), h.member(), h.user)
 	})
@@ -378,7 +378,7 @@ func (c *Concurrency) indexAndTake(ctx context.Context, _ string, hs []heldLease
 	index := make([]*redis.IntCmd, len(hs))
 	take := make([]*redis.Cmd, len(hs))
 	// Both commands are safe to repeat: pipelined may run them twice.
-	_ = c.pipelined(ctx, acquireScript, func(p redis.Pipeliner) {
+	_ = pipelined(ctx, c.rdb, acquireScript, func(p redis.Pipeliner) {
 		for i, h := range hs {
 			index[i] = p.HSet(ctx, c.indexKey(h.instance), h.member(), h.user)
 			take[i] = acquireScript.EvalSha(ctx, p, []string{c.Key(h.user)}, c.takeArgs(h, "", dead)...)
@@ -421,21 +421,21 @@ func takeReply(cmd *redis.Cmd) ([]int64, error) {
 	return v, err
 }
 
-// pipelined runs fill's commands in one pipeline and returns its first
-// error. Scripts are not loaded inside pipelines: when a command answers
-// NOSCRIPT, script is loaded (on every node of a cluster) and fill's
-// commands run once more, so they must be safe to repeat, and fill must
-// keep the commands of its last call.
-func (c *Concurrency) pipelined(ctx context.Context, script *redis.Script, fill func(p redis.Pipeliner)) error {
+// pipelined runs fill's commands on rdb in one pipeline and returns its
+// first error. Scripts are not loaded inside pipelines: when a command
+// answers NOSCRIPT, script is loaded (on every node of a cluster) and
+// fill's commands run once more, so they must be safe to repeat, and fill
+// must keep the commands of its last call.
+func pipelined(ctx context.Context, rdb redis.Cmdable, script *redis.Script, fill func(p redis.Pipeliner)) error {
 	run := func() ([]redis.Cmder, error) {
-		return c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		return rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			fill(p)
 			return nil
 		})
 	}
 	cmds, err := run()
 	if slices.ContainsFunc(cmds, func(cmd redis.Cmder) bool { return redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") }) {
-		if err = script.Load(ctx, c.rdb).Err(); err == nil {
+		if err = script.Load(ctx, rdb).Err(); err == nil {
 			_, err = run()
 		}
 	}

@@ -156,7 +156,7 @@ func (c *Concurrency) retakeBatch(ctx context.Context, instance string, batch []
 	dead := c.deadInstances()
 	var cmds []*redis.Cmd
 	// The script is idempotent: pipelined may run it twice.
-	err = c.pipelined(ctx, acquireScript, func(p redis.Pipeliner) {
+	err = pipelined(ctx, c.rdb, acquireScript, func(p redis.Pipeliner) {
 		cmds = cmds[:0]
 		for _, h := range batch {
 			moved := h

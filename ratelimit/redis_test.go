@@ -3,7 +3,9 @@ package ratelimit_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -54,7 +56,7 @@ func TestRedisConcurrency(t *testing.T) {
 	})
 }
 
-func mustSlidingWindow(t testing.TB, rdb redis.Scripter, cfg ratelimit.SlidingWindowConfig) *ratelimit.SlidingWindow {
+func mustSlidingWindow(t testing.TB, rdb redis.Cmdable, cfg ratelimit.SlidingWindowConfig) *ratelimit.SlidingWindow {
 	t.Helper()
 	l, err := ratelimit.NewSlidingWindow(rdb, cfg)
 	if err != nil {
@@ -262,5 +264,65 @@ func TestConcurrencyAccuracy(t *testing.T) {
 		if n := clients[0].ZCard(ctx, cs[0].Key(user)).Val(); n != 3 {
 			t.Fatalf("repetition %d: ZCARD %d, want 3", rep, n)
 		}
+	}
+}
+
+// TestSlidingWindowKeysShareCalls: requests for many keys (a connect storm
+// from many client IPs) that arrive together share pipelines, one script
+// call per key in each, on one server and on a cluster; every key's
+// decisions stay exact.
+func TestSlidingWindowKeysShareCalls(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		rdb  func(t *testing.T) redis.UniversalClient
+	}{
+		{"server", func(t *testing.T) redis.UniversalClient { return redistest.Start(t).Client() }},
+		{"cluster", func(t *testing.T) redis.UniversalClient { return redistest.StartCluster(t, 3, 0).Client() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rdb := tc.rdb(t)
+			w := mustSlidingWindow(t, rdb, ratelimit.SlidingWindowConfig{Limit: 3, Window: time.Minute})
+			rec := &pipelines{}
+			rdb.AddHook(rec)
+			const keys, perKey = 50, 5
+			var mu sync.Mutex
+			admitted := map[string]int{}
+			ratelimittest.Concurrently(t, keys*perKey, func(i int) (ratelimit.Result, error) {
+				key := "ip" + strconv.Itoa(i%keys)
+				r, err := w.Allow(context.Background(), key)
+				if r.Allowed {
+					mu.Lock()
+					admitted[key]++
+					mu.Unlock()
+				}
+				return r, err
+			})
+			for k := range keys {
+				if n := admitted["ip"+strconv.Itoa(k)]; n != 3 {
+					t.Errorf("ip%d: %d admitted of 5, want 3", k, n)
+				}
+			}
+			calls := 0
+			for _, ops := range rec.ops(3, "evalsha", "eval") { // the key
+				if len(ops) > 0 {
+					calls++
+				}
+				slices.Sort(ops)
+				if len(slices.Compact(ops)) != len(ops) {
+					t.Errorf("a pipeline calls the script twice for one key: %v", ops)
+				}
+			}
+			if calls == 0 || calls >= keys*perKey {
+				t.Errorf("%d requests took %d pipelines: none shared", keys*perKey, calls)
+			}
+			// A server that lost its scripts (a restart, SCRIPT FLUSH) gets
+			// them again: the pipeline answered NOSCRIPT runs once more.
+			if err := rdb.ScriptFlush(context.Background()).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if r, err := w.Allow(context.Background(), "after-flush"); err != nil || !r.Allowed {
+				t.Fatalf("after SCRIPT FLUSH: %+v, %v; want admitted", r, err)
+			}
+		})
 	}
 }

@@ -87,26 +87,41 @@ return out
 // SlidingWindow admits at most Limit requests per key in any Window,
 // counting only admitted requests, on the classic ratelimit:{id} sorted set
 // shared by every replica (and by apps that still run the classic snippet).
-// Decisions are scripts on the Redis server, timed by Redis's clock;
-// requests for one key that arrive while its script call is under way are
-// decided together by the next one, in arrival order. It is safe for
+// Decisions are scripts on the Redis server, timed by Redis's clock; the
+// requests that arrive while a call is under way, whatever their keys, go
+// out together in the next one: one pipeline, one script call per key
+// (each touches one key, so it works on a Redis Cluster), each key's
+// requests decided in arrival order. A connect storm from many client IPs
+// thus costs one round trip per call, not one per IP. It is safe for
 // concurrent use.
 type SlidingWindow struct {
-	rdb   redis.Scripter
+	rdb   redis.Cmdable
 	cfg   SlidingWindowConfig
-	calls batch.Combiner[string, Result] // a member per request, by key
+	calls batch.Combiner[windowRequest, windowDecision] // every key's, in one queue
+}
+
+// windowRequest is one request for key: member is its unique entry in the
+// window.
+type windowRequest struct{ key, member string }
+
+// windowDecision is the outcome of one windowRequest.
+type windowDecision struct {
+	r   Result
+	err error
 }
 
 var _ Limiter = (*SlidingWindow)(nil)
 
 // NewSlidingWindow returns a sliding-window limiter on rdb. It reports an
 // error wrapping ErrInvalidArgument for a bad cfg.
-func NewSlidingWindow(rdb redis.Scripter, cfg SlidingWindowConfig) (*SlidingWindow, error) {
+func NewSlidingWindow(rdb redis.Cmdable, cfg SlidingWindowConfig) (*SlidingWindow, error) {
 	if err := cfg.check(); err != nil {
 		return nil, fmt.Errorf("ratelimit: %w", err)
 	}
 	w := &SlidingWindow{rdb: rdb, cfg: cfg}
-	w.calls = batch.Combiner[string, Result]{Run: w.run, MaxWeight: maxBucketBatch, Timeout: bucketCallTimeout}
+	// One call under way at a time keeps each key's decisions in arrival
+	// order; a call carries up to maxBucketBatch requests.
+	w.calls = batch.Combiner[windowRequest, windowDecision]{Run: w.run, MaxWeight: maxBucketBatch, Timeout: bucketCallTimeout}
 	return w, nil
 }
 
@@ -118,31 +133,55 @@ func (w *SlidingWindow) Key(key string) string { return w.cfg.Prefix + key }
 // (Redis unreachable, ctx done) come with a zero Result; they never name
 // the key, which may be derived from a secret.
 func (w *SlidingWindow) Allow(ctx context.Context, key string) (Result, error) {
-	r, err := w.calls.Do(ctx, key, rand.Text())
+	d, err := w.calls.Do(ctx, "", windowRequest{key: key, member: rand.Text()})
+	if err == nil {
+		err = d.err
+	}
 	if err != nil {
 		return Result{}, fmt.Errorf("ratelimit: sliding window: %w", err)
 	}
-	return r, nil
+	return d.r, nil
 }
 
-// run decides the requests (their members) of key in one script call.
-func (w *SlidingWindow) run(ctx context.Context, key string, members []string) ([]Result, error) {
-	args := make([]any, 0, 2+len(members))
-	args = append(args, w.cfg.Limit, w.cfg.Window.Milliseconds())
-	for _, m := range members {
-		args = append(args, m)
+// run decides reqs in one pipeline: one script call per key, with that
+// key's members in arrival order.
+func (w *SlidingWindow) run(ctx context.Context, _ string, reqs []windowRequest) ([]windowDecision, error) {
+	var keys []string        // in order of first arrival
+	at := map[string][]int{} // key → its requests' positions in reqs
+	for i, r := range reqs {
+		if _, ok := at[r.key]; !ok {
+			keys = append(keys, r.key)
+		}
+		at[r.key] = append(at[r.key], i)
 	}
-	v, err := slidingScript.Run(ctx, w.rdb, []string{w.Key(key)}, args...).Int64Slice()
-	if err != nil {
-		return nil, fmt.Errorf("script: %w", err)
-	}
-	if len(v) != 4*len(members) {
-		return nil, fmt.Errorf("script returned %d values, want %d", len(v), 4*len(members))
-	}
-	out := make([]Result, len(members))
-	for i := range members {
-		r := v[4*i:]
-		out[i] = windowResult(r[0] == 1, w.cfg.Limit, r[1], r[2], r[3])
+	cmds := make([]*redis.Cmd, len(keys))
+	// Safe to repeat (pipelined may): a member already recorded is
+	// admitted again without counting twice. A failed pipeline fails each
+	// of its commands.
+	_ = pipelined(ctx, w.rdb, slidingScript, func(p redis.Pipeliner) {
+		for k, key := range keys {
+			args := make([]any, 0, 2+len(at[key]))
+			args = append(args, w.cfg.Limit, w.cfg.Window.Milliseconds())
+			for _, i := range at[key] {
+				args = append(args, reqs[i].member)
+			}
+			cmds[k] = slidingScript.EvalSha(ctx, p, []string{w.Key(key)}, args...)
+		}
+	})
+	out := make([]windowDecision, len(reqs))
+	for k, key := range keys {
+		v, err := cmds[k].Int64Slice()
+		if err == nil && len(v) != 4*len(at[key]) {
+			err = fmt.Errorf("returned %d values, want %d", len(v), 4*len(at[key]))
+		}
+		for n, i := range at[key] {
+			if err != nil {
+				out[i].err = fmt.Errorf("script: %w", err)
+				continue
+			}
+			r := v[4*n:]
+			out[i].r = windowResult(r[0] == 1, w.cfg.Limit, r[1], r[2], r[3])
+		}
 	}
 	return out, nil
 }
