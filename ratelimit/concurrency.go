@@ -423,9 +423,9 @@ func takeReply(cmd *redis.Cmd) ([]int64, error) {
 
 // pipelined runs fill's commands on rdb in one pipeline and returns its
 // first error. Scripts are not loaded inside pipelines: when a command
-// answers NOSCRIPT, script is loaded (on every node of a cluster) and
-// fill's commands run once more, so they must be safe to repeat, and fill
-// must keep the commands of its last call.
+// answers NOSCRIPT, script is loaded (on every server rdb may send it to)
+// and fill's commands run once more, so they must be safe to repeat, and
+// fill must keep the commands of its last call.
 func pipelined(ctx context.Context, rdb redis.Cmdable, script *redis.Script, fill func(p redis.Pipeliner)) error {
 	run := func() ([]redis.Cmder, error) {
 		return rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -435,11 +435,22 @@ func pipelined(ctx context.Context, rdb redis.Cmdable, script *redis.Script, fil
 	}
 	cmds, err := run()
 	if slices.ContainsFunc(cmds, func(cmd redis.Cmder) bool { return redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") }) {
-		if err = script.Load(ctx, rdb).Err(); err == nil {
+		if err = loadScript(ctx, rdb, script); err == nil {
 			_, err = run()
 		}
 	}
 	return err
+}
+
+// loadScript loads script on every server rdb may send it to: go-redis
+// sends SCRIPT LOAD to every node of a cluster, but to one shard of a Ring.
+func loadScript(ctx context.Context, rdb redis.Cmdable, script *redis.Script) error {
+	if ring, ok := rdb.(*redis.Ring); ok {
+		return ring.ForEachShard(ctx, func(ctx context.Context, c *redis.Client) error {
+			return script.Load(ctx, c).Err()
+		})
+	}
+	return script.Load(ctx, rdb).Err()
 }
 
 // forget puts h's slot and index entry in the pending set, for Run to

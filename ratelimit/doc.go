@@ -10,11 +10,12 @@
 //   - [Concurrency]: at most max slots held at once per user across all
 //     replicas, with leases that free themselves when a replica dies.
 //
-// The Redis implementations decide in one Lua script per call, on the Redis
-// server's clock (TIME): callers' clocks are never read, so replicas whose
-// clocks disagree still agree. They need Redis 5 or later (effects
-// replication of scripts that call TIME) and touch one key per call, so
-// they also work on Redis Cluster.
+// The Redis implementations decide in Lua scripts, on the Redis server's
+// clock (TIME): callers' clocks are never read, so replicas whose clocks
+// disagree still agree. They need Redis 5 or later (effects replication of
+// scripts that call TIME). Each script touches one key, so they also work
+// on Redis Cluster; concurrent requests share script calls and pipelines
+// (on one server a SlidingWindow's call carries every key's requests).
 //
 // [Middleware] puts a [Limiter] in front of any echo route; [SetHeaders]
 // writes the same X-RateLimit-* and Retry-After headers for handlers that

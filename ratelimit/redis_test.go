@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -56,7 +57,7 @@ func TestRedisConcurrency(t *testing.T) {
 	})
 }
 
-func mustSlidingWindow(t testing.TB, rdb redis.Cmdable, cfg ratelimit.SlidingWindowConfig) *ratelimit.SlidingWindow {
+func mustSlidingWindow(t testing.TB, rdb redis.Scripter, cfg ratelimit.SlidingWindowConfig) *ratelimit.SlidingWindow {
 	t.Helper()
 	l, err := ratelimit.NewSlidingWindow(rdb, cfg)
 	if err != nil {
@@ -267,17 +268,19 @@ func TestConcurrencyAccuracy(t *testing.T) {
 	}
 }
 
-// TestSlidingWindowKeysShareCalls: requests for many keys (a connect storm
-// from many client IPs) that arrive together share pipelines, one script
-// call per key in each, on one server and on a cluster; every key's
-// decisions stay exact.
+// TestSlidingWindowKeysShareCalls: on one server, requests for many keys
+// (a connect storm from many client IPs) that arrive together share
+// pipelines, one script call per key in each; on a cluster each key keeps
+// its own calls (a slow node holds up only its keys). Either way every
+// key's decisions stay exact.
 func TestSlidingWindowKeysShareCalls(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		rdb  func(t *testing.T) redis.UniversalClient
+		name  string
+		rdb   func(t *testing.T) redis.UniversalClient
+		share bool
 	}{
-		{"server", func(t *testing.T) redis.UniversalClient { return redistest.Start(t).Client() }},
-		{"cluster", func(t *testing.T) redis.UniversalClient { return redistest.StartCluster(t, 3, 0).Client() }},
+		{"server", func(t *testing.T) redis.UniversalClient { return redistest.Start(t).Client() }, true},
+		{"cluster", func(t *testing.T) redis.UniversalClient { return redistest.StartCluster(t, 3, 0).Client() }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rdb := tc.rdb(t)
@@ -302,21 +305,24 @@ func TestSlidingWindowKeysShareCalls(t *testing.T) {
 					t.Errorf("ip%d: %d admitted of 5, want 3", k, n)
 				}
 			}
-			calls := 0
+			pipes := 0
 			for _, ops := range rec.ops(3, "evalsha", "eval") { // the key
 				if len(ops) > 0 {
-					calls++
+					pipes++
 				}
 				slices.Sort(ops)
 				if len(slices.Compact(ops)) != len(ops) {
 					t.Errorf("a pipeline calls the script twice for one key: %v", ops)
 				}
 			}
-			if calls == 0 || calls >= keys*perKey {
-				t.Errorf("%d requests took %d pipelines: none shared", keys*perKey, calls)
+			switch {
+			case tc.share && (pipes == 0 || pipes >= keys*perKey):
+				t.Errorf("%d requests took %d pipelines: none shared", keys*perKey, pipes)
+			case !tc.share && pipes != 0:
+				t.Errorf("%d pipelines on a cluster, want a call per key", pipes)
 			}
 			// A server that lost its scripts (a restart, SCRIPT FLUSH) gets
-			// them again: the pipeline answered NOSCRIPT runs once more.
+			// them again.
 			if err := rdb.ScriptFlush(context.Background()).Err(); err != nil {
 				t.Fatal(err)
 			}
@@ -324,5 +330,36 @@ func TestSlidingWindowKeysShareCalls(t *testing.T) {
 				t.Fatalf("after SCRIPT FLUSH: %+v, %v; want admitted", r, err)
 			}
 		})
+	}
+}
+
+// TestSlidingWindowBadKeyAlone: a key Redis refuses (another type holds
+// it) fails its own requests only, with an error that does not name it;
+// the keys decided in the same pipeline get their answers.
+func TestSlidingWindowBadKeyAlone(t *testing.T) {
+	rdb := redistest.Start(t).Client()
+	w := mustSlidingWindow(t, rdb, ratelimit.SlidingWindowConfig{Limit: 3, Window: time.Minute})
+	if err := rdb.Set(context.Background(), w.Key("secret-bad"), "x", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var bad []error
+	good := ratelimittest.Concurrently(t, 40, func(i int) (ratelimit.Result, error) {
+		if i%4 == 0 {
+			_, err := w.Allow(context.Background(), "secret-bad")
+			mu.Lock()
+			bad = append(bad, err)
+			mu.Unlock()
+			return ratelimit.Result{}, nil
+		}
+		return w.Allow(context.Background(), "ip"+strconv.Itoa(i%4))
+	})
+	if good != 9 {
+		t.Errorf("%d good requests admitted, want 9 (three keys, limit 3)", good)
+	}
+	for _, err := range bad {
+		if err == nil || strings.Contains(err.Error(), "secret") {
+			t.Fatalf("the bad key's request: %v; want an error not naming the key", err)
+		}
 	}
 }

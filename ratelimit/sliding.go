@@ -87,17 +87,19 @@ return out
 // SlidingWindow admits at most Limit requests per key in any Window,
 // counting only admitted requests, on the classic ratelimit:{id} sorted set
 // shared by every replica (and by apps that still run the classic snippet).
-// Decisions are scripts on the Redis server, timed by Redis's clock; the
-// requests that arrive while a call is under way, whatever their keys, go
-// out together in the next one: one pipeline, one script call per key
-// (each touches one key, so it works on a Redis Cluster), each key's
-// requests decided in arrival order. A connect storm from many client IPs
-// thus costs one round trip per call, not one per IP. It is safe for
-// concurrent use.
+// Decisions are scripts on the Redis server, timed by Redis's clock, each
+// on one key; the requests for a key that arrive while a call for it is
+// under way are decided together by the next call, in arrival order. On
+// one server (or Sentinel's primary) every key's requests share one queue:
+// a call is one pipeline with a script call per key, so a connect storm
+// from many client IPs costs a round trip per call, not per IP. On a
+// cluster each key keeps a queue of its own, so that a slow node holds up
+// only its own keys. It is safe for concurrent use.
 type SlidingWindow struct {
-	rdb   redis.Cmdable
+	rdb   redis.Scripter
+	one   *redis.Client // rdb when it is one server: every key's requests share a queue
 	cfg   SlidingWindowConfig
-	calls batch.Combiner[windowRequest, windowDecision] // every key's, in one queue
+	calls batch.Combiner[windowRequest, windowDecision] // by key, or all under "" (one)
 }
 
 // windowRequest is one request for key: member is its unique entry in the
@@ -114,12 +116,13 @@ var _ Limiter = (*SlidingWindow)(nil)
 
 // NewSlidingWindow returns a sliding-window limiter on rdb. It reports an
 // error wrapping ErrInvalidArgument for a bad cfg.
-func NewSlidingWindow(rdb redis.Cmdable, cfg SlidingWindowConfig) (*SlidingWindow, error) {
+func NewSlidingWindow(rdb redis.Scripter, cfg SlidingWindowConfig) (*SlidingWindow, error) {
 	if err := cfg.check(); err != nil {
 		return nil, fmt.Errorf("ratelimit: %w", err)
 	}
 	w := &SlidingWindow{rdb: rdb, cfg: cfg}
-	// One call under way at a time keeps each key's decisions in arrival
+	w.one, _ = rdb.(*redis.Client)
+	// One call under way per queue keeps each key's decisions in arrival
 	// order; a call carries up to maxBucketBatch requests.
 	w.calls = batch.Combiner[windowRequest, windowDecision]{Run: w.run, MaxWeight: maxBucketBatch, Timeout: bucketCallTimeout}
 	return w, nil
@@ -133,7 +136,11 @@ func (w *SlidingWindow) Key(key string) string { return w.cfg.Prefix + key }
 // (Redis unreachable, ctx done) come with a zero Result; they never name
 // the key, which may be derived from a secret.
 func (w *SlidingWindow) Allow(ctx context.Context, key string) (Result, error) {
-	d, err := w.calls.Do(ctx, "", windowRequest{key: key, member: rand.Text()})
+	queue := key
+	if w.one != nil {
+		queue = ""
+	}
+	d, err := w.calls.Do(ctx, queue, windowRequest{key: key, member: rand.Text()})
 	if err == nil {
 		err = d.err
 	}
@@ -143,8 +150,9 @@ func (w *SlidingWindow) Allow(ctx context.Context, key string) (Result, error) {
 	return d.r, nil
 }
 
-// run decides reqs in one pipeline: one script call per key, with that
-// key's members in arrival order.
+// run decides reqs in one call: a script call per key, with that key's
+// members in arrival order; several keys (one server only) in one
+// pipeline.
 func (w *SlidingWindow) run(ctx context.Context, _ string, reqs []windowRequest) ([]windowDecision, error) {
 	var keys []string        // in order of first arrival
 	at := map[string][]int{} // key → its requests' positions in reqs
@@ -154,24 +162,35 @@ func (w *SlidingWindow) run(ctx context.Context, _ string, reqs []windowRequest)
 		}
 		at[r.key] = append(at[r.key], i)
 	}
-	cmds := make([]*redis.Cmd, len(keys))
-	// Safe to repeat (pipelined may): a member already recorded is
-	// admitted again without counting twice. A failed pipeline fails each
-	// of its commands.
-	_ = pipelined(ctx, w.rdb, slidingScript, func(p redis.Pipeliner) {
-		for k, key := range keys {
-			args := make([]any, 0, 2+len(at[key]))
-			args = append(args, w.cfg.Limit, w.cfg.Window.Milliseconds())
-			for _, i := range at[key] {
-				args = append(args, reqs[i].member)
-			}
-			cmds[k] = slidingScript.EvalSha(ctx, p, []string{w.Key(key)}, args...)
+	args := func(key string) []any {
+		a := make([]any, 0, 2+len(at[key]))
+		a = append(a, w.cfg.Limit, w.cfg.Window.Milliseconds())
+		for _, i := range at[key] {
+			a = append(a, reqs[i].member)
 		}
-	})
+		return a
+	}
+	cmds := make([]*redis.Cmd, len(keys))
+	var loadErr error
+	if w.one == nil {
+		cmds[0] = slidingScript.Run(ctx, w.rdb, []string{w.Key(keys[0])}, args(keys[0])...) // a queue per key
+	} else {
+		// Safe to repeat (pipelined may): a member already recorded is
+		// admitted again without counting twice. A failed pipeline fails
+		// each of its commands.
+		loadErr = pipelined(ctx, w.one, slidingScript, func(p redis.Pipeliner) {
+			for k, key := range keys {
+				cmds[k] = slidingScript.EvalSha(ctx, p, []string{w.Key(key)}, args(key)...)
+			}
+		})
+	}
 	out := make([]windowDecision, len(reqs))
 	for k, key := range keys {
 		v, err := cmds[k].Int64Slice()
-		if err == nil && len(v) != 4*len(at[key]) {
+		switch {
+		case redis.HasErrorPrefix(err, "NOSCRIPT") && loadErr != nil:
+			err = fmt.Errorf("loading it: %w", loadErr)
+		case err == nil && len(v) != 4*len(at[key]):
 			err = fmt.Errorf("returned %d values, want %d", len(v), 4*len(at[key]))
 		}
 		for n, i := range at[key] {
