@@ -425,7 +425,8 @@ func takeReply(cmd *redis.Cmd) ([]int64, error) {
 // first error. Scripts are not loaded inside pipelines: when a command
 // answers NOSCRIPT, script is loaded (on every server rdb may send it to)
 // and fill's commands run once more, so they must be safe to repeat, and
-// fill must keep the commands of its last call.
+// fill must keep the commands of its last call. When a command still
+// answers NOSCRIPT then, the error is the load's, wrapping errScriptLoad.
 func pipelined(ctx context.Context, rdb redis.Cmdable, script *redis.Script, fill func(p redis.Pipeliner)) error {
 	run := func() ([]redis.Cmder, error) {
 		return rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -433,14 +434,23 @@ func pipelined(ctx context.Context, rdb redis.Cmdable, script *redis.Script, fil
 			return nil
 		})
 	}
+	noScript := func(cmd redis.Cmder) bool { return redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") }
 	cmds, err := run()
-	if slices.ContainsFunc(cmds, func(cmd redis.Cmder) bool { return redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") }) {
-		if err = loadScript(ctx, rdb, script); err == nil {
-			_, err = run()
-		}
+	if !slices.ContainsFunc(cmds, noScript) {
+		return err
+	}
+	// Run again even when a server refused the load: the commands for the
+	// others go through (a Ring reports one shard's failure for all).
+	loadErr := loadScript(ctx, rdb, script)
+	cmds, err = run()
+	if loadErr != nil && slices.ContainsFunc(cmds, noScript) {
+		return fmt.Errorf("%w: %w", errScriptLoad, loadErr)
 	}
 	return err
 }
+
+// errScriptLoad marks pipelined's error when a script could not be loaded.
+var errScriptLoad = errors.New("loading the script")
 
 // loadScript loads script on every server rdb may send it to: go-redis
 // sends SCRIPT LOAD to every node of a cluster, but to one shard of a Ring.

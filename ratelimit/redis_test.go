@@ -335,7 +335,8 @@ func TestSlidingWindowKeysShareCalls(t *testing.T) {
 
 // TestSlidingWindowBadKeyAlone: a key Redis refuses (another type holds
 // it) fails its own requests only, with an error that does not name it;
-// the keys decided in the same pipeline get their answers.
+// the keys decided alongside it (most likely in the same pipelines) get
+// their answers.
 func TestSlidingWindowBadKeyAlone(t *testing.T) {
 	rdb := redistest.Start(t).Client()
 	w := mustSlidingWindow(t, rdb, ratelimit.SlidingWindowConfig{Limit: 3, Window: time.Minute})

@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"time"
 
@@ -92,9 +93,10 @@ return out
 // under way are decided together by the next call, in arrival order. On
 // one server (or Sentinel's primary) every key's requests share one queue:
 // a call is one pipeline with a script call per key, so a connect storm
-// from many client IPs costs a round trip per call, not per IP. On a
-// cluster each key keeps a queue of its own, so that a slow node holds up
-// only its own keys. It is safe for concurrent use.
+// from many client IPs costs a round trip per call, not per IP. With any
+// other client (a cluster's, a Ring's) each key keeps a queue of its own,
+// so that a slow node holds up only its own keys. It is safe for
+// concurrent use.
 type SlidingWindow struct {
 	rdb   redis.Scripter
 	one   *redis.Client // rdb when it is one server: every key's requests share a queue
@@ -188,8 +190,8 @@ func (w *SlidingWindow) run(ctx context.Context, _ string, reqs []windowRequest)
 	for k, key := range keys {
 		v, err := cmds[k].Int64Slice()
 		switch {
-		case redis.HasErrorPrefix(err, "NOSCRIPT") && loadErr != nil:
-			err = fmt.Errorf("loading it: %w", loadErr)
+		case redis.HasErrorPrefix(err, "NOSCRIPT") && errors.Is(loadErr, errScriptLoad):
+			err = loadErr
 		case err == nil && len(v) != 4*len(at[key]):
 			err = fmt.Errorf("returned %d values, want %d", len(v), 4*len(at[key]))
 		}

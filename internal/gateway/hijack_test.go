@@ -93,10 +93,15 @@ func TestFrameBeforeTheFirstParkIsRead(t *testing.T) {
 
 // TestPanickingJoinGivesBackItsSlot: a join that panics (a bug) after the
 // upgrade is logged and ends like a failed join: the socket gets 1013, it
-// leaves the hub, and the user's connection slot is given back, so their
-// next connect is admitted.
+// leaves the hub, the user's connection slot is given back, and the
+// user's other socket keeps its subscription (the failed join gives back
+// no reference it never took).
 func TestPanickingJoinGivesBackItsSlot(t *testing.T) {
-	ts := newTestServerWith(t, map[string]string{"HERALD_MAX_CONNS_PER_USER": "1"}, hub.Config{})
+	ts := newTestServerWith(t, map[string]string{"HERALD_MAX_CONNS_PER_USER": "2"}, hub.Config{})
+	first := ts.dial(t, "panics", "")
+	if f := first.next(); f["type"] != "welcome" {
+		t.Fatalf("first socket: %v", f)
+	}
 	gate := heldJoins(ts)
 	c := upgradeRaw(t, ts, "panics", nil)
 	gate <- errJoinPanics
@@ -106,17 +111,20 @@ func TestPanickingJoinGivesBackItsSlot(t *testing.T) {
 		t.Fatalf("status %d, then %q: want 101 and a close frame with %d", resp.StatusCode, rest, hub.CloseTryAgain)
 	}
 	c.Close() // rather than answer the close handshake
-	waitFor(t, "the socket out of the hub", func() bool { return ts.hub.Conns() == 0 })
+	waitFor(t, "the socket out of the hub", func() bool { return ts.hub.Conns() == 1 })
 	waitFor(t, "the slot given back", func() bool {
-		l, r, err := ts.slots.Acquire(t.Context(), "panics", 1)
+		l, r, err := ts.slots.Acquire(t.Context(), "panics", 2) // the first socket holds one
 		if r.Allowed {
 			ts.slots.Release(t.Context(), l)
 		}
 		return err == nil && r.Allowed
 	})
 	ts.source.gate.Store(nil)
-	if f := ts.dial(t, "panics", "").next(); f["type"] != "welcome" {
-		t.Fatalf("the same user's next connect got %v, want the welcome", f)
+	if st, _ := ts.publish(t, testKey, "", `{"channel":"user:panics","event":"effect.complete","data":{}}`); st != http.StatusAccepted {
+		t.Fatalf("publish: %d", st)
+	}
+	if f := first.next(); f["type"] != "event" {
+		t.Fatalf("the user's other socket got %v, want the event", f)
 	}
 }
 

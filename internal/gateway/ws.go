@@ -333,7 +333,9 @@ func (s *Server) openConn(sess session.Session, hash string, t hub.Transport, si
 	err = s.joinPersonal(conn, sess, since)
 	if err != nil {
 		s.hub.Remove(conn)
-		s.log.Warn("personal channel not joined; closing the connection", "err", err)
+		if !errors.Is(err, errJoinPanicked) { // logged with its stack
+			s.log.Warn("personal channel not joined; closing the connection", "err", err)
+		}
 		s.metrics.Closed(hub.CloseTryAgain)
 		return nil, err
 	}
@@ -348,8 +350,8 @@ func (s *Server) openConn(sess session.Session, hash string, t hub.Transport, si
 func (s *Server) joinPersonal(conn *hub.Conn, sess session.Session, since string) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
-			s.log.Error("panic joining a connection's personal channel", "panic", v, "stack", string(debug.Stack()))
-			err = fmt.Errorf("join panicked: %v", v)
+			s.log.Error("panic joining a connection's personal channel; closing the connection", "panic", v, "stack", string(debug.Stack()))
+			err = fmt.Errorf("%w: %v", errJoinPanicked, v)
 		}
 	}()
 	ctx, cancel := context.WithTimeout(s.ctx, subscribeTimeout)
@@ -362,6 +364,9 @@ func (s *Server) joinPersonal(conn *hub.Conn, sess session.Session, since string
 		return welcomeFrame(conn.ID, sess.UserID, s.cfg.Node, s.heartbeatSeconds(), recovered, j.Last)
 	})
 }
+
+// errJoinPanicked is the error of a join that panicked (joinPersonal).
+var errJoinPanicked = errors.New("join panicked")
 
 // openCloseCode is the close code and reason for an openConn error.
 func openCloseCode(err error) (int, string) {

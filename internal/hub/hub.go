@@ -316,10 +316,19 @@ func (h *Hub) Join(ctx context.Context, c *Conn, channel, since string, reply fu
 	c.mu.Unlock()
 	h.addSub(c, channel)
 
+	subscribed := false
+	defer func() {
+		// Subscribe failed, or panicked (a caller may recover): c holds no
+		// reference in the source, so a later Remove must not give one back
+		// on behalf of another connection to the channel.
+		if !subscribed {
+			h.unjoin(c, channel)
+		}
+	}()
 	if err := h.src.Subscribe(ctx, channel); err != nil {
-		h.unjoin(c, channel)
 		return err
 	}
+	subscribed = true
 	if since == "" {
 		last := h.src.Last(channel)
 		c.release(channel, reply(Joined{Last: last}), nil, last)
