@@ -511,8 +511,8 @@ func (c *Concurrency) remove(ctx context.Context, h heldLease) error {
 // in order on one connection; on a cluster, whose nodes run a pipeline's
 // commands in parallel, a pipeline of the slots and then one of the index
 // entries whose slot is gone. It returns each lease's error: nil when
-// both are gone or Redis refused them (a key of another type holds no
-// slot). Both commands are safe to repeat.
+// both are gone, or their key holds another type (so no slot; see done).
+// Both commands are safe to repeat.
 func (c *Concurrency) removeSlots(ctx context.Context, _ string, hs []heldLease) ([]error, error) {
 	zrem := make([]*redis.IntCmd, len(hs))
 	hdel := make([]*redis.IntCmd, len(hs))
